@@ -1,0 +1,56 @@
+"""`python -m mtpf <command>`: command-line entry points."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS
+
+
+@dataclass
+class InitArguments:
+    """Create an initial release (backbone + identity task slots) from any encoder."""
+
+    backbone: str = field(metadata={"help": "Local folder or Hub id of a BERT-like encoder."})
+    output: str = field(metadata={"help": "Release folder to write (OUT/backbone, OUT/adapters/<task>)."})
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS), metadata={"help": "Slot names."})
+    tpl_layers: int = field(default=2, metadata={"help": "Task-primary LoRAs on this many last layers."})
+    rank: int = field(default=32, metadata={"help": "LoRA rank of every slot."})
+    alpha: int = field(default=64, metadata={"help": "LoRA alpha of every slot."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout of every slot."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_ROLES),
+        metadata={"help": "Roles to adapt: query key value attn_out mlp_in mlp_out (mlp = both MLP linears)."},
+    )
+
+
+def run_init(argv: list[str]) -> None:
+    from mtpf.release import init_release
+
+    (args,) = HfArgumentParser(InitArguments).parse_args_into_dataclasses(args=argv)
+    path = init_release(
+        args.backbone,
+        args.output,
+        tasks=args.tasks,
+        tpl_layers=args.tpl_layers,
+        r=args.rank,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules=args.target_modules,
+    )
+    print(f"Release written to {path}")
+
+
+COMMANDS = {"init": run_init}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(f"usage: python -m mtpf {{{','.join(COMMANDS)}}} [--help]")
+    COMMANDS[argv[0]](argv[1:])

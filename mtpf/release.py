@@ -1,0 +1,168 @@
+"""The release folder: exactly what goes to the Hub.
+
+    OUT/backbone/          config.json (auto_map), configuration_mtpf.py, modeling_mtpf.py,
+                           model.safetensors (base weights only), tokenizer files
+    OUT/adapters/<task>/   adapter_config.json, adapter_model.safetensors (a standard PEFT adapter)
+
+Written into a temporary sibling folder and renamed into place, so a reader never sees half a release.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from peft import PeftModel
+from safetensors import SafetensorError, safe_open
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS, MtpfConfig
+from modeling_mtpf import MtpfModel
+from mtpf.io import atomic_directory
+from mtpf.slots import attach_slots
+from mtpf.weights import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_DIR = "backbone"
+ADAPTERS_DIR = "adapters"
+BACKBONE_FILES = ("config.json", "configuration_mtpf.py", "modeling_mtpf.py", "model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_KEY_MARKERS = ("lora_", "base_layer")
+# Relative to an adapter folder: where the backbone of the same release sits (publishing swaps in a repo id).
+LOCAL_ADAPTER_BASE = f"../../{BACKBONE_DIR}"
+
+
+class ReleaseError(ValueError):
+    """A release folder that is incomplete, unreadable or inconsistent."""
+
+
+def load_encoder(name_or_path: str) -> tuple[AutoModel, PreTrainedTokenizerBase]:
+    """A pretrained encoder and its tokenizer (folder, Hub id or `offline:<name>`), safetensors weights only."""
+    name_or_path = resolve_model_path(name_or_path)
+    encoder = AutoModel.from_pretrained(name_or_path, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    return encoder, tokenizer
+
+
+def mtpf_model_from_encoder(
+    encoder: AutoModel,
+    tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
+    tpl_layers: int = 2,
+    **slot_kwargs,
+) -> MtpfModel:
+    """Wrap a loaded encoder's weights in an MtpfModel with one slot per task."""
+    config = MtpfConfig.from_backbone(encoder.config, tasks=tasks, tpl_layers=tpl_layers, **slot_kwargs)
+    model = MtpfModel(config)
+    model.backbone.load_state_dict(encoder.state_dict(), strict=True)
+    return model
+
+
+def init_release(
+    backbone: str,
+    output: str | os.PathLike,
+    tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
+    tpl_layers: int = 2,
+    r: int = 32,
+    lora_alpha: int = 64,
+    lora_dropout: float = 0.0,
+    target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGET_ROLES,
+) -> Path:
+    """An initial release of any encoder: its weights unchanged, fresh (identity) LoRA slots."""
+    encoder, tokenizer = load_encoder(backbone)
+    model = mtpf_model_from_encoder(
+        encoder,
+        tasks=tasks,
+        tpl_layers=tpl_layers,
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules,
+    )
+    return export_release(attach_slots(model, list(tasks)), tokenizer, output)
+
+
+def export_release(
+    peft_model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    output: str | os.PathLike,
+    adapter_base: str = LOCAL_ADAPTER_BASE,
+) -> Path:
+    """Write `OUT/backbone` (LoRA-free base weights) and `OUT/adapters/<task>` atomically."""
+    tasks = list(peft_model.peft_config)
+    output = Path(output)
+    with atomic_directory(output) as staging:
+        backbone = copy.deepcopy(peft_model).unload()
+        for task in tasks:
+            backbone.config.task_slots[task]["adapter"] = f"../{ADAPTERS_DIR}/{task}"
+        backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
+        tokenizer.save_pretrained(staging / BACKBONE_DIR)
+        for task in tasks:
+            save_adapter(peft_model, task, staging / ADAPTERS_DIR, adapter_base)
+    validate_release(output)
+    logger.info("Release written to %s (tasks: %s)", output, ", ".join(tasks))
+    return output
+
+
+def save_adapter(peft_model: PeftModel, task: str, adapters_dir: Path, adapter_base: str) -> Path:
+    """Save one slot as a standard PEFT adapter folder whose base points at the release's backbone."""
+    scratch = adapters_dir / f".{task}.scratch"
+    peft_model.save_pretrained(str(scratch), selected_adapters=[task], safe_serialization=True)
+    saved = scratch / task if (scratch / task).is_dir() else scratch
+    target = adapters_dir / task
+    saved.rename(target)
+    shutil.rmtree(scratch, ignore_errors=True)  # PEFT's generic README; publishing writes real cards
+    config_path = target / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = adapter_base
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return target
+
+
+def load_release(
+    release_dir: str | os.PathLike,
+    tasks: list[str] | None = None,
+    is_trainable: bool = False,
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """The backbone with its task slots attached (first task active) and its tokenizer."""
+    validate_release(release_dir)
+    backbone_dir = Path(release_dir) / BACKBONE_DIR
+    model = MtpfModel.from_pretrained(str(backbone_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir))
+    return model.load_task_adapters(tasks, is_trainable=is_trainable), tokenizer
+
+
+def validate_release(release_dir: str | os.PathLike) -> list[str]:
+    """Check a release folder before anyone loads or uploads it; return its task names."""
+    release_dir = Path(release_dir)
+    backbone_dir = release_dir / BACKBONE_DIR
+    for name in BACKBONE_FILES:
+        if not (backbone_dir / name).is_file():
+            raise ReleaseError(f"{backbone_dir / name}: missing from the release.")
+    config = MtpfConfig.from_pretrained(str(backbone_dir))
+    check_base_weights(backbone_dir / "model.safetensors")
+    model = None
+    for task in config.task_slots:
+        adapter_dir = release_dir / ADAPTERS_DIR / task
+        for name in ADAPTER_FILES:
+            if not (adapter_dir / name).is_file():
+                raise ReleaseError(f"{adapter_dir / name}: missing from the release (slot {task!r}).")
+        model = model or MtpfModel(config)
+        model.check_adapter_weights(str(adapter_dir))
+    return list(config.task_slots)
+
+
+def check_base_weights(path: Path) -> None:
+    """The backbone file must be readable and hold base weights only (no LoRA wrapper keys)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except SafetensorError as err:
+        raise ReleaseError(f"{path}: corrupted safetensors file ({err}).") from err
+    wrapped = [key for key in keys if any(marker in key for marker in ADAPTER_KEY_MARKERS)]
+    if wrapped:
+        raise ReleaseError(f"{path}: holds adapter-wrapper keys such as {wrapped[0]!r}; save the unloaded base model.")

@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mtpf",
+    version="0.1.0",
+    description="Multi-Task Pre-Finetuning with Task-Primary LoRAs for lightweight BERT-like encoders",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mtpf", "mtpf.*"]),
+    py_modules=["configuration_mtpf", "modeling_mtpf"],
+    # torch is left unpinned on purpose: install the build that fits your machine first (CPU, CUDA, ...).
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=5.0,<6",
+        "peft>=0.21",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.30",
+        "scikit-learn>=1.3",
+        "seqeval>=1.2",
+        "pyyaml>=6",
+        "tqdm",
+        "tensorboard",
+    ],
+    extras_require={
+        "eval": ["mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
+        "dev": ["pytest>=8", "ruff>=0.6", "mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["mtpf=mtpf.cli:main"]},
+)

@@ -1,0 +1,117 @@
+"""Shared fixtures: a tiny random BERT (milliseconds) and the real packaged encoders (MODELS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("MTPF_SHARED_DIR", REPO_ROOT.parent / "shared"))
+TINY_WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "he",
+    "she",
+    "it",
+    "on",
+    "for",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "john",
+    "smith",
+    "paris",
+    "london",
+    "city",
+    "river",
+    "company",
+    "born",
+    "played",
+    "team",
+    "new",
+    "york",
+    "moved",
+    "floods",
+    "every",
+    "spring",
+    ".",
+    ",",
+    "##s",
+    "##ed",
+    "##ing",
+    "2019",
+]
+
+
+def write_tokenizer_folder(folder: Path, words: list[str] = TINY_WORDS) -> None:
+    """A WordPiece tokenizer built from a folder (transformers 5 ignores BertTokenizer(vocab_file=...))."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 128}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def tiny_bert_config(**overrides) -> BertConfig:
+    values = dict(
+        vocab_size=len(TINY_WORDS) + 5,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+def build_tiny_encoder(folder: Path, seed: int = 0, **overrides) -> Path:
+    """Save a randomly initialised tiny BERT and its tokenizer, like a Hub encoder folder."""
+    torch.manual_seed(seed)
+    BertModel(tiny_bert_config(**overrides)).save_pretrained(folder)
+    write_tokenizer_folder(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_encoder_dir):
+    return AutoTokenizer.from_pretrained(tiny_encoder_dir)
+
+
+def real_encoder_dir(name: str) -> Path:
+    """Folder of a packaged real encoder; the test fails (not skips) when CI did not install it."""
+    from mtpf.weights import packaged_encoder_dir
+
+    return packaged_encoder_dir(name)
+
+
+def randomize_lora(peft_model, seed: int = 0, scale: float = 0.2) -> None:
+    """Give every LoRA matrix non-zero values so slots really change the outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)

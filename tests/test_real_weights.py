@@ -1,0 +1,52 @@
+"""Releases of the real packaged encoders (../shared/MODELS.md) reproduce the original embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+from mtpf.release import init_release
+from tests.conftest import REPO_ROOT, real_encoder_dir
+from tests.test_release import example_texts, run_user_process
+
+
+def mean_pooled(model, batch) -> torch.Tensor:
+    tokens = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return (tokens * mask).sum(1) / mask.sum(1)
+
+
+@pytest.mark.parametrize(("name", "tpl_layers"), [("minilm-l6", 2), ("splade-tiny", 1)])
+def test_release_of_real_encoder_equals_original(name, tpl_layers, tmp_path):
+    source = real_encoder_dir(name)
+    release = init_release(str(source), tmp_path / "rel", tpl_layers=tpl_layers)
+    original = AutoModel.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    batch = tokenizer(example_texts(), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = mean_pooled(original, batch)
+
+    result = run_user_process(
+        [str(REPO_ROOT / "examples" / "load_release.py"), str(release), "--output", "emb.safetensors"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = load_file(str(tmp_path / "emb.safetensors"))
+    torch.testing.assert_close(got["base"], expected, atol=1e-5, rtol=0)
+    # A release made by init has identity slots (LoRA B = 0): every slot reproduces the original too.
+    torch.testing.assert_close(got["ner.sentence"], expected, atol=1e-5, rtol=0)
+
+
+def test_minilm_release_matches_sentence_transformers(tmp_path):
+    """all-MiniLM-L6-v2 is a sentence-transformers model: our mean pooling must give its (normalised) embeddings."""
+    from sentence_transformers import SentenceTransformer
+
+    source = real_encoder_dir("minilm-l6")
+    release = init_release(str(source), tmp_path / "rel")
+    reference = SentenceTransformer(str(source), device="cpu").encode(example_texts(), convert_to_tensor=True)
+    model = AutoModel.from_pretrained(release / "backbone").eval()
+    tokenizer = AutoTokenizer.from_pretrained(release / "backbone")
+    with torch.no_grad():
+        ours = model(**tokenizer(example_texts(), padding=True, return_tensors="pt")).pooler_output
+    torch.testing.assert_close(torch.nn.functional.normalize(ours, dim=-1), reference, atol=1e-5, rtol=0)
