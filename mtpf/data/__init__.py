@@ -1,0 +1,1 @@
+"""Data: CoNLL readers, text pairs, unlabeled corpora, samplers and per-step batches."""

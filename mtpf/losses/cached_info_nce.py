@@ -1,0 +1,80 @@
+"""Gradient-cached InfoNCE (GradCache, Gao et al. 2021): large contrastive batches in bounded memory.
+
+1. embed every mini-batch without a graph (RNG state recorded), 2. compute the loss on the full embedding
+matrix and its gradient w.r.t. the embeddings, 3. re-embed each mini-batch with a graph (same RNG state, so
+dropout matches) and back-propagate the cached embedding gradient. Equal to the uncached loss and gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from mtpf.losses.info_nce import InfoNCELoss
+
+Features = dict[str, torch.Tensor]
+
+
+class RngState:
+    """CPU (and CUDA) generator states, to replay a forward pass with identical dropout masks."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.cpu = torch.get_rng_state()
+        self.devices = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    @contextlib.contextmanager
+    def replay(self):
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            for device, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, device)
+            yield
+
+
+def split_features(features: Features, size: int) -> list[Features]:
+    total = len(next(iter(features.values())))
+    return [{k: v[start : start + size] for k, v in features.items()} for start in range(0, total, size)]
+
+
+class CachedInfoNCE:
+    """Runs forward and backward itself; returns the (detached) loss.
+
+    Args:
+        loss: the InfoNCE to compute on the full batch.
+        mini_batch_size: texts embedded at once with a graph.
+    """
+
+    def __init__(self, loss: InfoNCELoss, mini_batch_size: int) -> None:
+        if mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size={mini_batch_size} must be at least 1.")
+        self.loss = loss
+        self.mini_batch_size = mini_batch_size
+
+    def __call__(
+        self,
+        embed: Callable[[Features], torch.Tensor],
+        texts: Features,
+        num_pairs: int,
+        backward: Callable[[torch.Tensor], None],
+        no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        scale: float = 1.0,
+    ) -> torch.Tensor:
+        """`texts` holds the anchors (first `num_pairs` rows) then the positives."""
+        chunks = split_features(texts, self.mini_batch_size)
+        states, embedded = [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                states.append(RngState(list(chunk.values())))
+                embedded.append(embed(chunk))
+        full = torch.cat(embedded).detach().requires_grad_(True)
+        loss = self.loss(full[:num_pairs], full[num_pairs:]) * scale
+        (cached,) = torch.autograd.grad(loss, full)
+        cached_chunks = cached.split([len(e) for e in embedded])
+        for index, (chunk, state, grad) in enumerate(zip(chunks, states, cached_chunks)):
+            last = index == len(chunks) - 1
+            with state.replay(), contextlib.nullcontext() if last else no_sync():
+                backward((embed(chunk) * grad.to(embedded[index].dtype)).sum())
+        return loss.detach()

@@ -1,0 +1,160 @@
+"""`MtpfTrainer`: a transformers Trainer whose optimizer step trains the scheduled tasks of that step.
+
+Each task runs its own forward/backward with its own slot active (so a slot gets gradients only from its
+task, the backbone from all); gradients add up, or go through PCGrad on the shared parameters. Parameters
+of a task that did not run this step end with no gradient at all (not zeros), so AdamW leaves them alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+
+from mtpf.data.steps import single_item
+from mtpf.losses.cached_info_nce import CachedInfoNCE
+from mtpf.losses.info_nce import InfoNCELoss
+from mtpf.pcgrad import flat_grad, project_conflicting, write_flat_grad
+
+RUN_INFO_FILE = "mtpf_run.json"
+# What must match to resume a checkpoint: a different mode or slot layout would load into the wrong modules.
+RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers", "num_clusters")
+
+
+class RunInfoCallback(TrainerCallback):
+    """Writes the run's identity next to every checkpoint, so a resume can refuse a mismatched one."""
+
+    def __init__(self, run_info: dict[str, Any]) -> None:
+        self.run_info = run_info
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / RUN_INFO_FILE).write_text(json.dumps(self.run_info, indent=2), encoding="utf-8")
+        return control
+
+
+class MtpfTrainer(Trainer):
+    def __init__(
+        self,
+        *args: Any,
+        tc_loss: InfoNCELoss | None = None,
+        tc_mini_batch_size: int = 0,
+        pcgrad: bool = False,
+        run_info: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.tc_loss = tc_loss or InfoNCELoss()
+        self.grad_cache = CachedInfoNCE(self.tc_loss, tc_mini_batch_size) if tc_mini_batch_size else None
+        self.pcgrad = pcgrad
+        self.run_info = run_info or {}
+        self._task_losses: dict[str, list[float]] = defaultdict(list)
+        self.add_callback(RunInfoCallback(self.run_info))
+        if pcgrad and self.args.gradient_accumulation_steps != 1:
+            raise ValueError("PCGrad needs whole task gradients per step: set gradient_accumulation_steps=1.")
+
+    # ----- data ---------------------------------------------------------------------------------------
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Items are whole steps, already rank-specific: no sharding, no shuffling (batch_size=1 + unwrap)."""
+        return DataLoader(self.train_dataset, batch_size=1, shuffle=False, collate_fn=single_item, num_workers=0)
+
+    # ----- one optimizer micro-step -------------------------------------------------------------------
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        core = self.accelerator.unwrap_model(model)
+        scale = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        use_pcgrad = self.pcgrad and len(inputs) > 1
+        shared = core.shared_parameters() if use_pcgrad else []
+        task_gradients = []
+        touched = [False] * len(shared)
+        total = torch.zeros((), device=self.args.device)
+        for task, batch in inputs.items():
+            loss = self.task_backward(model, task, batch, scale)
+            self._task_losses[task].append(loss.item() / scale)
+            total = total + loss
+            if use_pcgrad:
+                task_gradients.append(flat_grad(shared))
+                touched = [seen or p.grad is not None for seen, p in zip(touched, shared)]
+                for p in shared:
+                    p.grad = None
+        if use_pcgrad:
+            write_flat_grad(shared, project_conflicting(task_gradients), touched)
+        for task in self.run_info.get("tasks", ()):
+            if task not in inputs:
+                for p in core.task_parameters(task):
+                    p.grad = None
+        return total.detach()
+
+    def task_backward(self, model: nn.Module, task: str, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        """Forward and backward of one task's batch; returns its scaled loss (detached)."""
+        if task == "ner":
+            with self.compute_loss_context_manager():
+                loss = model(task="ner", **batch) * scale
+            self.accelerator.backward(loss)
+            return loss.detach()
+        num_pairs = len(batch["input_ids"]) // 2
+        if self.grad_cache is not None:
+            return self.grad_cache(
+                embed=lambda features: self._embed(model, features),
+                texts=batch,
+                num_pairs=num_pairs,
+                backward=self.accelerator.backward,
+                no_sync=lambda: model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext(),
+                scale=scale,
+            )
+        embeddings = self._embed(model, batch)
+        loss = self.tc_loss(embeddings[:num_pairs], embeddings[num_pairs:]) * scale
+        self.accelerator.backward(loss)
+        return loss.detach()
+
+    def _embed(self, model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.compute_loss_context_manager():
+            return model(task="tc", **features)
+
+    # ----- logging and checkpoints --------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean loss of each task since the last log (loss_ner, loss_tc)."""
+        for task, values in self._task_losses.items():
+            if values and "loss" in logs:
+                logs[f"loss_{task}"] = round(sum(values) / len(values), 4)
+        if "loss" in logs:
+            self._task_losses.clear()
+        super().log(logs, start_time)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        check_resume_compatible(resume_from_checkpoint, self.run_info)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def check_resume_compatible(checkpoint: str | os.PathLike, run_info: dict[str, Any]) -> None:
+    """Refuse a checkpoint written by a run of another mode or slot layout, naming what differs."""
+    path = Path(checkpoint) / RUN_INFO_FILE
+    if not path.is_file():
+        raise ValueError(f"{checkpoint}: not an mtpf checkpoint ({RUN_INFO_FILE} missing).")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    differences = {
+        key: (saved.get(key), run_info.get(key))
+        for key in RESUME_KEYS
+        if _normalise(saved.get(key)) != _normalise(run_info.get(key))
+    }
+    if differences:
+        details = ", ".join(f"{key}: checkpoint {old!r} vs this run {new!r}" for key, (old, new) in differences.items())
+        raise ValueError(f"Cannot resume from {checkpoint}: it belongs to another run ({details}).")
+
+
+def _normalise(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

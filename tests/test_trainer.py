@@ -1,0 +1,141 @@
+"""MtpfTrainer on real small runs (tiny random BERT, real pairs and corpus from ../shared)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from mtpf.pcgrad import flat_grad, project_conflicting
+from mtpf.trainer import RUN_INFO_FILE
+from tests.conftest import build_smoke_trainer
+
+
+def snapshot(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def part(params: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    if kind in ("ner", "tc"):
+        return {n: p for n, p in params.items() if "lora_" in n and f".{kind}." in n}
+    if kind == "head":
+        return {n: p for n, p in params.items() if n.startswith("ner_head.")}
+    return {n: p for n, p in params.items() if "lora_" not in n and not n.startswith("ner_head.")}
+
+
+def identical(before: dict, after: dict) -> bool:
+    return all(torch.equal(before[n], after[n]) for n in before)
+
+
+class Snapshots(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer, self.states = trainer, [snapshot(trainer)]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.states.append(snapshot(self.trainer))
+
+
+def test_both_losses_fall(tmp_path, pseudo_label_cache):
+    trainer = build_smoke_trainer(
+        tmp_path, pseudo_label_cache, "--max_steps", "40", "--logging_steps", "10", "--save_strategy", "no"
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss_ner" in entry]
+    assert len(logs) == 4
+    for task in ("ner", "tc"):
+        assert logs[-1][f"loss_{task}"] < 0.9 * logs[0][f"loss_{task}"], [entry[f"loss_{task}"] for entry in logs]
+
+
+def test_each_slot_learns_only_from_its_task(tmp_path, pseudo_label_cache):
+    trainer = build_smoke_trainer(
+        tmp_path, pseudo_label_cache, "--max_steps", "2", "--task_schedule", "alternate", "--save_strategy", "no"
+    )
+    snapshots = Snapshots(trainer)
+    trainer.add_callback(snapshots)
+    trainer.train()
+    initial, after_ner, after_tc = snapshots.states
+    # the optimizer held both slots from the start
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in in_optimizer for n, p in trainer.model.named_parameters() if "lora_" in n)
+    # step 1 ran NER only, step 2 TC only
+    assert identical(part(initial, "tc"), part(after_ner, "tc"))
+    assert not identical(part(initial, "ner"), part(after_ner, "ner"))
+    assert not identical(part(initial, "backbone"), part(after_ner, "backbone"))
+    assert identical(part(after_ner, "ner"), part(after_tc, "ner"))
+    assert identical(part(after_ner, "head"), part(after_tc, "head"))
+    assert not identical(part(after_ner, "tc"), part(after_tc, "tc"))
+    assert not identical(part(after_ner, "backbone"), part(after_tc, "backbone"))
+
+
+def test_pf_lora_leaves_the_backbone_untouched(tmp_path, pseudo_label_cache):
+    trainer = build_smoke_trainer(
+        tmp_path, pseudo_label_cache, "--mode", "pf_lora", "--max_steps", "2", "--save_strategy", "no"
+    )
+    before = snapshot(trainer)
+    trainer.train()
+    after = snapshot(trainer)
+    assert identical(part(before, "backbone"), part(after, "backbone"))
+    assert not identical(part(before, "ner"), part(after, "ner"))
+    assert not identical(part(before, "tc"), part(after, "tc"))
+
+
+class CrashAfterSave(TrainerCallback):
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, pseudo_label_cache):
+    common = ("--max_steps", "4", "--save_steps", "2", "--lora_dropout", "0.1")
+    straight = build_smoke_trainer(tmp_path / "straight", pseudo_label_cache, *common)
+    straight.train()
+    expected = snapshot(straight)
+
+    killed = build_smoke_trainer(tmp_path / "killed", pseudo_label_cache, *common)
+    killed.add_callback(CrashAfterSave(at_step=2))
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    assert (tmp_path / "killed" / "checkpoint-2" / RUN_INFO_FILE).is_file()
+    resumed = build_smoke_trainer(tmp_path / "killed", pseudo_label_cache, *common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "killed" / "checkpoint-2"))
+    got = snapshot(resumed)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_resume_from_another_mode_is_refused(tmp_path, pseudo_label_cache):
+    build_smoke_trainer(tmp_path, pseudo_label_cache, "--max_steps", "1", "--save_steps", "1").train()
+    other = build_smoke_trainer(tmp_path, pseudo_label_cache, "--mode", "mtpf", "--max_steps", "2")
+    with pytest.raises(
+        ValueError, match=r"checkpoint-1: it belongs to another run \(mode: checkpoint 'mtpf_tpl' vs this run 'mtpf'"
+    ):
+        other.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+
+def test_pcgrad_step_projects_shared_gradients(tmp_path, pseudo_label_cache, dropout_free_encoder_dir):
+    args = ("--backbone", str(dropout_free_encoder_dir), "--max_steps", "1", "--save_strategy", "no")
+    trainer = build_smoke_trainer(tmp_path, pseudo_label_cache, *args, "--pcgrad", "true")
+    model = trainer.model
+    inputs = trainer.train_dataset[0]
+    shared = model.shared_parameters()
+
+    def task_grad(task):
+        model.zero_grad(set_to_none=True)
+        trainer.task_backward(model, task, trainer._prepare_inputs(inputs)[task], 1.0)
+        return flat_grad(shared), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and "lora_" in n
+        }
+
+    ner_shared, ner_slot = task_grad("ner")
+    tc_shared, tc_slot = task_grad("tc")
+    assert torch.dot(ner_shared, tc_shared) != 0
+    model.zero_grad(set_to_none=True)
+    trainer.training_step(model, inputs)
+    combined = flat_grad(shared)
+    assert all(p.grad is None for n, p in model.named_parameters() if "pooler" in n)  # untouched by both tasks
+    torch.testing.assert_close(combined, project_conflicting([ner_shared, tc_shared]), atol=1e-6, rtol=1e-5)
+    for name, grad in {**ner_slot, **tc_slot}.items():  # slots keep their own task's gradient
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-7, rtol=1e-6)
