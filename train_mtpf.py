@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_args, data_args, args = parse_args(argv)
     trainer = build_trainer(model_args, data_args, args)
-    result = trainer.train(resume_from_checkpoint=resolve_resume(args))
+    resume = resolve_resume(args)
+    if resume:
+        logger.info("Resuming from checkpoint %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
     logger.info("Training done: %s", json.dumps(result.metrics))
     if not trainer.is_world_process_zero():
         return None
@@ -147,5 +150,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     return release
 
 
-if __name__ == "__main__":
+def cli() -> None:
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

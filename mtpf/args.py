@@ -106,6 +106,9 @@ class MtpfTrainingArguments(TrainingArguments):
     """TrainingArguments with the defaults of the paper's recipe and of multi-task training."""
 
     learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (paper: 2e-5)."})
+    ner_head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the fresh pseudo-label head (None: learning_rate)."}
+    )
     max_steps: int = field(default=100_000, metadata={"help": "Optimizer steps (paper: 100K)."})
     report_to: str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Batches are built per step, keep all."})

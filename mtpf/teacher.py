@@ -47,10 +47,10 @@ class TeacherArguments:
         metadata={"help": "CoNLL files, each PATH[#scheme=iob1|bio,token_prefix=P,tag_first=1]."},
     )
     dev_file: str = field(default=f"{SHARED}/wikiann_en/dev.txt#token_prefix=en:", metadata={"help": "Dev CoNLL file."})
-    max_train_sentences: int | None = field(default=8000, metadata={"help": "Cap on training sentences (None: all)."})
+    max_train_sentences: int | None = field(default=5000, metadata={"help": "Cap on training sentences (None: all)."})
     max_dev_sentences: int = field(default=1000, metadata={"help": "Cap on dev sentences."})
     epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
     batch_size: int = field(default=32, metadata={"help": "Sentences per batch."})
     max_length: int = field(default=128, metadata={"help": "Sub-tokens per sentence."})
     seed: int = field(default=0, metadata={"help": "Seed for shuffling and the head's init."})

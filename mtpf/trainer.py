@@ -63,6 +63,32 @@ class MtpfTrainer(Trainer):
         if pcgrad and self.args.gradient_accumulation_steps != 1:
             raise ValueError("PCGrad needs whole task gradients per step: set gradient_accumulation_steps=1.")
 
+    def create_optimizer(self, model: nn.Module | None = None):
+        """Trainer's AdamW over every trainable parameter (all slots included), the fresh NER head at its own rate."""
+        optimizer = super().create_optimizer(model)
+        head_learning_rate = getattr(self.args, "ner_head_learning_rate", None)
+        if head_learning_rate is None or getattr(optimizer, "_mtpf_head_split", False):
+            return optimizer
+        ner_head = self.accelerator.unwrap_model(self.model).ner_head
+        head = {id(p) for p in ner_head.parameters()} if ner_head is not None else set()
+        new_groups = []
+        for group in optimizer.param_groups:
+            head_params = [p for p in group["params"] if id(p) in head]
+            if head_params:
+                group["params"] = [p for p in group["params"] if id(p) not in head]
+                new_groups.append(
+                    {
+                        **{k: v for k, v in group.items() if k != "params"},
+                        "params": head_params,
+                        "lr": head_learning_rate,
+                    }
+                )
+        for group in new_groups:
+            optimizer.add_param_group(group)
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        optimizer._mtpf_head_split = True
+        return optimizer
+
     # ----- data ---------------------------------------------------------------------------------------
 
     def get_train_dataloader(self) -> DataLoader:

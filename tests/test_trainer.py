@@ -139,3 +139,13 @@ def test_pcgrad_step_projects_shared_gradients(tmp_path, pseudo_label_cache, dro
     torch.testing.assert_close(combined, project_conflicting([ner_shared, tc_shared]), atol=1e-6, rtol=1e-5)
     for name, grad in {**ner_slot, **tc_slot}.items():  # slots keep their own task's gradient
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-7, rtol=1e-6)
+
+
+def test_ner_head_gets_its_own_learning_rate(tmp_path, pseudo_label_cache):
+    trainer = build_smoke_trainer(tmp_path, pseudo_label_cache, "--ner_head_learning_rate", "0.5", "--max_steps", "1")
+    optimizer = trainer.create_optimizer()
+    head = {id(p) for p in trainer.model.ner_head.parameters()}
+    rates = {group["lr"] for group in optimizer.param_groups if any(id(p) in head for p in group["params"])}
+    others = {group["lr"] for group in optimizer.param_groups if not any(id(p) in head for p in group["params"])}
+    assert rates == {0.5} and others == {trainer.args.learning_rate}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(1 for p in trainer.model.parameters() if p.requires_grad)
