@@ -21,12 +21,33 @@ import transformers
 from mtpf.args import parse_args
 from train_mtpf import build_trainer
 
-MODES = [("pf_ner", False), ("pf_tc", False), ("mtpf", False), ("mtpf", True), ("mtpf_tpl", False), ("mtpf_tpl", True), ("pf_lora", False)]
+MODES = [
+    ("pf_ner", False),
+    ("pf_tc", False),
+    ("mtpf", False),
+    ("mtpf", True),
+    ("mtpf_tpl", False),
+    ("mtpf_tpl", True),
+    ("pf_lora", False),
+]
 
 
 def time_mode(config: str, mode: str, pcgrad: bool, steps: int, workdir: Path) -> float:
-    argv = [config, "--mode", mode, "--pcgrad", str(pcgrad).lower(), "--output_dir", str(workdir / f"{mode}-{pcgrad}"),
-            "--max_steps", str(steps + 1), "--report_to", "none", "--save_strategy", "no"]
+    argv = [
+        config,
+        "--mode",
+        mode,
+        "--pcgrad",
+        str(pcgrad).lower(),
+        "--output_dir",
+        str(workdir / f"{mode}-{pcgrad}"),
+        "--max_steps",
+        str(steps + 1),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+    ]
     trainer = build_trainer(*parse_args(argv))
     trainer.create_optimizer_and_scheduler(steps + 1)
     model = trainer.model
@@ -55,7 +76,9 @@ def main() -> None:
             results.append({"mode": mode, "pcgrad": pcgrad, "seconds_per_step": round(seconds, 3)})
             print(f"{mode:9s} pcgrad={pcgrad!s:5s} {seconds:7.2f} s/step", flush=True)
     report = {
-        "config": args.config, "steps_timed": args.steps, "results": results,
+        "config": args.config,
+        "steps_timed": args.steps,
+        "results": results,
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }

@@ -22,8 +22,14 @@ def corpus(tmp_path):
 
 
 def settings_for(corpus, tmp_path, **overrides) -> PseudoLabelSettings:
-    values = dict(teacher=str(tiny_encoder_dir()), corpus=[str(corpus)], num_clusters=8, cache_dir=str(tmp_path / "cache"),
-                  kmeans_chunk=64, batch_size=16)
+    values = dict(
+        teacher=str(tiny_encoder_dir()),
+        corpus=[str(corpus)],
+        num_clusters=8,
+        cache_dir=str(tmp_path / "cache"),
+        kmeans_chunk=64,
+        batch_size=16,
+    )
     values.update(overrides)
     return PseudoLabelSettings(**values)
 

@@ -20,7 +20,10 @@ def test_builds_a_teacher_folder_the_pseudo_labeller_loads(tmp_path):
     args = TeacherArguments(
         base="offline:tiny-bert",
         output=str(tmp_path / "teacher"),
-        train_files=[f"{PRETRAIN}/wikiann_en/train.txt#token_prefix=en:", f"{PRETRAIN}/wikigold/wikigold.conll.txt#scheme=iob1"],
+        train_files=[
+            f"{PRETRAIN}/wikiann_en/train.txt#token_prefix=en:",
+            f"{PRETRAIN}/wikigold/wikigold.conll.txt#scheme=iob1",
+        ],
         dev_file=f"{PRETRAIN}/wikiann_en/dev.txt#token_prefix=en:",
         max_train_sentences=64,
         max_dev_sentences=32,

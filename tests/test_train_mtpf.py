@@ -50,7 +50,9 @@ def test_slotless_mode_exports_identity_slots(tmp_path, pseudo_label_cache):
     from mtpf.args import parse_args as parse
     from train_mtpf import build_trainer, export
 
-    model_args, data_args, args = parse(smoke_argv(tmp_path, pseudo_label_cache, "--mode", "pf_tc", "--max_steps", "2", "--save_strategy", "no"))
+    model_args, data_args, args = parse(
+        smoke_argv(tmp_path, pseudo_label_cache, "--mode", "pf_tc", "--max_steps", "2", "--save_strategy", "no")
+    )
     trainer = build_trainer(model_args, data_args, args)
     trainer.train()
     release = export(trainer, data_args)
@@ -78,7 +80,7 @@ def test_torchrun_two_processes(tmp_path, pseudo_label_cache):
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="mode='mtpf_tp'"):
         parse_args(smoke_argv(tmp_path, tmp_path, "--mode", "mtpf_tp"))
-    with pytest.raises(FileNotFoundError, match="missing.yaml: config file not found"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml: config file not found"):
         parse_args([str(tmp_path / "missing.yaml")])
 
 

@@ -148,4 +148,6 @@ def test_ner_head_gets_its_own_learning_rate(tmp_path, pseudo_label_cache):
     rates = {group["lr"] for group in optimizer.param_groups if any(id(p) in head for p in group["params"])}
     others = {group["lr"] for group in optimizer.param_groups if not any(id(p) in head for p in group["params"])}
     assert rates == {0.5} and others == {trainer.args.learning_rate}
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(1 for p in trainer.model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
+        1 for p in trainer.model.parameters() if p.requires_grad
+    )
