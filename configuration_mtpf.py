@@ -83,7 +83,8 @@ def make_slot(
     target_modules: list[str] | tuple[str, ...] = DEFAULT_TARGET_ROLES,
     adapter: str | None = None,
 ) -> dict[str, Any]:
-    """A slot definition on the last `tpl_layers` layers (the paper's default placement)."""
+    """A slot definition on the last `tpl_layers` layers (the paper's default placement; 0 = every layer)."""
+    tpl_layers = tpl_layers or num_layers
     if not 1 <= tpl_layers <= num_layers:
         raise ValueError(f"tpl_layers={tpl_layers} must be between 1 and the backbone's {num_layers} layers.")
     return {

@@ -3,8 +3,8 @@
 Self-contained remote-code file (torch/transformers, peft only inside `load_task_adapters`), so
 `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without the mtpf package.
 
-Ladder: MtpfPreTrainedModel -> MtpfModel (token + sentence embeddings) -> MtpfForTokenClassification /
-MtpfForSequenceClassification (linear heads on top of an MtpfModel).
+Ladder: MtpfPreTrainedModel -> MtpfModel (token + sentence embeddings) -> MtpfLinearHeadModel (an MtpfModel
+plus a linear classifier) -> MtpfForTokenClassification / MtpfForSequenceClassification.
 """
 
 from __future__ import annotations
@@ -212,8 +212,8 @@ def _check_adapter_config(adapter_dir: str) -> None:
         raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}, expected 'LORA'.")
 
 
-class MtpfForTokenClassification(MtpfPreTrainedModel):
-    """Linear token head on an MtpfModel (NER); labels on first sub-tokens, -100 elsewhere."""
+class MtpfLinearHeadModel(MtpfPreTrainedModel):
+    """An MtpfModel with dropout and a linear classifier; subclasses choose what it reads and the loss."""
 
     def __init__(self, config: MtpfConfig) -> None:
         super().__init__(config)
@@ -222,6 +222,13 @@ class MtpfForTokenClassification(MtpfPreTrainedModel):
         self.dropout = nn.Dropout(_dropout_of(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features))
+
+
+class MtpfForTokenClassification(MtpfLinearHeadModel):
+    """Linear token head (NER); labels on first sub-tokens, -100 elsewhere."""
 
     def forward(
         self,
@@ -232,7 +239,7 @@ class MtpfForTokenClassification(MtpfPreTrainedModel):
         **kwargs: Any,
     ) -> TokenClassifierOutput:
         outputs = self.mtpf(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        logits = self.classify(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
@@ -241,16 +248,8 @@ class MtpfForTokenClassification(MtpfPreTrainedModel):
         )
 
 
-class MtpfForSequenceClassification(MtpfPreTrainedModel):
-    """Linear head on the pooled sentence embedding (text classification)."""
-
-    def __init__(self, config: MtpfConfig) -> None:
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.mtpf = MtpfModel(config)
-        self.dropout = nn.Dropout(_dropout_of(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+class MtpfForSequenceClassification(MtpfLinearHeadModel):
+    """Linear head on the pooled sentence embedding (text classification; one label = regression)."""
 
     def forward(
         self,
@@ -261,7 +260,7 @@ class MtpfForSequenceClassification(MtpfPreTrainedModel):
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
         outputs = self.mtpf(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
+        logits = self.classify(outputs.pooler_output)
         loss = None
         if labels is not None:
             if self.num_labels == 1:

@@ -37,19 +37,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Mt
     """Everything a run needs: model (with slots per mode), per-step data, losses, and the trainer."""
     set_seed(args.seed)  # before any weight is initialised (LoRA A, the pseudo-label head)
     encoder, tokenizer = load_encoder(model_args.backbone)
-    num_layers = (
-        encoder.config.num_hidden_layers if hasattr(encoder.config, "num_hidden_layers") else encoder.config.n_layers
-    )
-    tpl_layers = model_args.tpl_layers or num_layers
-    model = mtpf_model_from_encoder(
-        encoder,
-        tasks=ALL_TASKS,
-        tpl_layers=tpl_layers,
-        r=model_args.lora_rank,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.target_modules,
-    )
+    model = mtpf_model_from_encoder(encoder, tasks=ALL_TASKS, **model_args.slot_kwargs())
     if model_args.uses_slots:
         model = attach_slots(model, list(ALL_TASKS), train_backbone=model_args.trains_backbone)
     batches: dict[str, Any] = {}
@@ -91,7 +79,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Mt
         "tasks": list(model_args.tasks),
         "uses_slots": model_args.uses_slots,
         "trains_backbone": model_args.trains_backbone,
-        "tpl_layers": tpl_layers,
+        "tpl_layers": model_args.tpl_layers,
         "num_clusters": num_clusters,
         "backbone": model_args.backbone,
         "pcgrad": model_args.pcgrad,

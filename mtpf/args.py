@@ -23,20 +23,36 @@ SHARED_DATA = "../shared/data"
 
 
 @dataclass
-class ModelArguments:
+class SlotArguments:
+    """The task-primary LoRA slots: where they sit and their LoRA settings (shared by `init` and training)."""
+
+    tpl_layers: int = field(default=2, metadata={"help": "Slots on this many last layers (0: all layers)."})
+    rank: int = field(default=32, metadata={"help": "LoRA rank of every slot."})
+    alpha: int = field(default=64, metadata={"help": "LoRA alpha of every slot."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout inside every LoRA."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_ROLES),
+        metadata={"help": "Roles the slots adapt: query key value attn_out mlp_in mlp_out (mlp = both)."},
+    )
+
+    def slot_kwargs(self) -> dict:
+        """Keyword arguments of `MtpfConfig.from_backbone` / `make_slot`."""
+        return {
+            "tpl_layers": self.tpl_layers,
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.lora_dropout,
+            "target_modules": self.target_modules,
+        }
+
+
+@dataclass
+class ModelArguments(SlotArguments):
     backbone: str = field(
         default="microsoft/MiniLM-L12-H384-uncased",
         metadata={"help": "Encoder to pre-finetune: Hub id, folder, or offline:NAME (a packaged encoder)."},
     )
     mode: str = field(default="mtpf_tpl", metadata={"help": f"One of {sorted(MODES)}."})
-    tpl_layers: int = field(default=2, metadata={"help": "Slots on this many last layers (0: all layers)."})
-    lora_rank: int = field(default=32, metadata={"help": "Rank of each task-primary LoRA."})
-    lora_alpha: int = field(default=64, metadata={"help": "Alpha of each task-primary LoRA."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout inside each LoRA."})
-    target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_TARGET_ROLES),
-        metadata={"help": "Roles the slots adapt: query key value attn_out mlp_in mlp_out (mlp = both)."},
-    )
     pcgrad: bool = field(default=False, metadata={"help": "Project conflicting task gradients on shared parameters."})
 
     def __post_init__(self) -> None:

@@ -8,40 +8,24 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS
+from configuration_mtpf import DEFAULT_TASKS
 
 
 @dataclass
 class InitArguments:
     """Create an initial release (backbone + identity task slots) from any encoder."""
 
-    backbone: str = field(metadata={"help": "Local folder or Hub id of a BERT-like encoder."})
+    backbone: str = field(metadata={"help": "Local folder, Hub id or offline:NAME of a BERT-like encoder."})
     output: str = field(metadata={"help": "Release folder to write (OUT/backbone, OUT/adapters/<task>)."})
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS), metadata={"help": "Slot names."})
-    tpl_layers: int = field(default=2, metadata={"help": "Task-primary LoRAs on this many last layers."})
-    rank: int = field(default=32, metadata={"help": "LoRA rank of every slot."})
-    alpha: int = field(default=64, metadata={"help": "LoRA alpha of every slot."})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout of every slot."})
-    target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_TARGET_ROLES),
-        metadata={"help": "Roles to adapt: query key value attn_out mlp_in mlp_out (mlp = both MLP linears)."},
-    )
 
 
 def run_init(argv: list[str]) -> None:
+    from mtpf.args import SlotArguments
     from mtpf.release import init_release
 
-    (args,) = HfArgumentParser(InitArguments).parse_args_into_dataclasses(args=argv)
-    path = init_release(
-        args.backbone,
-        args.output,
-        tasks=args.tasks,
-        tpl_layers=args.tpl_layers,
-        r=args.rank,
-        lora_alpha=args.alpha,
-        lora_dropout=args.dropout,
-        target_modules=args.target_modules,
-    )
+    args, slots = HfArgumentParser((InitArguments, SlotArguments)).parse_args_into_dataclasses(args=argv)
+    path = init_release(args.backbone, args.output, tasks=args.tasks, **slots.slot_kwargs())
     print(f"Release written to {path}")
 
 
