@@ -188,8 +188,8 @@ class MtpfConfig(PretrainedConfig):
     def slot_target_regex(self, task: str, prefix: str = "backbone") -> str:
         """The PEFT `target_modules` regex of a slot, valid inside MtpfModel and every head class wrapping it.
 
-        PEFT full-matches the regex against module names, so an optional leading path lets the same
-        adapter attach to `MtpfModel` (`backbone.…`) and `MtpfForTokenClassification` (`mtpf.backbone.…`).
+        PEFT full-matches the regex against module names; every Mtpf class names the backbone `backbone`,
+        and an optional leading path also lets the adapter attach inside a model that wraps one.
         """
         self.validate_slot(task)
         slot = self.task_slots[task]

@@ -3,8 +3,8 @@
 Self-contained remote-code file (torch/transformers, peft only inside `load_task_adapters`), so
 `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without the mtpf package.
 
-Ladder: MtpfPreTrainedModel -> MtpfModel (token + sentence embeddings) -> MtpfLinearHeadModel (an MtpfModel
-plus a linear classifier) -> MtpfForTokenClassification / MtpfForSequenceClassification.
+Ladder: MtpfPreTrainedModel -> MtpfModel (token + sentence embeddings) -> MtpfLinearHeadModel (MtpfModel plus a
+linear classifier, same module names) -> MtpfForTokenClassification / MtpfForSequenceClassification.
 """
 
 from __future__ import annotations
@@ -79,11 +79,14 @@ class MtpfModel(MtpfPreTrainedModel):
 
     def __init__(self, config: MtpfConfig) -> None:
         super().__init__(config)
+        self._build_backbone(config)
+        self.post_init()
+
+    def _build_backbone(self, config: MtpfConfig) -> None:
         if config.backbone_config is None:
             raise ValueError("MtpfConfig has no backbone_config: build it with MtpfConfig.from_backbone(...).")
         self.backbone = AutoModel.from_config(config.backbone_config)
         self._backbone_takes_token_types = "token_type_ids" in inspect.signature(self.backbone.forward).parameters
-        self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -212,16 +215,25 @@ def _check_adapter_config(adapter_dir: str) -> None:
         raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}, expected 'LORA'.")
 
 
-class MtpfLinearHeadModel(MtpfPreTrainedModel):
-    """An MtpfModel with dropout and a linear classifier; subclasses choose what it reads and the loss."""
+class MtpfLinearHeadModel(MtpfModel):
+    """An MtpfModel plus dropout and a linear classifier; subclasses choose what it reads and the loss.
+
+    It extends MtpfModel rather than wrapping it, so the backbone keeps the same module names
+    (`backbone.…`) in every class: a PEFT adapter saved from one loads into all of them.
+    """
 
     def __init__(self, config: MtpfConfig) -> None:
-        super().__init__(config)
+        MtpfPreTrainedModel.__init__(self, config)
+        self._build_backbone(config)
         self.num_labels = config.num_labels
-        self.mtpf = MtpfModel(config)
         self.dropout = nn.Dropout(_dropout_of(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
+
+    def encode(self, input_ids, attention_mask, token_type_ids, **kwargs: Any) -> BaseModelOutputWithPooling:
+        return MtpfModel.forward(
+            self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs
+        )
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(features))
@@ -238,7 +250,7 @@ class MtpfForTokenClassification(MtpfLinearHeadModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> TokenClassifierOutput:
-        outputs = self.mtpf(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
         logits = self.classify(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -259,7 +271,7 @@ class MtpfForSequenceClassification(MtpfLinearHeadModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
-        outputs = self.mtpf(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
         logits = self.classify(outputs.pooler_output)
         loss = None
         if labels is not None:

@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["mtpf", "mtpf.*"]),
-    py_modules=["configuration_mtpf", "modeling_mtpf", "train_mtpf"],
+    py_modules=["configuration_mtpf", "modeling_mtpf", "train_mtpf", "push_to_hub"],
     # torch is left unpinned on purpose: install the build that fits your machine first (CPU, CUDA, ...).
     install_requires=[
         "torch>=2.1",
@@ -31,5 +31,5 @@ setup(
         "eval": ["mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
         "dev": ["pytest>=8", "ruff>=0.6", "mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
     },
-    entry_points={"console_scripts": ["mtpf=mtpf.cli:main", "mtpf-train=train_mtpf:cli"]},
+    entry_points={"console_scripts": ["mtpf=mtpf.cli:main", "mtpf-train=train_mtpf:cli", "mtpf-push=push_to_hub:cli"]},
 )

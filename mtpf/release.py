@@ -10,6 +10,7 @@ Written into a temporary sibling folder and renamed into place, so a reader neve
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ ADAPTERS_DIR = "adapters"
 BACKBONE_FILES = ("config.json", "configuration_mtpf.py", "modeling_mtpf.py", "model.safetensors")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_KEY_MARKERS = ("lora_", "base_layer")
+BASE_MARKER = "mtpf_base.json"  # in each adapter folder: the digest of the backbone weights it was made with
 # Relative to an adapter folder: where the backbone of the same release sits (publishing swaps in a repo id).
 LOCAL_ADAPTER_BASE = f"../../{BACKBONE_DIR}"
 
@@ -101,8 +103,10 @@ def export_release(
             backbone.config.task_slots[task]["adapter"] = f"../{ADAPTERS_DIR}/{task}"
         backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
         tokenizer.save_pretrained(staging / BACKBONE_DIR)
+        marker = json.dumps({"backbone_sha256": backbone_digest(staging / BACKBONE_DIR)}, indent=2) + "\n"
         for task in tasks:
-            save_adapter(peft_model, task, staging / ADAPTERS_DIR, adapter_base)
+            adapter_dir = save_adapter(peft_model, task, staging / ADAPTERS_DIR, adapter_base)
+            (adapter_dir / BASE_MARKER).write_text(marker, encoding="utf-8")
     validate_release(output)
     logger.info("Release written to %s (tasks: %s)", output, ", ".join(tasks))
     return output
@@ -154,6 +158,15 @@ def validate_release(release_dir: str | os.PathLike) -> list[str]:
         model = model or MtpfModel(config)
         model.check_adapter_weights(str(adapter_dir))
     return list(config.task_slots)
+
+
+def backbone_digest(backbone_dir: Path) -> str:
+    """SHA-256 of the backbone weights: ties each adapter to the exact backbone it was trained with."""
+    digest = hashlib.sha256()
+    with (Path(backbone_dir) / "model.safetensors").open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_base_weights(path: Path) -> None:

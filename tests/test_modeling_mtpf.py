@@ -76,7 +76,7 @@ def test_heads_reuse_a_saved_backbone(tmp_path):
     model.save_pretrained(tmp_path)
     head_model = MtpfForTokenClassification.from_pretrained(tmp_path, num_labels=5).eval()
     for key, value in model.state_dict().items():
-        assert torch.equal(head_model.mtpf.state_dict()[key], value), key
+        assert torch.equal(head_model.state_dict()[key], value), key
     ids = torch.tensor([[2, 9, 10, 3]])
     labels = torch.tensor([[-100, 1, 4, -100]])
     out = head_model(input_ids=ids, labels=labels)

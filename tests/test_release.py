@@ -200,3 +200,20 @@ def test_init_cli(tiny_encoder_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert validate_release(tmp_path / "rel") == ["ner"]
+
+
+def test_ner_adapter_loads_into_the_token_classification_head(trained_release, recwarn):
+    """Same module names in every class: the adapter's keys all match (no 'missing adapter keys')."""
+    from peft import PeftModel
+
+    from modeling_mtpf import MtpfForTokenClassification
+
+    release, expected = trained_release
+    head_model = MtpfForTokenClassification.from_pretrained(str(release / "backbone"), num_labels=3).eval()
+    tagger = PeftModel.from_pretrained(head_model, str(release / "adapters" / "ner")).eval()
+    assert not [w for w in recwarn if "missing adapter keys" in str(w.message)]
+    _, tokenizer = load_release(release)
+    batch = tokenizer(example_texts(), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = tagger(**batch).logits
+    torch.testing.assert_close(logits, head_model.classifier(expected["ner.tokens"]), atol=1e-5, rtol=0)

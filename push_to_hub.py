@@ -1,0 +1,64 @@
+"""Publish a release folder: one backbone repo, one PEFT adapter repo per task, model cards with eval results.
+
+    python push_to_hub.py OUT --repo-id ORG/NAME [--results results.json] [--results-model NAME] [--private]
+                          [--revision BRANCH] [--adapter-repo-pattern "{repo_id}-{task}"] [--dry-run DIR]
+
+The token comes from HF_TOKEN or the login cache (`huggingface-cli login`); it is never printed or written.
+`--dry-run DIR` writes exactly what would be uploaded to DIR/ORG/NAME and DIR/ORG/NAME-<task> and uploads nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+from huggingface_hub import HfApi
+from transformers import HfArgumentParser
+
+from mtpf.hub import DEFAULT_ADAPTER_PATTERN, publish, stage_release
+from mtpf.results import load_results, records_for_model
+
+
+@dataclass
+class PushArguments:
+    release: str = field(metadata={"help": "Release folder (OUT/backbone, OUT/adapters/<task>)."})
+    repo_id: str = field(metadata={"help": "Backbone repo ORG/NAME; adapters go to the adapter pattern."})
+    results: str | None = field(default=None, metadata={"help": "results.json of the evaluation suite."})
+    results_model: str | None = field(default=None, metadata={"help": "Which model of results.json (if several)."})
+    private: bool = field(default=False, metadata={"help": "Create private repos."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    adapter_repo_pattern: str = field(default=DEFAULT_ADAPTER_PATTERN, metadata={"help": "Adapter repo id pattern."})
+    dry_run: str | None = field(default=None, metadata={"help": "Write the repo folders here and upload nothing."})
+    endpoint: str | None = field(default=None, metadata={"help": "Hub endpoint (default: HF_ENDPOINT or the Hub)."})
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):  # the release folder may come first, positionally
+        argv = ["--release", argv[0], *argv[1:]]
+    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
+    records = records_for_model(load_results(args.results), args.results_model) if args.results else []
+    if args.dry_run:
+        staged = stage_release(
+            args.release, args.repo_id, args.dry_run, records, args.revision, args.adapter_repo_pattern
+        )
+        for repo in staged:
+            print(f"[dry run] {repo.repo_id}: {repo.folder}")
+        return [repo.repo_id for repo in staged]
+    with tempfile.TemporaryDirectory(prefix="mtpf-push-") as staging:
+        staged = stage_release(args.release, args.repo_id, staging, records, args.revision, args.adapter_repo_pattern)
+        published = publish(staged, HfApi(endpoint=args.endpoint), private=args.private, revision=args.revision)
+    for repo_id in published:
+        print(f"Published {repo_id}")
+    return published
+
+
+def cli() -> None:
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()
