@@ -35,7 +35,24 @@ def run_build_teacher(argv: list[str]) -> None:
     teacher_main(argv)
 
 
-COMMANDS = {"init": run_init, "build-teacher": run_build_teacher}
+def run_info(argv: list[str]) -> None:
+    """Print a release's slots and parameter counts: `python -m mtpf info OUT`."""
+    from mtpf.release import release_summary
+
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m mtpf info RELEASE_DIR")
+    summary = release_summary(argv[0])
+    print(f"backbone: {summary['backbone_parameters']:,} parameters ({summary['model_type']})")
+    for task, slot in summary["slots"].items():
+        share = slot["parameters"] / summary["backbone_parameters"]
+        print(
+            f"slot {task}: {slot['parameters']:,} parameters ({share:.2%} of the backbone), r={slot['r']}, "
+            f"alpha={slot['lora_alpha']}, layers {slot['layers']}, {'+'.join(slot['target_modules'])}, "
+            f"{'trained' if slot.get('trained') else 'untrained'}"
+        )
+
+
+COMMANDS = {"init": run_init, "build-teacher": run_build_teacher, "info": run_info}
 
 
 def main(argv: list[str] | None = None) -> None:

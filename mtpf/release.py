@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -158,6 +159,28 @@ def validate_release(release_dir: str | os.PathLike) -> list[str]:
         model = model or MtpfModel(config)
         model.check_adapter_weights(str(adapter_dir))
     return list(config.task_slots)
+
+
+def count_parameters(weights: Path) -> int:
+    """Number of values in a safetensors file, read from its header only."""
+    with safe_open(str(weights), framework="pt") as handle:
+        return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())  # noqa: SIM118
+
+
+def release_summary(release_dir: str | os.PathLike) -> dict:
+    """Slots and parameter counts of a release (for `mtpf info` and notes)."""
+    release_dir = Path(release_dir)
+    tasks = validate_release(release_dir)
+    config = MtpfConfig.from_pretrained(str(release_dir / BACKBONE_DIR))
+    slots = {}
+    for task in tasks:
+        weights = release_dir / ADAPTERS_DIR / task / "adapter_model.safetensors"
+        slots[task] = {**config.task_slots[task], "parameters": count_parameters(weights)}
+    return {
+        "model_type": config.backbone_config.model_type,
+        "backbone_parameters": count_parameters(release_dir / BACKBONE_DIR / "model.safetensors"),
+        "slots": slots,
+    }
 
 
 def backbone_digest(backbone_dir: Path) -> str:

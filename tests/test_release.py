@@ -217,3 +217,26 @@ def test_ner_adapter_loads_into_the_token_classification_head(trained_release, r
     with torch.no_grad():
         logits = tagger(**batch).logits
     torch.testing.assert_close(logits, head_model.classifier(expected["ner.tokens"]), atol=1e-5, rtol=0)
+
+
+def test_info_counts_parameters(trained_release):
+    from mtpf.release import release_summary
+
+    release, _ = trained_release
+    summary = release_summary(release)
+    model = MtpfModel.from_pretrained(str(release / "backbone"))
+    assert summary["backbone_parameters"] == sum(p.numel() for p in model.parameters())
+    peft_model, _ = load_release(release)
+    for task in ("ner", "tc"):
+        expected = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n and f".{task}." in n)
+        assert summary["slots"][task]["parameters"] == expected
+    result = subprocess.run(
+        [sys.executable, "-m", "mtpf", "info", str(release)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"slot ner: {summary['slots']['ner']['parameters']:,} parameters" in result.stdout
