@@ -19,6 +19,7 @@ from typing import Any
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from mtpf.analysis.tracking import AnalysisSet, InterferenceCallback
 from mtpf.args import DataArguments, ModelArguments, MtpfTrainingArguments, parse_args
 from mtpf.data.pairs import describe_sources, load_pair_sources
 from mtpf.data.steps import MultiTaskStepDataset, NerBatches, TaskSchedule, TcBatches
@@ -91,7 +92,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Mt
         "ner_corpus": data_args.ner_corpus,
         "teacher": data_args.teacher,
     }
-    return MtpfTrainer(
+    trainer = MtpfTrainer(
         model=wrapper,
         args=args,
         train_dataset=steps,
@@ -101,6 +102,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Mt
         pcgrad=model_args.pcgrad,
         run_info=run_info,
     )
+    if data_args.analysis_steps:
+        analysis = AnalysisSet.from_conll(data_args.analysis_data, data_args.analysis_sentences, seed=args.seed)
+        label = model_args.mode + ("+pcgrad" if model_args.pcgrad else "")
+        trainer.add_callback(InterferenceCallback(analysis, tokenizer, data_args.analysis_steps, label))
+    return trainer
 
 
 def resolve_resume(args: MtpfTrainingArguments) -> str | None:

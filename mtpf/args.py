@@ -101,6 +101,13 @@ class DataArguments:
     )
     task_ratio: str = field(default="1:1", metadata={"help": "NER:TC steps in 'alternate' (e.g. 1:3)."})
     release_dir: str | None = field(default=None, metadata={"help": "Release folder (default: OUTPUT_DIR/release)."})
+    analysis_steps: int = field(
+        default=0, metadata={"help": "Record the interference metrics every N steps (0: never); see mtpf/analysis."}
+    )
+    analysis_data: str = field(
+        default=f"{SHARED_DATA}/ner/conll2003/iob2/test.txt", metadata={"help": "BIO CoNLL file for the analysis."}
+    )
+    analysis_sentences: int = field(default=2000, metadata={"help": "Sentences measured per analysis (paper: 2,000)."})
 
     def pair_paths(self) -> list[str]:
         """Expand folders of pair folders (like ../shared/data/pairs) into their pairs.tsv files."""

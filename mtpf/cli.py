@@ -52,7 +52,34 @@ def run_info(argv: list[str]) -> None:
         )
 
 
-COMMANDS = {"init": run_init, "build-teacher": run_build_teacher, "info": run_info}
+@dataclass
+class AnalyzeArguments:
+    """Interference metrics (paper Sec. 5) of saved models, and Fig. 3-style plots of training curves."""
+
+    output: str = field(metadata={"help": "Folder for analysis.json and the plot."})
+    models: list[str] = field(default_factory=list, metadata={"help": "Release folders or encoders (folder/Hub id)."})
+    curves: list[str] = field(default_factory=list, metadata={"help": "interference.json files of training runs."})
+    data: str = field(default="../shared/data/ner/conll2003/iob2/test.txt", metadata={"help": "BIO CoNLL file."})
+    sentences: int = field(default=2000, metadata={"help": "Sentences measured (paper: 2,000)."})
+    variants: int = field(default=4, metadata={"help": "Perturbed variants per sentence (paper: 4)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the entity replacement."})
+
+
+def run_analyze(argv: list[str]) -> None:
+    from mtpf.analysis.plot import plot_curves
+    from mtpf.analysis.tracking import analyze_models
+
+    (args,) = HfArgumentParser(AnalyzeArguments).parse_args_into_dataclasses(args=argv)
+    if not args.models and not args.curves:
+        raise SystemExit("mtpf analyze: give --models and/or --curves")
+    if args.models:
+        path = analyze_models(args.models, args.output, args.data, args.sentences, args.variants, args.seed)
+        print(f"Metrics written to {path}")
+    if args.curves:
+        print(f"Plot written to {plot_curves(args.curves, f'{args.output}/interference.png')}")
+
+
+COMMANDS = {"init": run_init, "build-teacher": run_build_teacher, "info": run_info, "analyze": run_analyze}
 
 
 def main(argv: list[str] | None = None) -> None:
