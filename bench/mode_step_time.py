@@ -75,10 +75,14 @@ def main() -> None:
             seconds = time_mode(args.config, mode, pcgrad, args.steps, Path(workdir))
             results.append({"mode": mode, "pcgrad": pcgrad, "seconds_per_step": round(seconds, 3)})
             print(f"{mode:9s} pcgrad={pcgrad!s:5s} {seconds:7.2f} s/step", flush=True)
+    seconds = {(r["mode"], r["pcgrad"]): r["seconds_per_step"] for r in results}
+    overhead = seconds[("mtpf_tpl", False)] / (seconds[("pf_ner", False)] + seconds[("pf_tc", False)])
+    print(f"mtpf_tpl step / (pf_ner step + pf_tc step) = {overhead:.3f} (target <= 1.05)")
     report = {
         "config": args.config,
         "steps_timed": args.steps,
         "results": results,
+        "tpl_step_overhead": round(overhead, 3),
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }

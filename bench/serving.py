@@ -1,0 +1,89 @@
+"""Serving latency: backbone alone vs one active slot vs a merged slot vs a mixed-slot batch vs one pass per slot.
+
+    python bench/serving.py [--backbone offline:minilm-l6] [--repeats 7]
+
+Four slots (rank 32, alpha 64, query/key/MLP of the last 2 layers) with non-zero weights; real sentences from
+CoNLL-2003 test; latency per sentence at batch 1 and 32 (median of repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 2)[0])
+from bench.common import best_of, write_report
+
+SLOTS = ["ner", "tc", "app3", "app4"]
+DATA = "../shared/data/ner/conll2003/iob2/test.txt"
+
+
+def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) -> dict:
+    """ms per sentence of each way to serve, and ratios to the backbone alone."""
+    batch = dict(tokenizer(sentences[:batch_size], padding=True, return_tensors="pt"))
+    runs = {
+        "backbone": lambda: base(**batch),
+        "active_slot": lambda: slotted(**batch),
+        "merged_slot": lambda: merged(**batch),
+    }
+    if batch_size > 1:
+        rows = [SLOTS[i % len(SLOTS)] for i in range(batch_size)]
+        groups = {slot: [i for i, s in enumerate(rows) if s == slot] for slot in SLOTS}
+
+        def per_slot_passes():
+            for slot, index in groups.items():
+                slotted.set_adapter(slot)
+                slotted(**{k: v[index] for k, v in batch.items()})
+            slotted.set_adapter("ner")
+
+        runs["mixed_batch_4_slots"] = lambda: slotted(**batch, adapter_names=rows)
+        runs["one_pass_per_slot"] = per_slot_passes
+    timings = {name: best_of(run, repeats) / batch_size * 1000 for name, run in runs.items()}
+    reference = timings["backbone"]
+    result = {
+        name: {"ms_per_sentence": round(ms, 3), "vs_backbone": round(ms / reference, 3)} for name, ms in timings.items()
+    }
+    if batch_size > 1:
+        result["mixed_batch_4_slots"]["vs_single_slot_batch"] = round(
+            timings["mixed_batch_4_slots"] / timings["active_slot"], 3
+        )
+    for name, ms in timings.items():
+        print(f"batch {batch_size:2d} {name:22s} {ms:8.3f} ms/sentence  x{ms / reference:.3f}", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbone", default="offline:minilm-l6")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--output", default="bench/results/serving.json")
+    args = parser.parse_args()
+
+    from mtpf.data.conll import read_conll
+    from mtpf.release import load_encoder, mtpf_model_from_encoder
+    from mtpf.slots import attach_slots
+
+    torch.manual_seed(0)
+    encoder, tokenizer = load_encoder(args.backbone)
+    base = mtpf_model_from_encoder(encoder, tasks=SLOTS).eval()
+    slotted = attach_slots(copy.deepcopy(base), SLOTS).eval()
+    with torch.no_grad():
+        for name, param in slotted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.01)
+    slotted.set_adapter("ner")
+    merged = copy.deepcopy(slotted).merge_and_unload().eval()  # the ner slot folded into the weights
+    sentences = [" ".join(s.tokens) for s in read_conll(DATA)[:64] if len(s.tokens) > 5][:32]
+
+    torch.set_grad_enabled(False)
+    results = {
+        f"batch_{size}": measure(size, base, slotted, merged, tokenizer, sentences, args.repeats) for size in (1, 32)
+    }
+    write_report(args.output, " ".join(["python", *sys.argv]), results)
+
+
+if __name__ == "__main__":
+    main()

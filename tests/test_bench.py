@@ -1,0 +1,63 @@
+"""The benchmark scripts stay runnable (tiny settings; their real results live in bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def run_bench(script: str, *args: str, tmp_path) -> dict:
+    output = tmp_path / "out.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / script), *args, "--output", str(output)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
+def test_contrastive_scaling(tmp_path):
+    report = run_bench(
+        "contrastive_scaling.py",
+        "--backbone",
+        "offline:tiny-bert",
+        "--sizes",
+        "8",
+        "16",
+        "--mini",
+        "4",
+        tmp_path=tmp_path,
+    )
+    assert [(r["batch"], r["grad_cache_mini_batch"]) for r in report["results"]] == [(8, 0), (8, 4), (16, 0), (16, 4)]
+    assert all(r["peak_rss_gb"] > 0 and r["ms_per_pair"] > 0 for r in report["results"])
+
+
+def test_serving(tmp_path):
+    report = run_bench("serving.py", "--backbone", "offline:tiny-bert", "--repeats", "1", tmp_path=tmp_path)
+    assert set(report["results"]["batch_32"]) == {
+        "backbone",
+        "active_slot",
+        "merged_slot",
+        "mixed_batch_4_slots",
+        "one_pass_per_slot",
+    }
+
+
+@pytest.mark.parametrize("teacher", ["offline:tiny-bert"])
+def test_pseudo_label_throughput(tmp_path, teacher):
+    report = run_bench(
+        "pseudo_label_throughput.py", "--teacher", teacher, "--sentences", "100", "--clusters", "8", tmp_path=tmp_path
+    )
+    assert [r["variant"] for r in report["results"]["runs"]] == ["teacher_only", "teacher_plus_kmeans"]
