@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 
-def best_of(function: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+def best_of(function: Callable[[], object], repeats: int = 5, warmup: int = 3) -> float:
     """Median seconds of `repeats` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         function()

@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="offline:minilm-l6")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--mini", type=int, default=64, help="gradient-caching mini-batch (texts)")
+    parser.add_argument(
+        "--plain-max", type=int, default=512, help="largest uncached batch to run (1024 plain needs ~25 GB here)"
+    )
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--one", nargs=2, type=int, metavar=("BATCH", "MINI"), help=argparse.SUPPRESS)
     parser.add_argument("--output", default="bench/results/contrastive_scaling.json")
@@ -80,6 +83,12 @@ def main() -> None:
     results = []
     for batch in args.sizes:
         for mini in (0, args.mini):
+            if not mini and batch > args.plain_max:
+                results.append(
+                    {"batch": batch, "grad_cache_mini_batch": 0, "skipped": f"over --plain-max {args.plain_max}"}
+                )
+                print(f"batch {batch:5d} plain : skipped (over --plain-max)", flush=True)
+                continue
             command = [
                 sys.executable,
                 __file__,
@@ -100,7 +109,7 @@ def main() -> None:
                 flush=True,
             )
     base = next(r for r in results if r["batch"] == min(args.sizes) and not r["grad_cache_mini_batch"])
-    for result in results:
+    for result in (r for r in results if "ms_per_pair" in r):
         result["time_per_pair_vs_plain_smallest"] = round(result["ms_per_pair"] / base["ms_per_pair"], 2)
     write_report(args.output, " ".join(["python", *sys.argv]), results)
 

@@ -163,3 +163,16 @@ def build_smoke_trainer(output_dir: Path, pseudo_label_dir: Path, *overrides: st
     from train_mtpf import build_trainer
 
     return build_trainer(*parse_args(smoke_argv(output_dir, pseudo_label_dir, *overrides)))
+
+
+def run_command(command: list[str], cwd: Path, timeout: int = 600, **env: str):
+    """Run a user-facing command offline in a fresh process; fail the test with its stderr tail if it fails."""
+    import subprocess
+
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **env)
+    environment.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_command
 
 
 def run_bench(script: str, *args: str, tmp_path) -> dict:
     output = tmp_path / "out.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "bench" / script), *args, "--output", str(output)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_command([sys.executable, str(REPO_ROOT / "bench" / script), *args, "--output", str(output)], REPO_ROOT)
     return json.loads(output.read_text())
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from mtpf.hub import PublishError, publish, stage_release
 from mtpf.release import BASE_MARKER, ReleaseError, init_release, load_release
 from mtpf.results import SCHEMA, ResultRecord, ResultsSchemaError, averaged, load_results, save_results
 from push_to_hub import main as push_main
-from tests.conftest import REPO_ROOT, build_smoke_trainer
+from tests.conftest import REPO_ROOT, build_smoke_trainer, run_command
 
 REPO_ID = "acme/mtpf-mini"
 TOKEN = "hf_testtoken_never_written_anywhere"
@@ -45,48 +44,18 @@ def trainer_data_args(workdir: Path):
     return DataArguments(release_dir=str(workdir / "release"))
 
 
+def conll_f1(value: float, **overrides) -> ResultRecord:
+    fields = dict(model="rel", family="ner", dataset="conll2003", dataset_name="CoNLL-2003", split="test", metric="f1")
+    return ResultRecord(**{**fields, "value": value, **overrides})
+
+
 @pytest.fixture
 def results_file(tmp_path) -> Path:
     records = [
-        ResultRecord(
-            model="rel",
-            family="ner",
-            dataset="conll2003",
-            dataset_name="CoNLL-2003",
-            split="test",
-            metric="f1",
-            value=88.5,
-            seed=0,
-        ),
-        ResultRecord(
-            model="rel",
-            family="ner",
-            dataset="conll2003",
-            dataset_name="CoNLL-2003",
-            split="test",
-            metric="f1",
-            value=88.9,
-            seed=1,
-        ),
-        ResultRecord(
-            model="rel",
-            family="ner",
-            dataset="conll2003",
-            dataset_name="CoNLL-2003",
-            split="test",
-            fraction=0.1,
-            metric="f1",
-            value=66.1,
-        ),
-        ResultRecord(
-            model="rel",
-            family="tc",
-            dataset="mteb/banking77",
-            dataset_name="Banking77",
-            split="test",
-            metric="accuracy",
-            value=79.5,
-        ),
+        conll_f1(88.5, seed=0),
+        conll_f1(88.9, seed=1),
+        conll_f1(66.1, fraction=0.1),
+        conll_f1(79.5, family="tc", dataset="mteb/banking77", dataset_name="Banking77", metric="accuracy"),
     ]
     path = tmp_path / "results.json"
     save_results(records, path)
@@ -136,19 +105,13 @@ def test_dry_run_writes_the_repos_with_cards(trained_release, results_file, tmp_
 def test_user_loads_published_folders_by_repo_id(trained_release, tmp_path):
     """Offline path mapping: from the dry-run folder every repo id is a relative path."""
     push_main([str(trained_release), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "hub")])
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
     out_hub = tmp_path / "hub.safetensors"
     script = str(REPO_ROOT / "examples" / "load_from_hub.py")
-    result = subprocess.run(
+    result = run_command(
         [sys.executable, script, "--repo-id", REPO_ID, "--output", str(out_hub)],
-        cwd=tmp_path / "hub",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        tmp_path / "hub",
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "'entity'" in result.stdout
     hub = load_file(str(out_hub))
     assert not torch.allclose(hub["ner.sentence"], hub["tc.sentence"])

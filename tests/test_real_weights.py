@@ -28,10 +28,9 @@ def test_release_of_real_encoder_equals_original(name, tpl_layers, tmp_path):
     with torch.no_grad():
         expected = mean_pooled(original, batch)
 
-    result = run_user_process(
+    run_user_process(
         [str(REPO_ROOT / "examples" / "load_release.py"), str(release), "--output", "emb.safetensors"], tmp_path
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     got = load_file(str(tmp_path / "emb.safetensors"))
     torch.testing.assert_close(got["base"], expected, atol=1e-5, rtol=0)
     # A release made by init has identity slots (LoRA B = 0): every slot reproduces the original too.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,16 +24,12 @@ from mtpf.release import (
     validate_release,
 )
 from mtpf.slots import activate_slot, attach_slots
-from tests.conftest import REPO_ROOT, build_tiny_encoder, randomize_lora
+from tests.conftest import REPO_ROOT, build_tiny_encoder, randomize_lora, run_command
 
 
-def run_user_process(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run_user_process(args: list[str], tmp_path: Path):
     """A fresh interpreter with an empty remote-code cache, offline, outside the repository."""
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules-cache"), HF_HUB_OFFLINE="1")
-    env.pop("PYTHONPATH", None)
-    return subprocess.run(
-        [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    return run_command([sys.executable, *args], tmp_path, HF_MODULES_CACHE=str(tmp_path / "modules-cache"))
 
 
 def example_texts() -> list[str]:
@@ -90,10 +85,7 @@ def test_layout_is_what_goes_to_the_hub(trained_release):
 def test_user_loads_backbone_and_slots_in_fresh_process(trained_release, tmp_path):
     release, expected = trained_release
     out = tmp_path / "embeddings.safetensors"
-    result = run_user_process(
-        [str(REPO_ROOT / "examples" / "load_release.py"), str(release), "--output", str(out)], tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_user_process([str(REPO_ROOT / "examples" / "load_release.py"), str(release), "--output", str(out)], tmp_path)
     assert any((tmp_path / "modules-cache").rglob("modeling_mtpf.py")), "remote code was not used"
     got = load_file(str(out))
     torch.testing.assert_close(got["base"], expected["base.sentence"], atol=1e-5, rtol=0)
@@ -107,7 +99,6 @@ def test_user_loads_backbone_and_slots_in_fresh_process(trained_release, tmp_pat
 def test_token_classification_pipeline_runs_from_release(trained_release, tmp_path):
     release, _ = trained_release
     result = run_user_process([str(REPO_ROOT / "examples" / "ner_pipeline.py"), str(release)], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "'entity':" in result.stdout
 
 
@@ -173,7 +164,7 @@ def test_missing_and_corrupted_files_are_named(tiny_encoder_dir, tmp_path):
 
 
 def test_init_cli(tiny_encoder_dir, tmp_path):
-    result = subprocess.run(
+    run_command(
         [
             sys.executable,
             "-m",
@@ -192,13 +183,8 @@ def test_init_cli(tiny_encoder_dir, tmp_path):
             "--tasks",
             "ner",
         ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        REPO_ROOT,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert validate_release(tmp_path / "rel") == ["ner"]
 
 
@@ -230,13 +216,17 @@ def test_info_counts_parameters(trained_release):
     for task in ("ner", "tc"):
         expected = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n and f".{task}." in n)
         assert summary["slots"][task]["parameters"] == expected
-    result = subprocess.run(
-        [sys.executable, "-m", "mtpf", "info", str(release)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_command([sys.executable, "-m", "mtpf", "info", str(release)], REPO_ROOT)
     assert f"slot ner: {summary['slots']['ner']['parameters']:,} parameters" in result.stdout
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    from mtpf.io import atomic_directory, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_directory(tmp_path / "folder") as staging:
+        (staging / "f").write_text("y")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~mask

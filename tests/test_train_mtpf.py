@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -13,18 +11,12 @@ import torch
 
 from mtpf.args import parse_args
 from mtpf.release import load_release, validate_release
-from tests.conftest import REPO_ROOT, smoke_argv
-
-
-def run(command: list[str], cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+from tests.conftest import REPO_ROOT, run_command, smoke_argv
 
 
 def test_smoke_config_runs_end_to_end_and_exports_a_release(tmp_path, pseudo_label_cache):
     argv = smoke_argv(tmp_path / "run", pseudo_label_cache, "--max_steps", "4", "--resume_from_checkpoint", "last")
-    result = run([sys.executable, str(REPO_ROOT / "train_mtpf.py"), *argv], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_command([sys.executable, str(REPO_ROOT / "train_mtpf.py"), *argv], cwd=tmp_path)
     release = tmp_path / "run" / "release"
     assert validate_release(release) == ["ner", "tc"]
     config = json.loads((release / "backbone" / "config.json").read_text())
@@ -41,8 +33,7 @@ def test_smoke_config_runs_end_to_end_and_exports_a_release(tmp_path, pseudo_lab
     assert not torch.allclose(outputs["ner"], outputs["tc"])  # both slots were trained
 
     # resuming a finished run continues from its last checkpoint and does no more steps
-    again = run([sys.executable, str(REPO_ROOT / "train_mtpf.py"), *argv], cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-4000:]
+    again = run_command([sys.executable, str(REPO_ROOT / "train_mtpf.py"), *argv], cwd=tmp_path)
     assert f"Resuming from checkpoint {tmp_path / 'run' / 'checkpoint-4'}" in again.stderr
 
 
@@ -70,8 +61,7 @@ def test_slotless_mode_exports_identity_slots(tmp_path, pseudo_label_cache):
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is installed with torch")
 def test_torchrun_two_processes(tmp_path, pseudo_label_cache):
     argv = smoke_argv(tmp_path / "ddp", pseudo_label_cache, "--max_steps", "3", "--tc_mini_batch_size", "8")
-    result = run(["torchrun", "--nproc_per_node", "2", str(REPO_ROOT / "train_mtpf.py"), *argv], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_command(["torchrun", "--nproc_per_node", "2", str(REPO_ROOT / "train_mtpf.py"), *argv], cwd=tmp_path)
     assert validate_release(tmp_path / "ddp" / "release") == ["ner", "tc"]
     state = json.loads((tmp_path / "ddp" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3

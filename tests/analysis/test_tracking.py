@@ -1,10 +1,9 @@
 import json
-import subprocess
 import sys
 
 from mtpf.analysis.plot import plot_curves
 from mtpf.analysis.tracking import AnalysisSet, measure_slots
-from tests.conftest import REPO_ROOT, SHARED_DIR, build_smoke_trainer, randomize_lora
+from tests.conftest import REPO_ROOT, SHARED_DIR, build_smoke_trainer, randomize_lora, run_command
 
 CONLL_TEST = str(SHARED_DIR / "data/ner/conll2003/iob2/test.txt")
 
@@ -70,7 +69,6 @@ def test_analyze_cli_on_a_release_and_an_encoder(tmp_path, pseudo_label_cache):
         "--sentences",
         "20",
     ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_command(command, REPO_ROOT)
     models = json.loads((tmp_path / "out" / "analysis.json").read_text())["models"]
     assert set(models[str(release)]) == {"base", "ner", "tc"} and set(models["offline:tiny-bert"]) == {"base"}
