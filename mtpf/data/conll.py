@@ -7,11 +7,13 @@ Every sentence comes out with BIO (IOB2) tags.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 DOC_MARKERS = ("-DOCSTART-", "###MEDLINE")
 
 
@@ -73,16 +75,22 @@ def read_conll(path: str | os.PathLike, fmt: ConllFormat | None = None) -> list[
 
 
 def _finish(tokens: list[str], tags: list[str], fmt: ConllFormat, path: Path, line: int) -> TaggedSentence:
-    tags = iob1_to_bio(tags) if fmt.scheme == "iob1" else tags
+    # IOB1 starts entities with I- by design; in BIO files a stray I- is an error that we repair and report
+    tags = to_bio(tags) if fmt.scheme == "iob1" else to_bio(tags, warn_at=(path, line))
     return TaggedSentence(tokens=list(tokens), tags=list(tags), source=str(path), line=line)
 
 
-def iob1_to_bio(tags: list[str]) -> list[str]:
-    """IOB1 starts an entity with I- unless it follows one of the same type; BIO always starts with B-."""
+def to_bio(tags: list[str], warn_at: tuple[Path | str, int] | None = None) -> list[str]:
+    """BIO: an I-X that does not continue an X entity starts one (B-X). With `warn_at` (file, first line) each
+    such repair is logged with its line."""
     converted = []
     previous = "O"
-    for tag in tags:
-        if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
+    for offset, tag in enumerate(tags):
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            if warn_at is not None:
+                logger.warning(
+                    "%s:%d: %s does not continue an entity; read as B-%s", warn_at[0], warn_at[1] + offset, tag, tag[2:]
+                )
             tag = "B-" + tag[2:]
         converted.append(tag)
         previous = tag

@@ -1,11 +1,11 @@
 import pytest
 
-from mtpf.data.conll import ConllFormat, ConllFormatError, iob1_to_bio, read_conll
+from mtpf.data.conll import ConllFormat, ConllFormatError, read_conll, to_bio
 from tests.conftest import SHARED_DIR
 
 
 def test_iob1_becomes_bio():
-    assert iob1_to_bio(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == [
+    assert to_bio(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == [
         "B-PER",
         "I-PER",
         "O",
@@ -41,3 +41,11 @@ def test_wikigold_counts_match_source():
     assert len(sentences) == 1696
     assert sum(len(s.tokens) for s in sentences) == 39_007
     assert sum(tag.startswith("B-") for s in sentences for tag in s.tags) == 3558
+
+
+def test_stray_inside_tag_in_bio_is_repaired_and_reported_by_line(tmp_path, caplog):
+    path = tmp_path / "bio.txt"
+    path.write_text("x O\n\nthe O\nParis I-LOC\ncity O\n", encoding="utf-8")
+    sentences = read_conll(path)
+    assert sentences[1].tags == ["O", "B-LOC", "O"]
+    assert f"{path}:4: I-LOC does not continue an entity; read as B-LOC" in caplog.text

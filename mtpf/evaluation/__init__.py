@@ -1,0 +1,1 @@
+"""Downstream evaluation: NER datasets (and, to come, the NER LoRA protocol and MTEB text classification)."""

@@ -1,0 +1,133 @@
+"""The downstream NER datasets, each read in its own format into BIO-tagged sentences.
+
+Local copies live in `../shared/data/ner/<name>/` (see each SOURCE.md); a user's own data is any folder with
+`train`/`dev`/`test` CoNLL column files (token first, tag last; dev optional), given as `NAME=DIR`.
+Where a dataset has no dev split, a fixed seeded 10 % of train becomes dev.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll
+
+logger = logging.getLogger(__name__)
+DEFAULT_DATA_ROOT = "../shared/data/ner"
+DEV_FRACTION = 0.1
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class NerDatasetSpec:
+    name: str
+    files: dict[str, str]  # split -> file name inside the folder
+    fmt: ConllFormat = field(default_factory=ConllFormat)
+    folder: str | None = None  # default: the name
+    display_name: str | None = None
+
+
+TAB = ConllFormat(separator="\t")
+LOCAL_NER_DATASETS = {
+    spec.name: spec
+    for spec in [
+        NerDatasetSpec(
+            "conll2003",
+            {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"},
+            ConllFormat(scheme="iob1"),
+            display_name="CoNLL-2003",
+        ),
+        NerDatasetSpec(
+            "ontonotes5", {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"}, TAB, display_name="OntoNotes5"
+        ),
+        NerDatasetSpec(
+            "mit_restaurant",
+            {"train": "train.bio", "test": "test.bio"},
+            ConllFormat(tag_first=True, separator="\t"),
+            display_name="MIT Restaurant",
+        ),
+        NerDatasetSpec(
+            "jnlpba",
+            {"train": "train.iob2", "dev": "dev.tsv", "test": "test.iob2"},
+            TAB,
+            display_name="BioNLP (JNLPBA)",
+        ),
+        *[
+            NerDatasetSpec(
+                f"crossner_{domain}",
+                {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"},
+                TAB,
+                display_name=f"CrossNER {domain}",
+            )
+            for domain in ("ai", "literature", "music", "politics", "science")
+        ],
+    ]
+}
+
+
+class NerDataError(ValueError):
+    """A dataset that cannot be read as BIO NER data."""
+
+
+def load_ner_dataset(name: str, data_root: str | Path = DEFAULT_DATA_ROOT) -> dict[str, list[TaggedSentence]]:
+    """train/dev/test sentences of a local dataset (dev carved from train, seeded, where the data has none)."""
+    if name not in LOCAL_NER_DATASETS:
+        raise NerDataError(f"Unknown NER dataset {name!r}; local ones: {sorted(LOCAL_NER_DATASETS)}.")
+    spec = LOCAL_NER_DATASETS[name]
+    folder = Path(data_root) / (spec.folder or spec.name)
+    splits = {split: read_conll(folder / file, spec.fmt) for split, file in spec.files.items()}
+    return _with_dev(splits, str(folder))
+
+
+def load_user_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence]]]:
+    """`NAME=DIR`: CoNLL column files in DIR whose names start with train / dev / test."""
+    name, sep, directory = argument.partition("=")
+    if not sep or not name or not directory:
+        raise NerDataError(f"--ner-data takes NAME=DIR, got {argument!r}.")
+    folder = Path(directory)
+    splits = {}
+    for split in SPLITS:
+        matches = sorted(p for p in folder.glob(f"{split}*") if p.is_file()) if folder.is_dir() else []
+        if len(matches) > 1:
+            raise NerDataError(f"{folder}: several {split} files {[m.name for m in matches]}; keep one.")
+        if matches:
+            splits[split] = read_conll(matches[0], ConllFormat())
+    return name, _with_dev(splits, str(folder))
+
+
+def _with_dev(splits: dict[str, list[TaggedSentence]], where: str) -> dict[str, list[TaggedSentence]]:
+    for split in ("train", "test"):
+        if not splits.get(split):
+            raise NerDataError(f"{where}: the {split} split is missing or empty.")
+    if "dev" in splits and not splits["dev"]:
+        raise NerDataError(f"{where}: the dev split is empty.")
+    if "dev" not in splits:
+        train = splits["train"]
+        order = np.random.default_rng(0).permutation(len(train))
+        dev_rows = set(order[: max(1, int(len(train) * DEV_FRACTION))].tolist())
+        splits["dev"] = [s for i, s in enumerate(train) if i in dev_rows]
+        splits["train"] = [s for i, s in enumerate(train) if i not in dev_rows]
+        logger.info("%s: no dev split; %d of %d train sentences (seed 0) became dev", where, len(dev_rows), len(train))
+    return splits
+
+
+def label_set(sentences: list[TaggedSentence]) -> list[str]:
+    """Sorted tags, O first."""
+    tags = {tag for sentence in sentences for tag in sentence.tags}
+    return ["O", *sorted(tags - {"O"})]
+
+
+def check_label_sets(splits: dict[str, list[TaggedSentence]], where: str) -> list[str]:
+    """The training label set; a dev/test tag never seen in train is an error naming file and line."""
+    labels = set(label_set(splits["train"]))
+    for split in ("dev", "test"):
+        for sentence in splits.get(split, []):
+            unknown = sorted(set(sentence.tags) - labels)
+            if unknown:
+                raise NerDataError(
+                    f"{sentence.source}:{sentence.line}: {split} tag(s) {unknown} never occur in train ({where})."
+                )
+    return label_set(splits["train"])
