@@ -161,6 +161,6 @@ def yaml_to_argv(path: Path) -> list[str]:
     for key, value in data.items():
         if value is None:
             continue
-        argv.append(f"--{key}")
-        argv.extend(str(v) for v in value) if isinstance(value, list) else argv.append(str(value))
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v) for v in values)]
     return argv

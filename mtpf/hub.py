@@ -16,6 +16,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from mtpf.io import update_json
 from mtpf.release import ADAPTERS_DIR, BACKBONE_DIR, BASE_MARKER, ReleaseError, backbone_digest, validate_release
 from mtpf.results import FAMILIES, ResultRecord, averaged
 
@@ -81,11 +82,12 @@ def stage_release(
     backbone_dir = output / repo_id
     shutil.rmtree(backbone_dir, ignore_errors=True)
     shutil.copytree(release / BACKBONE_DIR, backbone_dir)
-    config_path = backbone_dir / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    for task, adapter_repo in adapters.items():
-        config["task_slots"][task]["adapter"] = adapter_repo
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    def point_slots_at_repos(config: dict) -> None:
+        for task, adapter_repo in adapters.items():
+            config["task_slots"][task]["adapter"] = adapter_repo
+
+    config = update_json(backbone_dir / "config.json", point_slots_at_repos)
     backbone_card(config, repo_id, adapters, results, revision).save(backbone_dir / "README.md")
     staged = [StagedRepo(repo_id, backbone_dir, "backbone")]
 
@@ -93,11 +95,9 @@ def stage_release(
         folder = output / adapter_repo
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(release / ADAPTERS_DIR / task, folder)
-        adapter_config_path = folder / "adapter_config.json"
-        adapter_config = json.loads(adapter_config_path.read_text(encoding="utf-8"))
-        adapter_config["base_model_name_or_path"] = repo_id
-        adapter_config["revision"] = revision
-        adapter_config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        update_json(
+            folder / "adapter_config.json", lambda c: c.update(base_model_name_or_path=repo_id, revision=revision)
+        )
         own = [r for r in results if r.family == task]
         adapter_card(task, config, repo_id, adapter_repo, own, revision).save(folder / "README.md")
         staged.append(StagedRepo(adapter_repo, folder, task))

@@ -10,7 +10,7 @@ from torch import nn
 
 from modeling_mtpf import MtpfModel
 from mtpf.losses.pseudo_label_ce import pseudo_label_cross_entropy
-from mtpf.slots import activate_slot, attach_slots
+from mtpf.slots import activate_slot, attach_slots, backbone_parameters, slot_parameters
 
 
 class MtpfPretrainingModel(nn.Module):
@@ -57,18 +57,14 @@ class MtpfPretrainingModel(nn.Module):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Parameters that only `task` trains: its slot and, for NER, the pseudo-label head."""
-        params = [p for n, p in self.named_parameters() if "lora_" in n and f".{task}." in n]
+        params = list(slot_parameters(self.encoder, task).values())
         if task == "ner" and self.ner_head is not None:
             params += list(self.ner_head.parameters())
         return params
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that both tasks update (the backbone)."""
-        return [
-            p
-            for n, p in self.named_parameters()
-            if p.requires_grad and "lora_" not in n and not n.startswith("ner_head.")
-        ]
+        return [p for p in backbone_parameters(self.encoder).values() if p.requires_grad]
 
     def release_model(self) -> PeftModel:
         """The encoder with every slot as a PEFT adapter (identity slots for slot-less modes), for export."""

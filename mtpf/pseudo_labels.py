@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,6 @@ class PseudoLabelSettings:
     kmeans_epochs: int = 1
     seed: int = 0
     cache_dir: str = "outputs/pseudo-labels"
-    extra: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         description = asdict(self)

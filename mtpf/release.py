@@ -18,13 +18,14 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS, MtpfConfig
 from modeling_mtpf import MtpfModel
-from mtpf.io import atomic_directory
+from mtpf.io import atomic_directory, update_json
 from mtpf.slots import attach_slots
 from mtpf.weights import resolve_model_path
 
@@ -121,10 +122,7 @@ def save_adapter(peft_model: PeftModel, task: str, adapters_dir: Path, adapter_b
     target = adapters_dir / task
     saved.rename(target)
     shutil.rmtree(scratch, ignore_errors=True)  # PEFT's generic README; publishing writes real cards
-    config_path = target / "adapter_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = adapter_base
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    update_json(target / "adapter_config.json", lambda config: config.update(base_model_name_or_path=adapter_base))
     return target
 
 
@@ -156,7 +154,9 @@ def validate_release(release_dir: str | os.PathLike) -> list[str]:
         for name in ADAPTER_FILES:
             if not (adapter_dir / name).is_file():
                 raise ReleaseError(f"{adapter_dir / name}: missing from the release (slot {task!r}).")
-        model = model or MtpfModel(config)
+        if model is None:
+            with torch.device("meta"):  # module shapes only: no weights allocated or initialised
+                model = MtpfModel(config)
         model.check_adapter_weights(str(adapter_dir))
     return list(config.task_slots)
 

@@ -60,11 +60,11 @@ def set_trainable(peft_model: PeftModel, train_backbone: bool = True) -> None:
         param.requires_grad = train_backbone or LORA_MARKER in name
 
 
-def slot_parameters(peft_model: PeftModel, task: str) -> dict[str, nn.Parameter]:
+def slot_parameters(peft_model: nn.Module, task: str) -> dict[str, nn.Parameter]:
     """The LoRA parameters that belong to one slot."""
     return {name: p for name, p in peft_model.named_parameters() if LORA_MARKER in name and f".{task}." in name}
 
 
-def backbone_parameters(peft_model: PeftModel) -> dict[str, nn.Parameter]:
+def backbone_parameters(peft_model: nn.Module) -> dict[str, nn.Parameter]:
     """The shared (non-LoRA) parameters."""
     return {name: p for name, p in peft_model.named_parameters() if LORA_MARKER not in name}

@@ -140,7 +140,7 @@ def _dev_f1(trainer: Trainer, dev_set: Dataset, dev: list[TaggedSentence], label
     predictions = trainer.predict(dev_set)
     predicted = predictions.predictions.argmax(-1)
     gold_tags, predicted_tags = [], []
-    for row, sentence in zip(range(len(dev)), dev):
+    for row, sentence in enumerate(dev):
         keep = np.asarray(dev_set[row]["labels"]) != -100
         tags = [labels[i] for i in predicted[row][: len(keep)][keep]]
         gold_tags.append(sentence.tags[: len(tags)])
