@@ -1,15 +1,13 @@
 import math
 import socket
-import time
-from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mtpf.losses.info_nce import InfoNCELoss
+from tests.conftest import run_command
 
 
 def reference_info_nce(anchors, positives, temperature):
@@ -45,27 +43,6 @@ def test_bad_temperature_and_shapes():
         InfoNCELoss()(torch.randn(3, 4), torch.randn(2, 4))
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, result_file: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
-    )
-    try:
-        torch.manual_seed(0)
-        encoder = torch.nn.Linear(8, 4)
-        model = torch.nn.parallel.DistributedDataParallel(encoder)
-        anchors_in, positives_in = torch.randn(8, 8), torch.randn(8, 8)
-        local = slice(rank * 4, (rank + 1) * 4)
-        loss = InfoNCELoss()(model(anchors_in[local]), model(positives_in[local]))
-        loss.backward()
-        losses = [torch.zeros(()) for _ in range(world_size)]
-        dist.all_gather(losses, loss.detach())
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    if rank == 0:
-        torch.save({"loss": torch.stack(losses).mean(), "grad": encoder.weight.grad.clone()}, result_file)
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -75,13 +52,9 @@ def free_port() -> int:
 def test_two_processes_equal_one_big_batch(tmp_path):
     """2 ranks x 4 pairs with gathered negatives == 1 process x 8 pairs: same loss, same (averaged) gradient."""
     result_file = str(tmp_path / "ddp.pt")
-    context = mp.spawn(_ddp_worker, args=(2, free_port(), result_file), nprocs=2, join=False)
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=5):  # raises if a worker failed; never waits forever on a stuck one
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process gloo run did not finish in 180 s")
+    worker = Path(__file__).with_name("ddp_info_nce_worker.py")
+    command = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), str(worker), result_file]
+    run_command(command, tmp_path, timeout=300)
     got = torch.load(result_file)
 
     torch.manual_seed(0)
