@@ -31,5 +31,12 @@ setup(
         "eval": ["mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
         "dev": ["pytest>=8", "ruff>=0.6", "mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
     },
-    entry_points={"console_scripts": ["mtpf=mtpf.cli:main", "mtpf-train=train_mtpf:cli", "mtpf-push=push_to_hub:cli"]},
+    entry_points={
+        "console_scripts": [
+            "mtpf=mtpf.cli:main",
+            "mtpf-train=train_mtpf:cli",
+            "mtpf-push=push_to_hub:cli",
+            "mtpf-eval=mtpf.cli:eval_cli",
+        ]
+    },
 )

@@ -79,7 +79,85 @@ def run_analyze(argv: list[str]) -> None:
         print(f"Plot written to {plot_curves(args.curves, f'{args.output}/interference.png')}")
 
 
-COMMANDS = {"init": run_init, "build-teacher": run_build_teacher, "info": run_info, "analyze": run_analyze}
+@dataclass
+class EvalArguments:
+    """Downstream evaluation suite (paper Sec. 3 and appendices A, C, D) over one or more models."""
+
+    model: list[str] = field(
+        metadata={"help": "Release folders or encoders (folder, Hub id, offline:NAME); repeatable."}
+    )
+    output: str = field(metadata={"help": "Folder for results.json and results.md (a rerun resumes)."})
+    suite: str = field(default="quick", metadata={"help": "smoke (CI), quick (about 1 CPU hour), paper (GPU)."})
+    ner_datasets: list[str] | None = field(
+        default=None, metadata={"help": "Override the suite's NER datasets: local names or NAME=DIR user data."}
+    )
+    tc_tasks: list[str] | None = field(default=None, metadata={"help": "Override the TC tasks (column or MTEB name)."})
+    fractions: list[float] | None = field(default=None, metadata={"help": "Override the NER training fractions."})
+    seeds: list[int] | None = field(default=None, metadata={"help": "Override the NER training seeds."})
+    ner_epochs: float | None = field(default=None, metadata={"help": "Override the joint NER epochs."})
+    ner_warmup_epochs: float | None = field(default=None, metadata={"help": "Override the head-only NER epochs."})
+    ner_max_train_sentences: int | None = field(default=None, metadata={"help": "Override the NER train cap."})
+    tc_n_experiments: int | None = field(default=None, metadata={"help": "Override MTEB's probe repetitions."})
+    skip_ner: bool = field(default=False, metadata={"help": "Run only text classification."})
+    skip_tc: bool = field(default=False, metadata={"help": "Run only NER."})
+    ner_data_root: str = field(default="../shared/data/ner", metadata={"help": "Local NER datasets."})
+    tc_data_root: str = field(default="../shared/data/tc", metadata={"help": "Local TC datasets."})
+
+
+def merge_repeated(argv: list[str], flag: str) -> list[str]:
+    """`--model A --model B` means `--model A B` (argparse would keep only the last)."""
+    values, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == flag:
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return [flag, *values, *rest] if values else rest
+
+
+def run_eval(argv: list[str]) -> None:
+    from huggingface_hub import constants
+
+    from mtpf.evaluation.suite import SuiteRun, suite_settings, tc_column
+
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=merge_repeated(argv, "--model"))
+    settings = suite_settings(
+        args.suite,
+        ner_datasets=args.ner_datasets,
+        tc_tasks=[tc_column(t) for t in args.tc_tasks] if args.tc_tasks else None,
+        fractions=args.fractions,
+        seeds=args.seeds,
+        ner={
+            "epochs": args.ner_epochs,
+            "warmup_epochs": args.ner_warmup_epochs,
+            "max_train_sentences": args.ner_max_train_sentences,
+        },
+        tc={"n_experiments": args.tc_n_experiments},
+    )
+    command = " ".join(["mtpf-eval", *argv])
+    run = SuiteRun(settings, args.output, args.ner_data_root, args.tc_data_root, not constants.HF_HUB_OFFLINE, command)
+    path = run.run(args.model, ner=not args.skip_ner, tc=not args.skip_tc)
+    print(f"Results written to {path} and {path.with_suffix('.md')}")
+
+
+def eval_cli() -> None:
+    """Console script `mtpf-eval`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mteb").setLevel(logging.WARNING)  # per-experiment chatter; our own log names each task
+    run_eval(sys.argv[1:])
+
+
+COMMANDS = {
+    "init": run_init,
+    "build-teacher": run_build_teacher,
+    "info": run_info,
+    "analyze": run_analyze,
+    "eval": run_eval,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -185,8 +185,12 @@ def release_summary(release_dir: str | os.PathLike) -> dict:
 
 def backbone_digest(backbone_dir: Path) -> str:
     """SHA-256 of the backbone weights: ties each adapter to the exact backbone it was trained with."""
+    return file_digest(Path(backbone_dir) / "model.safetensors")
+
+
+def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
-    with (Path(backbone_dir) / "model.safetensors").open("rb") as stream:
+    with Path(path).open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

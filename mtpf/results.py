@@ -6,6 +6,10 @@
                   "seed": 0, "metric": "f1", "value": 88.7, "config_hash": "..."}, ...]}
 
 `family` is `ner` (seqeval entity F1) or `tc` (MTEB classification accuracy); values are percentages.
+`config_hash` identifies the evaluated weights (backbone and slot files). `mtpf-eval` adds top-level keys that
+readers of this schema may ignore: `suite` (name, description of what it cuts, command, protocol settings),
+`models`, `missing` (datasets that could not be evaluated, with the reason; never averaged) and `runs`
+(per-run details such as seconds, train sentences and best dev epoch).
 """
 
 from __future__ import annotations

@@ -68,14 +68,31 @@ LOCAL_NER_DATASETS = {
 }
 
 
+CROSSNER_DOMAINS = tuple(f"crossner_{domain}" for domain in ("ai", "literature", "music", "politics", "science"))
+# The paper's CrossNER column (39 entity types) is the five domains pooled into one dataset.
+NER_GROUPS = {"crossner": CROSSNER_DOMAINS}
+# The paper's five NER sub-tasks, in its table order, with its column names.
+PAPER_NER_DATASETS = {
+    "conll2003": "CoNLL",
+    "ontonotes5": "OntoNotes5",
+    "mit_restaurant": "MIT Restaurant",
+    "jnlpba": "BioNLP",
+    "crossner": "CrossNER",
+}
+
+
 class NerDataError(ValueError):
     """A dataset that cannot be read as BIO NER data."""
 
 
 def load_ner_dataset(name: str, data_root: str | Path = DEFAULT_DATA_ROOT) -> dict[str, list[TaggedSentence]]:
     """train/dev/test sentences of a local dataset (dev carved from train, seeded, where the data has none)."""
+    if name in NER_GROUPS:
+        parts = [load_ner_dataset(member, data_root) for member in NER_GROUPS[name]]
+        return {split: [s for part in parts for s in part[split]] for split in SPLITS}
     if name not in LOCAL_NER_DATASETS:
-        raise NerDataError(f"Unknown NER dataset {name!r}; local ones: {sorted(LOCAL_NER_DATASETS)}.")
+        known = sorted([*LOCAL_NER_DATASETS, *NER_GROUPS])
+        raise NerDataError(f"Unknown NER dataset {name!r}; local ones: {known}.")
     spec = LOCAL_NER_DATASETS[name]
     folder = Path(data_root) / (spec.folder or spec.name)
     splits = {split: read_conll(folder / file, spec.fmt) for split, file in spec.files.items()}
@@ -115,19 +132,21 @@ def _with_dev(splits: dict[str, list[TaggedSentence]], where: str) -> dict[str, 
 
 
 def label_set(sentences: list[TaggedSentence]) -> list[str]:
-    """Sorted tags, O first."""
-    tags = {tag for sentence in sentences for tag in sentence.tags}
-    return ["O", *sorted(tags - {"O"})]
+    """O, then B- and I- of every entity type the sentences contain (a type may start as a one-word entity in
+    train and still have multi-word entities in test, so both tags of a seen type are always labels)."""
+    types = {tag[2:] for sentence in sentences for tag in sentence.tags if tag != "O"}
+    return ["O", *[f"{prefix}-{kind}" for kind in sorted(types) for prefix in ("B", "I")]]
 
 
 def check_label_sets(splits: dict[str, list[TaggedSentence]], where: str) -> list[str]:
-    """The training label set; a dev/test tag never seen in train is an error naming file and line."""
+    """The training label set; a dev/test entity type never seen in train is an error naming file and line."""
     labels = set(label_set(splits["train"]))
     for split in ("dev", "test"):
         for sentence in splits.get(split, []):
             unknown = sorted(set(sentence.tags) - labels)
             if unknown:
                 raise NerDataError(
-                    f"{sentence.source}:{sentence.line}: {split} tag(s) {unknown} never occur in train ({where})."
+                    f"{sentence.source}:{sentence.line}: {split} tag(s) {unknown} name an entity type never seen in "
+                    f"train ({where})."
                 )
     return label_set(splits["train"])

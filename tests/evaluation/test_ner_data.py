@@ -62,7 +62,9 @@ def test_missing_dev_is_a_seeded_tenth_of_train():
 def test_user_folder_and_bad_input(tmp_path):
     (tmp_path / "train.txt").write_text("Paris B-LOC\nis O\n\nBob B-PER\n\n" * 10, encoding="utf-8")
     (tmp_path / "test.txt").write_text("Rome B-LOC\n\nAcme B-ORG\n", encoding="utf-8")
-    with pytest.raises(NerDataError, match=r"test\.txt:3: test tag\(s\) \['B-ORG'\] never occur in train"):
+    with pytest.raises(
+        NerDataError, match=r"test\.txt:3: test tag\(s\) \['B-ORG'\] name an entity type never seen in train"
+    ):
         check_label_sets(load_user_ner_data(f"mine={tmp_path}")[1], "mine")
     (tmp_path / "test.txt").write_text("", encoding="utf-8")
     with pytest.raises(NerDataError, match="the test split is missing or empty"):

@@ -1,0 +1,74 @@
+"""A model under evaluation: a release folder (backbone + trained slots) or any plain encoder.
+
+Every downstream run starts from a fresh copy of the LoRA-free backbone, so one loaded candidate serves all
+datasets, fractions and seeds without one run leaking into the next.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from modeling_mtpf import MtpfModel
+from mtpf.release import (
+    ADAPTERS_DIR,
+    BACKBONE_DIR,
+    backbone_digest,
+    file_digest,
+    load_encoder,
+    mtpf_model_from_encoder,
+    validate_release,
+)
+from mtpf.weights import resolve_model_path
+
+
+@dataclass
+class EvalCandidate:
+    name: str  # as the user named it; the `model` field of every result
+    backbone: MtpfModel  # base weights only, never modified
+    tokenizer: PreTrainedTokenizerBase
+    adapters: dict[str, Path] = field(default_factory=dict)  # trained slot -> PEFT adapter folder
+    config_hash: str = ""
+
+    def fresh_backbone(self) -> MtpfModel:
+        return copy.deepcopy(self.backbone)
+
+    def encoder_for(self, task: str) -> MtpfModel:
+        """The backbone with `task`'s slot merged in (the plain backbone when the model has no such slot)."""
+        model = self.fresh_backbone()
+        if task not in self.adapters:
+            return model.eval()
+        return PeftModel.from_pretrained(model, str(self.adapters[task]), adapter_name=task).merge_and_unload().eval()
+
+
+def is_release(name_or_path: str) -> bool:
+    return (Path(name_or_path) / BACKBONE_DIR).is_dir()
+
+
+def load_candidate(name_or_path: str) -> EvalCandidate:
+    """Load a release (validated, slots found by name) or an encoder (folder, Hub id, `offline:NAME`)."""
+    if is_release(name_or_path):
+        release = Path(name_or_path)
+        tasks = validate_release(release)
+        backbone = MtpfModel.from_pretrained(str(release / BACKBONE_DIR))
+        tokenizer = AutoTokenizer.from_pretrained(str(release / BACKBONE_DIR))
+        adapters = {task: release / ADAPTERS_DIR / task for task in tasks}
+        digests = [backbone_digest(release / BACKBONE_DIR)] + [
+            file_digest(adapters[task] / "adapter_model.safetensors") for task in tasks
+        ]
+        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, _short_hash(digests))
+    encoder, tokenizer = load_encoder(name_or_path)
+    folder = Path(resolve_model_path(name_or_path))
+    digest = backbone_digest(folder) if (folder / "model.safetensors").is_file() else name_or_path
+    return EvalCandidate(
+        name_or_path, mtpf_model_from_encoder(encoder, tasks=()).eval(), tokenizer, {}, _short_hash([digest])
+    )
+
+
+def _short_hash(parts: list[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -1,0 +1,315 @@
+"""Downstream NER adaptation (paper appendix A): LoRA on every layer, a linear head warmed up alone, then joint.
+
+Where the model has a trained `ner` slot, its weights initialise the downstream LoRA of the slot's layers
+(the slot's update is reproduced exactly; extra ranks start like fresh LoRA). Labels sit on first sub-tokens;
+the score is seqeval's strict IOB2 entity F1 on test, at the epoch with the best dev F1. Words cut off by
+`max_length` count as predicted `O`, so truncation can only lower the score, never hide gold entities.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from seqeval.metrics import f1_score
+from seqeval.scheme import IOB2
+from torch.utils.data import SequentialSampler
+from transformers import (
+    DataCollatorForTokenClassification,
+    EvalPrediction,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from configuration_mtpf import DEFAULT_TARGET_ROLES, make_slot
+from modeling_mtpf import MtpfForTokenClassification
+from mtpf.data.conll import TaggedSentence
+from mtpf.evaluation.candidate import EvalCandidate
+
+logger = logging.getLogger(__name__)
+DOWNSTREAM = "ner"  # adapter name of the downstream LoRA (it continues the `ner` slot where one exists)
+HEAD = "classifier"
+
+
+@dataclass
+class NerProtocol:
+    """How one model is adapted to one NER dataset (defaults: the paper's appendix A)."""
+
+    r: int = field(default=32, metadata={"help": "Downstream LoRA rank (paper: 32)."})
+    lora_alpha: int = field(default=64, metadata={"help": "Downstream LoRA alpha (paper: 64)."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_ROLES), metadata={"help": "Roles on every layer."}
+    )
+    warmup_epochs: float = field(default=10, metadata={"help": "Head-only epochs, encoder frozen (paper: 10)."})
+    epochs: float = field(default=30, metadata={"help": "Joint LoRA + head epochs (paper: 30)."})
+    batch_size: int = field(default=64, metadata={"help": "Training batch size (paper: 64)."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (paper: 2e-5)."})
+    warmup_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the head-only phase (default: learning_rate)."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
+    max_length: int = field(default=256, metadata={"help": "Sub-tokens per sentence; cut words count as O."})
+    max_train_sentences: int | None = field(default=None, metadata={"help": "Cap after the fraction (seeded)."})
+    max_dev_sentences: int | None = field(default=None, metadata={"help": "Cap on dev (seeded)."})
+    max_test_sentences: int | None = field(default=None, metadata={"help": "Cap on test (seeded)."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Batch size for dev/test prediction."})
+
+
+@dataclass
+class NerRun:
+    dataset: str
+    fraction: float
+    seed: int
+    test_f1: float  # percent
+    dev_f1: float
+    best_epoch: float
+    train_sentences: int
+    test_sentences: int
+    seconds: float
+
+
+def subsample(sentences: list[TaggedSentence], fraction: float = 1.0, cap: int | None = None, seed: int = 0):
+    """A fixed seeded subset: the same sentences for every model and training seed."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"The data fraction must be in (0, 1], got {fraction}.")
+    count = max(1, math.ceil(len(sentences) * fraction))
+    if cap is not None:
+        count = min(count, cap)
+    if count >= len(sentences):
+        return list(sentences)
+    keep = np.sort(np.random.default_rng(seed).permutation(len(sentences))[:count])
+    return [sentences[i] for i in keep]
+
+
+def encode_sentences(
+    sentences: list[TaggedSentence], tokenizer: PreTrainedTokenizerBase, label_ids: dict[str, int], max_length: int
+) -> Dataset:
+    """Sub-token inputs with each word's label on its first sub-token and -100 elsewhere."""
+    if not tokenizer.is_fast:
+        raise ValueError("NER evaluation needs a fast tokenizer (word_ids) for first-sub-token labels.")
+    encoded = tokenizer([s.tokens for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length)
+    labels = []
+    for row, sentence in enumerate(sentences):
+        previous, row_labels = None, []
+        for word in encoded.word_ids(row):
+            row_labels.append(-100 if word is None or word == previous else label_ids[sentence.tags[word]])
+            previous = word
+        labels.append(row_labels)
+    columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+    if "token_type_ids" in encoded:
+        columns["token_type_ids"] = encoded["token_type_ids"]
+    return Dataset.from_dict(columns)
+
+
+def decode_tags(predictions: np.ndarray, label_rows: np.ndarray, id2label: dict[int, str], gold) -> list[list[str]]:
+    """Predicted tags per word: first-sub-token predictions, then `O` for words truncation cut off."""
+    out = []
+    for pred_row, label_row, sentence in zip(predictions, label_rows, gold, strict=True):
+        tags = [id2label[int(p)] for p, gold_id in zip(pred_row, label_row) if gold_id != -100]
+        out.append(tags + ["O"] * (len(sentence.tags) - len(tags)))
+    return out
+
+
+def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
+    """seqeval strict IOB2 entity F1, in percent."""
+    return 100.0 * f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0)
+
+
+def build_ner_model(candidate: EvalCandidate, labels: list[str], protocol: NerProtocol) -> PeftModel:
+    """The candidate's backbone + a fresh token head + downstream LoRA on every layer (ner slot as init)."""
+    config = copy.deepcopy(candidate.backbone.config)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.task_slots = {
+        DOWNSTREAM: make_slot(config.num_layers, 0, protocol.r, protocol.lora_alpha, 0.0, protocol.target_modules)
+    }
+    model = MtpfForTokenClassification(config)
+    model.backbone.load_state_dict(candidate.backbone.backbone.state_dict(), strict=True)
+    lora = LoraConfig(
+        r=protocol.r,
+        lora_alpha=protocol.lora_alpha,
+        target_modules=config.slot_target_regex(DOWNSTREAM),
+        lora_dropout=0.0,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, lora, adapter_name=DOWNSTREAM)
+    if DOWNSTREAM in candidate.adapters:
+        init_from_slot(peft_model, candidate.adapters[DOWNSTREAM])
+    return peft_model
+
+
+def init_from_slot(peft_model: PeftModel, adapter_dir: Path) -> int:
+    """Copy a trained slot into the downstream LoRA so that both give the same weight update.
+
+    With slot scale s1 = alpha1/r1 and downstream scale s2: A2[:r1] = A1, B2[:, :r1] = B1 * s1/s2 and
+    B2[:, r1:] = 0, so s2 B2 A2 = s1 B1 A1; the extra ranks keep their fresh init. Returns modules initialised.
+    """
+    adapter_dir = Path(adapter_dir)
+    slot = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    slot_scale = float(slot["lora_alpha"]) / float(slot["r"])
+    copied = 0
+    with torch.no_grad():
+        for key, lora_a in tensors.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module_name = key.removesuffix(".lora_A.weight")
+            module = peft_model.get_submodule(module_name)
+            target_a, target_b = module.lora_A[DOWNSTREAM].weight, module.lora_B[DOWNSTREAM].weight
+            rank = lora_a.shape[0]
+            if rank > target_a.shape[0]:
+                raise ValueError(
+                    f"{adapter_dir}: the ner slot has rank {rank}, above the downstream rank {target_a.shape[0]}; "
+                    "raise the NER protocol's r to at least the slot's."
+                )
+            scale = slot_scale / module.scaling[DOWNSTREAM]
+            target_a[:rank].copy_(lora_a)
+            target_b.zero_()
+            target_b[:, :rank].copy_(tensors[f"{module_name}.lora_B.weight"] * scale)
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"{adapter_dir}: no LoRA tensors matched this model; was it made for another backbone?")
+    logger.info("Downstream LoRA initialised from the ner slot in %s (%d modules)", adapter_dir, copied)
+    return copied
+
+
+def set_phase(peft_model: PeftModel, joint: bool) -> None:
+    """Head-only warm-up (encoder frozen) or joint training of the downstream LoRA and the head."""
+    for name, param in peft_model.named_parameters():
+        param.requires_grad = HEAD in name or (joint and "lora_" in name)
+
+
+class KeepBestOnDev(TrainerCallback):
+    """Remember the trainable weights at the best dev F1, to restore them before testing."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.best_f1 = -1.0
+        self.best_epoch = 0.0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        f1 = (metrics or {}).get("eval_f1", -1.0)
+        logger.info("epoch %.1f: dev F1 %.2f", state.epoch or 0.0, f1)
+        if f1 > self.best_f1:
+            self.best_f1, self.best_epoch = f1, float(state.epoch or 0.0)
+            self.best_state = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state, strict=False)
+
+
+class NerTrainer(Trainer):
+    """Length-grouped training batches, but dev/test predicted in dataset order (rows align with gold words)."""
+
+    def _get_eval_sampler(self, eval_dataset) -> SequentialSampler:
+        return SequentialSampler(eval_dataset)
+
+
+def finetune_ner(
+    candidate: EvalCandidate,
+    dataset: str,
+    splits: dict[str, list[TaggedSentence]],
+    labels: list[str],
+    protocol: NerProtocol,
+    fraction: float = 1.0,
+    seed: int = 0,
+) -> NerRun:
+    """Adapt the candidate to one dataset and return test F1 at the best dev epoch."""
+    start = time.monotonic()
+    train = subsample(splits["train"], fraction, protocol.max_train_sentences)
+    dev = subsample(splits["dev"], 1.0, protocol.max_dev_sentences)
+    test = subsample(splits["test"], 1.0, protocol.max_test_sentences)
+    label_ids = {label: i for i, label in enumerate(labels)}
+    id2label = dict(enumerate(labels))
+    encode = lambda rows: encode_sentences(rows, candidate.tokenizer, label_ids, protocol.max_length)  # noqa: E731
+    train_set, dev_set, test_set = encode(train), encode(dev), encode(test)
+    torch.manual_seed(seed)
+    model = build_ner_model(candidate, labels, protocol)
+
+    def dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        predicted = decode_tags(prediction.predictions, prediction.label_ids, id2label, dev)
+        return {"f1": entity_f1([s.tags for s in dev], predicted)}
+
+    keep_best = KeepBestOnDev(model)
+    with tempfile.TemporaryDirectory(prefix="mtpf-ner-") as scratch:
+        phases = [(False, protocol.warmup_epochs, protocol.warmup_learning_rate or protocol.learning_rate)]
+        phases.append((True, protocol.epochs, protocol.learning_rate))
+        trainer = None
+        for joint, epochs, learning_rate in phases:
+            if epochs <= 0:
+                continue
+            set_phase(model, joint)
+            # The warm-up picks no model: dev selection covers the joint epochs (or the warm-up if there are none).
+            selects = joint or protocol.epochs <= 0
+            trainer = NerTrainer(
+                model=model,
+                args=_training_arguments(scratch, protocol, epochs, learning_rate, seed, evaluate=selects),
+                train_dataset=train_set,
+                eval_dataset=dev_set,
+                data_collator=DataCollatorForTokenClassification(candidate.tokenizer),
+                compute_metrics=dev_metrics,
+                preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+                callbacks=[keep_best] if selects else [],
+            )
+            trainer.train()
+        if trainer is None:
+            raise ValueError("The NER protocol trains for 0 epochs in both phases; give warmup_epochs or epochs.")
+        keep_best.restore()
+        trainer.compute_metrics = None  # dev metrics only; test is scored below against full gold sentences
+        prediction = trainer.predict(test_set)
+    test_f1 = entity_f1(
+        [s.tags for s in test], decode_tags(prediction.predictions, prediction.label_ids, id2label, test)
+    )
+    run = NerRun(
+        dataset=dataset,
+        fraction=fraction,
+        seed=seed,
+        test_f1=round(float(test_f1), 4),
+        dev_f1=round(float(keep_best.best_f1), 4),
+        best_epoch=keep_best.best_epoch,
+        train_sentences=len(train),
+        test_sentences=len(test),
+        seconds=round(time.monotonic() - start, 1),
+    )
+    logger.info("%s", run)
+    return run
+
+
+def _training_arguments(
+    output_dir: str, protocol: NerProtocol, epochs: float, learning_rate: float, seed: int, evaluate: bool
+) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=protocol.batch_size,
+        per_device_eval_batch_size=protocol.eval_batch_size,
+        learning_rate=learning_rate,
+        weight_decay=protocol.weight_decay,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )

@@ -1,0 +1,273 @@
+"""The evaluation suites (`smoke`, `quick`, `paper`) and the run that writes `results.json` + `results.md`.
+
+Results are written after every dataset, atomically; a rerun into the same folder skips what is already there
+(same model, config hash, dataset, fraction and seed), so an interrupted suite resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from mtpf.evaluation.candidate import EvalCandidate, load_candidate
+from mtpf.evaluation.ner import NerProtocol, finetune_ner
+from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT as DEFAULT_NER_ROOT
+from mtpf.evaluation.ner_data import PAPER_NER_DATASETS, check_label_sets, load_ner_dataset, load_user_ner_data
+from mtpf.evaluation.tables import results_markdown
+from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, TcProtocol, evaluate_tc
+from mtpf.io import atomic_write_text
+from mtpf.results import SCHEMA, ResultRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SuiteSettings:
+    name: str
+    description: str  # what the suite runs and, for reduced suites, exactly what it cuts
+    ner_datasets: list[str]
+    fractions: list[float]
+    seeds: list[int]
+    tc_tasks: list[str]  # Table 6 column names
+    ner: NerProtocol = field(default_factory=NerProtocol)
+    tc: TcProtocol = field(default_factory=TcProtocol)
+
+
+SUITES = {
+    "smoke": SuiteSettings(
+        "smoke",
+        "CI check that every stage runs (minutes on any encoder; numbers are not meaningful): CrossNER with 64 "
+        "train / 64 dev / 64 test sentences, 1 head epoch + 1 joint epoch at lr 1e-3, length 64; Emotion and "
+        "FinancialPhrasebank with 2 probe experiments on 128 eval rows, length 64.",
+        ["crossner"],
+        [1.0],
+        [0],
+        ["Emo.", "FPB"],
+        NerProtocol(
+            warmup_epochs=1,
+            epochs=1,
+            batch_size=16,
+            learning_rate=1e-3,
+            warmup_learning_rate=5e-3,
+            max_length=64,
+            max_train_sentences=64,
+            max_dev_sentences=64,
+            max_test_sentences=64,
+            eval_batch_size=64,
+        ),
+        TcProtocol(n_experiments=2, max_eval_rows=128, max_length=64),
+    ),
+    "quick": SuiteSettings(
+        "quick",
+        "About one CPU hour on a MiniLM-class model. Cuts against `paper`: NER trains on a seeded 1,000-sentence "
+        "subset of each training set (all of it where smaller), dev capped at 500 and test at 2,000 sentences "
+        "(seeded), 2 head-only epochs (lr 5e-3) + 6 joint epochs at lr 1e-3 (paper: 10 + 30 at 2e-5) with batch 32, "
+        "sub-tokens capped at 128, full training data only, one seed. TC keeps MTEB's probe (samples per label, "
+        "10 experiments) but caps every eval split at 2,048 label-stratified rows (MTEB caps only some) and texts "
+        "at 128 sub-tokens.",
+        list(PAPER_NER_DATASETS),
+        [1.0],
+        [0],
+        list(TC_TASKS),
+        NerProtocol(
+            warmup_epochs=2,
+            epochs=6,
+            batch_size=32,
+            learning_rate=1e-3,
+            warmup_learning_rate=5e-3,
+            max_length=128,
+            max_train_sentences=1000,
+            max_dev_sentences=500,
+            max_test_sentences=2000,
+        ),
+        TcProtocol(n_experiments=10, max_eval_rows=2048, max_length=128),
+    ),
+    "paper": SuiteSettings(
+        "paper",
+        "The paper's protocol (a GPU job): all five NER datasets with 100/50/20/10 % of the training data, LoRA "
+        "r=32/alpha=64 on query, key and MLP of every layer, 10 head-only + 30 joint epochs, batch 64, lr 2e-5, "
+        "AdamW wd 0.01; all 16 MTEB classification tasks with MTEB's own settings.",
+        list(PAPER_NER_DATASETS),
+        [1.0, 0.5, 0.2, 0.1],
+        [0],
+        list(TC_TASKS),
+    ),
+}
+
+
+def tc_column(name: str) -> str:
+    """A TC task given by its Table 6 column (`Bank.`) or MTEB name (`Banking77Classification`)."""
+    for column, spec in TC_TASKS.items():
+        if name in (column, spec.mteb_name):
+            return column
+    raise ValueError(f"Unknown TC task {name!r}; use a column {list(TC_TASKS)} or its MTEB name.")
+
+
+class SuiteRun:
+    """One suite over several models, appending to OUTPUT/results.json as it goes."""
+
+    def __init__(
+        self,
+        settings: SuiteSettings,
+        output: str | os.PathLike,
+        ner_root: str | os.PathLike = DEFAULT_NER_ROOT,
+        tc_root: str | os.PathLike = DEFAULT_TC_ROOT,
+        hub_reachable: bool = False,
+        command: str = "",
+    ) -> None:
+        self.settings = settings
+        self.output = Path(output)
+        self.ner_root = ner_root
+        self.tc_root = tc_root
+        self.hub_reachable = hub_reachable
+        self.command = command
+        self.records: list[ResultRecord] = []
+        self.missing: list[dict] = []
+        self.runs: list[dict] = []
+        self.models: list[dict] = []
+        self._load_previous()
+
+    def _load_previous(self) -> None:
+        path = self.output / "results.json"
+        if not path.is_file():
+            return
+        from mtpf.results import load_results
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("suite", {}).get("name") != self.settings.name:
+            raise ValueError(
+                f"{path}: holds results of suite {data.get('suite', {}).get('name')!r}; use another --output."
+            )
+        self.records = load_results(path)
+        self.runs = data.get("runs", [])
+        logger.info("%s: resuming, %d results already there", path, len(self.records))
+
+    def has(self, model: EvalCandidate, family: str, dataset: str, fraction: float = 1.0, seed: int = 0) -> bool:
+        return any(
+            r.model == model.name
+            and r.config_hash == model.config_hash
+            and r.family == family
+            and r.dataset == dataset
+            and r.fraction == fraction
+            and r.seed == seed
+            for r in self.records
+        )
+
+    def run(self, model_names: list[str], ner: bool = True, tc: bool = True) -> Path:
+        for name in model_names:
+            start = time.monotonic()
+            candidate = load_candidate(name)
+            self.models.append(
+                {"model": name, "config_hash": candidate.config_hash, "slots": sorted(candidate.adapters)}
+            )
+            if ner:
+                self.run_ner(candidate)
+            if tc:
+                self.run_tc(candidate)
+            logger.info("%s evaluated in %.0f s", name, time.monotonic() - start)
+        return self.save()
+
+    def run_ner(self, candidate: EvalCandidate) -> None:
+        for dataset in self.settings.ner_datasets:
+            try:
+                name, splits = self._load_ner(dataset)
+            except FileNotFoundError as err:
+                self._missing(candidate, "ner", dataset, f"data not found: {err}")
+                continue
+            labels = check_label_sets(splits, name)
+            for fraction in self.settings.fractions:
+                for seed in self.settings.seeds:
+                    if self.has(candidate, "ner", name, fraction, seed):
+                        continue
+                    logger.info("NER %s: %s, %.0f%% of train, seed %d", candidate.name, name, 100 * fraction, seed)
+                    run = finetune_ner(candidate, name, splits, labels, self.settings.ner, fraction, seed)
+                    self.records.append(
+                        ResultRecord(
+                            model=candidate.name,
+                            family="ner",
+                            dataset=name,
+                            dataset_name=PAPER_NER_DATASETS.get(name, name),
+                            split="test",
+                            metric="f1",
+                            value=run.test_f1,
+                            fraction=fraction,
+                            seed=seed,
+                            config_hash=candidate.config_hash,
+                        )
+                    )
+                    self.runs.append({"model": candidate.name, **asdict(run)})
+                    self.save()
+
+    def _load_ner(self, dataset: str):
+        """A local dataset by name, or a user's `NAME=DIR` folder."""
+        if "=" in dataset:
+            return load_user_ner_data(dataset)
+        return dataset, load_ner_dataset(dataset, self.ner_root)
+
+    def run_tc(self, candidate: EvalCandidate) -> None:
+        todo = [c for c in self.settings.tc_tasks if not self.has(candidate, "tc", TC_TASKS[c].mteb_name)]
+        for column in todo:
+            start = time.monotonic()
+            try:
+                records, missing = evaluate_tc(candidate, [column], self.settings.tc, self.tc_root, self.hub_reachable)
+            except (OSError, ConnectionError) as err:  # a Hub task whose download failed
+                records, missing = [], [self._missing_entry(candidate, "tc", TC_TASKS[column].mteb_name, str(err))]
+            self.records.extend(records)
+            for entry in missing:
+                self._missing(candidate, entry["family"], entry["dataset"], entry["reason"])
+            if records:
+                self.runs.append(
+                    {
+                        "model": candidate.name,
+                        "dataset": TC_TASKS[column].mteb_name,
+                        "seconds": round(time.monotonic() - start, 1),
+                    }
+                )
+            self.save()
+
+    def _missing_entry(self, candidate: EvalCandidate, family: str, dataset: str, reason: str) -> dict:
+        return {"model": candidate.name, "family": family, "dataset": dataset, "reason": reason}
+
+    def _missing(self, candidate: EvalCandidate, family: str, dataset: str, reason: str) -> None:
+        logger.warning("MISSING %s %s for %s: %s", family, dataset, candidate.name, reason)
+        entry = self._missing_entry(candidate, family, dataset, reason)
+        if entry not in self.missing:
+            self.missing.append(entry)
+
+    def save(self) -> Path:
+        """results.json (schema mtpf-results/1 plus suite, models, runs, missing) and results.md, atomically."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "schema": SCHEMA,
+            "suite": {
+                "name": self.settings.name,
+                "description": self.settings.description,
+                "command": self.command,
+                "ner": asdict(self.settings.ner),
+                "tc": asdict(self.settings.tc),
+                "fractions": self.settings.fractions,
+                "seeds": self.settings.seeds,
+            },
+            "models": self.models,
+            "results": [asdict(r) for r in self.records],
+            "missing": self.missing,
+            "runs": self.runs,
+        }
+        atomic_write_text(self.output / "results.json", json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(self.output / "results.md", results_markdown(payload))
+        return self.output / "results.json"
+
+
+def suite_settings(name: str, **overrides) -> SuiteSettings:
+    """A named suite with some fields replaced (None leaves the suite's value)."""
+    if name not in SUITES:
+        raise ValueError(f"Unknown suite {name!r}; use one of {sorted(SUITES)}.")
+    settings = SUITES[name]
+    ner_overrides = {k: v for k, v in overrides.pop("ner", {}).items() if v is not None}
+    tc_overrides = {k: v for k, v in overrides.pop("tc", {}).items() if v is not None}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(settings, ner=replace(settings.ner, **ner_overrides), tc=replace(settings.tc, **tc_overrides))

@@ -1,0 +1,100 @@
+import random
+
+import pytest
+import torch
+
+from mtpf.data.conll import TaggedSentence
+from mtpf.evaluation.candidate import load_candidate
+from mtpf.evaluation.ner import (
+    DOWNSTREAM,
+    NerProtocol,
+    build_ner_model,
+    decode_tags,
+    encode_sentences,
+    entity_f1,
+    finetune_ner,
+    subsample,
+)
+from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
+from tests.conftest import SHARED_DIR
+from tests.evaluation.conftest import TINY
+
+NER_ROOT = SHARED_DIR / "data" / "ner"
+
+
+def test_seqeval_perfect_and_shuffled_tags():
+    gold = [s.tags for s in load_ner_dataset("conll2003", NER_ROOT)["test"][:500]]
+    assert entity_f1(gold, gold) == 100.0
+    rng = random.Random(0)
+    shuffled = [rng.sample(tags, len(tags)) for tags in gold]
+    assert entity_f1(gold, shuffled) < 30.0
+    # strict IOB2: an entity predicted with I- only (no B-) does not count
+    assert entity_f1([["B-PER", "I-PER"]], [["I-PER", "I-PER"]]) == 0.0
+
+
+def test_subsample_is_fixed_and_sized():
+    rows = [TaggedSentence([str(i)], ["O"]) for i in range(100)]
+    tenth = subsample(rows, 0.1)
+    assert len(tenth) == 10 and tenth == subsample(rows, 0.1)
+    assert len(subsample(rows, 0.5, cap=20)) == 20 and subsample(rows, 1.0) == rows
+    with pytest.raises(ValueError, match="fraction"):
+        subsample(rows, 0.0)
+
+
+def test_labels_on_first_subtokens_and_truncated_words_are_o():
+    candidate = load_candidate(TINY)
+    sentence = TaggedSentence(["Washington", "unbelievably", "rocks"], ["B-LOC", "O", "B-MISC"])
+    ids = {"O": 0, "B-LOC": 1, "B-MISC": 2}
+    row = encode_sentences([sentence], candidate.tokenizer, ids, max_length=64)[0]
+    words = candidate.tokenizer([sentence.tokens], is_split_into_words=True).word_ids(0)
+    first = [i for i, w in enumerate(words) if w is not None and (i == 0 or words[i - 1] != w)]
+    assert [row["labels"][i] for i in first] == [1, 0, 2]
+    assert sum(label != -100 for label in row["labels"]) == 3 < len(row["input_ids"]) - 2  # "unbelievably" splits
+    short = encode_sentences([sentence], candidate.tokenizer, ids, max_length=3)[0]  # [CLS] w1 [SEP]
+    predicted = decode_tags([[0, 1, 0]], [short["labels"]], {0: "O", 1: "B-LOC"}, [sentence])
+    assert predicted == [["B-LOC", "O", "O"]]
+
+
+def lora_delta(module, adapter: str) -> torch.Tensor:
+    return module.scaling[adapter] * module.lora_B[adapter].weight @ module.lora_A[adapter].weight
+
+
+def test_ner_slot_initialises_the_downstream_lora(slotted_release):
+    candidate = load_candidate(str(slotted_release))
+    protocol = NerProtocol()  # r=32, alpha=64 on every layer; the slot is r=8, alpha=32 on the last layer
+    model = build_ner_model(candidate, ["O", "B-X", "I-X"], protocol)
+    slot_model = candidate.fresh_backbone().load_task_adapters(["ner"])
+    for layer in (0, 1):
+        name = f"backbone.encoder.layer.{layer}.attention.self.query"
+        downstream = model.base_model.model.get_submodule(name)
+        delta = lora_delta(downstream, DOWNSTREAM)
+        if layer == 1:  # a slot layer: the downstream LoRA reproduces the slot's update exactly
+            expected = lora_delta(slot_model.base_model.model.get_submodule(name), "ner")
+            assert expected.abs().max() > 1e-3
+            torch.testing.assert_close(delta, expected)
+        else:  # no slot here: fresh LoRA, no update
+            assert delta.abs().max() == 0
+    with pytest.raises(ValueError, match="raise the NER protocol's r"):
+        build_ner_model(candidate, ["O"], NerProtocol(r=4, lora_alpha=8))
+
+
+def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
+    candidate = load_candidate(TINY)
+    splits = load_ner_dataset("crossner_ai", NER_ROOT)
+    labels = check_label_sets(splits, "crossner_ai")
+    before = {k: v.clone() for k, v in candidate.backbone.state_dict().items()}
+    protocol = NerProtocol(
+        warmup_epochs=1,
+        epochs=1,
+        batch_size=16,
+        learning_rate=1e-3,
+        max_length=48,
+        max_train_sentences=32,
+        max_dev_sentences=16,
+        max_test_sentences=24,
+    )
+    run = finetune_ner(candidate, "crossner_ai", splits, labels, protocol, fraction=0.5, seed=1)
+    assert run.train_sentences == 32 and run.test_sentences == 24 and 0.0 <= run.test_f1 <= 100.0
+    assert run.best_epoch == 1.0  # the only joint epoch: dev selection ran
+    after = candidate.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # every run starts from the untouched backbone

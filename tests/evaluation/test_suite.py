@@ -1,0 +1,68 @@
+import json
+
+from mtpf.cli import merge_repeated
+from mtpf.evaluation.suite import SUITES, suite_settings, tc_column
+from mtpf.results import load_results
+from tests.conftest import REPO_ROOT, SHARED_DIR, run_command
+from tests.evaluation.conftest import TINY
+
+ROOTS = ["--ner_data_root", str(SHARED_DIR / "data" / "ner"), "--tc_data_root", str(SHARED_DIR / "data" / "tc")]
+
+
+def eval_command(output, *args: str) -> list[str]:
+    return ["python", "-m", "mtpf", "eval", "--suite", "smoke", "--output", str(output), *ROOTS, *args]
+
+
+def test_smoke_suite_cli_writes_results_and_tables_then_resumes(slotted_release, tmp_path):
+    output = tmp_path / "eval"
+    run_command(eval_command(output, "--model", TINY, "--model", str(slotted_release)), cwd=REPO_ROOT)
+    records = load_results(output / "results.json")  # the schema the model cards read
+    payload = json.loads((output / "results.json").read_text())
+    assert payload["suite"]["name"] == "smoke" and payload["missing"] == []
+    assert {(r.model, r.family, r.dataset) for r in records} == {
+        (model, family, dataset)
+        for model in (TINY, str(slotted_release))
+        for family, dataset in [
+            ("ner", "crossner"),
+            ("tc", "EmotionClassification"),
+            ("tc", "FinancialPhrasebankClassification"),
+        ]
+    }
+    hashes = {r.model: r.config_hash for r in records}
+    assert len(set(hashes.values())) == 2 and all(hashes.values())
+    table = (output / "results.md").read_text()
+    assert "## NER, full training data (Table 5 layout)" in table and "| Model | CrossNER | Average |" in table
+    assert "| Model | Emo. | FPB | Average |" in table
+    # a rerun finds every result already there and trains nothing
+    result = run_command(eval_command(output, "--model", TINY, "--model", str(slotted_release)), cwd=REPO_ROOT)
+    assert "resuming, 6 results already there" in result.stderr and "NER offline" not in result.stderr
+    assert len(load_results(output / "results.json")) == 6
+
+
+def test_missing_dataset_is_recorded_not_averaged(tmp_path):
+    output = tmp_path / "eval"
+    args = ["--model", TINY, "--ner_datasets", "conll2003", "--tc_tasks", "Patent", "--ner_data_root", str(tmp_path)]
+    result = run_command([*eval_command(output), *args], cwd=REPO_ROOT)
+    assert "MISSING ner conll2003" in result.stderr and "MISSING tc PatentClassification" in result.stderr
+    payload = json.loads((output / "results.json").read_text())
+    assert payload["results"] == [] and {m["dataset"] for m in payload["missing"]} == {
+        "conll2003",
+        "PatentClassification",
+    }
+    assert "## Not evaluated" in (output / "results.md").read_text()
+
+
+def test_suite_overrides_and_names():
+    settings = suite_settings("quick", fractions=[0.1], ner={"epochs": 2.0, "max_train_sentences": None})
+    assert settings.fractions == [0.1] and settings.ner.epochs == 2.0
+    assert settings.ner.max_train_sentences == SUITES["quick"].ner.max_train_sentences
+    assert SUITES["paper"].ner.learning_rate == 2e-5 and SUITES["paper"].ner.epochs == 30
+    assert tc_column("Banking77Classification") == tc_column("Bank.") == "Bank."
+    assert merge_repeated(["--model", "a", "--suite", "x", "--model", "b", "c"], "--model") == [
+        "--model",
+        "a",
+        "b",
+        "c",
+        "--suite",
+        "x",
+    ]

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from mtpf.evaluation.candidate import load_candidate
+from mtpf.evaluation.tc import (
+    TC_TASKS,
+    TcDataError,
+    TcProtocol,
+    build_task,
+    evaluate_tc,
+    local_dataset,
+    proportional_rows,
+    read_jsonl_split,
+)
+from tests.conftest import SHARED_DIR
+from tests.evaluation.conftest import TINY
+
+TC_ROOT = SHARED_DIR / "data" / "tc"
+FAST = TcProtocol(n_experiments=3, max_eval_rows=300, max_length=64)
+
+
+def test_every_local_task_reads_with_mteb_settings():
+    for column, spec in TC_TASKS.items():
+        if spec.folder is None:
+            continue
+        data = local_dataset(spec, TC_ROOT)
+        assert set(data) == {spec.train_split, *spec.eval_splits}, column
+        task = build_task(spec, TC_ROOT, FAST)
+        assert task.metadata.name == spec.mteb_name and task.n_experiments == 3
+    assert build_task(TC_TASKS["Emo."], TC_ROOT, FAST).samples_per_label == 16  # MTEB's override kept
+    assert build_task(TC_TASKS["TS"], TC_ROOT, FAST).samples_per_label == 32
+    assert len(local_dataset(TC_TASKS["FPB"], TC_ROOT)["train"]) == 2264  # MTEB v1: one split, all rows
+
+
+def test_bad_rows_are_named_by_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "fine", "label": "a"}\n{"text": 3, "label": "b"}\n', encoding="utf-8")
+    with pytest.raises(TcDataError, match=r"train\.jsonl:2: expected an object"):
+        read_jsonl_split(path)
+    path.write_text('{"text": "fine", "label": "a"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(TcDataError, match=r"train\.jsonl:2: not valid JSON"):
+        read_jsonl_split(path)
+
+
+def test_proportional_rows_keep_label_shares():
+    labels = [0] * 90 + [1] * 9 + [2]
+    rows = proportional_rows(labels, 20, seed=0)
+    picked = np.asarray(labels)[rows]
+    assert len(rows) == 20 and (picked == 0).sum() == 18 and (picked == 1).sum() == 2
+    assert rows == proportional_rows(labels, 20, seed=0)
+
+
+def test_mteb_task_runs_offline_and_separates_random_from_real_encoder():
+    scores = {}
+    for name in (TINY, "offline:minilm-l6"):
+        records, missing = evaluate_tc(load_candidate(name), ["Emo.", "Patent"], FAST, TC_ROOT)
+        assert [m["dataset"] for m in missing] == ["PatentClassification"]  # not local, Hub offline: recorded
+        (record,) = records
+        assert record.dataset == "EmotionClassification" and record.split == "test" and record.metric == "accuracy"
+        scores[name] = record.value
+    assert scores["offline:minilm-l6"] > scores[TINY] + 5, scores
+
+
+def test_tc_slot_changes_the_embeddings(slotted_release):
+    candidate = load_candidate(str(slotted_release))
+    plain = load_candidate(TINY)
+    records = evaluate_tc(candidate, ["FPB"], FAST, TC_ROOT)[0]
+    assert records[0].config_hash == candidate.config_hash != plain.config_hash
+    inputs = candidate.tokenizer(["a tc slot is merged in"], return_tensors="pt")
+    with_slot = candidate.encoder_for("tc")(**inputs).pooler_output
+    without = plain.encoder_for("tc")(**inputs).pooler_output  # a plain encoder has no slot: the backbone itself
+    assert not np.allclose(with_slot.detach().numpy(), without.detach().numpy())
