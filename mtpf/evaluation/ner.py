@@ -62,7 +62,9 @@ class NerProtocol:
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
     max_length: int = field(default=256, metadata={"help": "Sub-tokens per sentence; cut words count as O."})
-    max_train_sentences: int | None = field(default=None, metadata={"help": "Cap after the fraction (seeded)."})
+    max_train_sentences: int | None = field(
+        default=None, metadata={"help": "Cap on train (seeded), applied before the data fraction."}
+    )
     max_dev_sentences: int | None = field(default=None, metadata={"help": "Cap on dev (seeded)."})
     max_test_sentences: int | None = field(default=None, metadata={"help": "Cap on test (seeded)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size for dev/test prediction."})
@@ -232,7 +234,8 @@ def finetune_ner(
 ) -> NerRun:
     """Adapt the candidate to one dataset and return test F1 at the best dev epoch."""
     start = time.monotonic()
-    train = subsample(splits["train"], fraction, protocol.max_train_sentences)
+    # The cap first, then the fraction of what is left: a 10 % run trains on a tenth of the full run's sentences.
+    train = subsample(subsample(splits["train"], 1.0, protocol.max_train_sentences), fraction)
     dev = subsample(splits["dev"], 1.0, protocol.max_dev_sentences)
     test = subsample(splits["test"], 1.0, protocol.max_test_sentences)
     label_ids = {label: i for i, label in enumerate(labels)}

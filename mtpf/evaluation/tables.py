@@ -52,6 +52,15 @@ def results_markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def family_averages(records: list[ResultRecord], family: str, fraction: float | None = None) -> dict[str, float]:
+    """Mean score per model over the datasets every model has (main splits, seeds averaged)."""
+    scores = _scores(records, family, fraction)
+    models = list(scores)
+    preferred = list(PAPER_NER_DATASETS.values()) if family == "ner" else list(TC_TASKS)
+    common = _common(models, scores, _columns(scores, preferred))
+    return {model: _average(scores, model, common) for model in models}
+
+
 def _model_order(payload: dict, records: list[ResultRecord]) -> list[str]:
     order = [m["model"] for m in payload.get("models", [])]
     for record in records:

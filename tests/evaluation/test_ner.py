@@ -94,7 +94,7 @@ def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
         max_test_sentences=24,
     )
     run = finetune_ner(candidate, "crossner_ai", splits, labels, protocol, fraction=0.5, seed=1)
-    assert run.train_sentences == 32 and run.test_sentences == 24 and 0.0 <= run.test_f1 <= 100.0
+    assert run.train_sentences == 16 and run.test_sentences == 24 and 0.0 <= run.test_f1 <= 100.0
     assert run.best_epoch == 1.0  # the only joint epoch: dev selection ran
     after = candidate.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # every run starts from the untouched backbone
