@@ -4,7 +4,8 @@ Pre-finetunes every mode with identical data, steps and seed (each in a fresh pr
 already exists, so a stopped sweep resumes), then evaluates the base encoder and all releases with the `quick`
 suite on full and 10 % NER training data, and plots the interference curves of pf_ner / pf_tc / mtpf_tpl.
 
-    python scripts/cpu_reproduction.py configs/cpu-reproduction/splade-tiny.yaml --output results/cpu-reproduction/splade-tiny
+    python scripts/cpu_reproduction.py configs/cpu-reproduction/splade-tiny.yaml \
+        --output results/cpu-reproduction/splade-tiny
 """
 
 from __future__ import annotations

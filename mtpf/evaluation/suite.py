@@ -64,7 +64,8 @@ SUITES = {
     "quick": SuiteSettings(
         "quick",
         "About one CPU hour on a MiniLM-class model. Cuts against `paper`: NER trains on a seeded 1,000-sentence "
-        "subset of each training set (all of it where smaller; a data fraction f takes f of that subset), dev capped at 500 and test at 2,000 sentences "
+        "subset of each training set (all of it where smaller; a data fraction f takes f of that subset), "
+        "dev capped at 500 and test at 2,000 sentences "
         "(seeded), 2 head-only epochs (lr 5e-3) + 6 joint epochs at lr 1e-3 (paper: 10 + 30 at 2e-5) with batch 32, "
         "sub-tokens capped at 128, full training data only, one seed. TC keeps MTEB's probe (samples per label, "
         "10 experiments) but caps every eval split at 2,048 label-stratified rows (MTEB caps only some) and texts "
