@@ -89,7 +89,8 @@ class EvalArguments:
     output: str = field(metadata={"help": "Folder for results.json and results.md (a rerun resumes)."})
     suite: str = field(default="quick", metadata={"help": "smoke (CI), quick (about 1 CPU hour), paper (GPU)."})
     ner_datasets: list[str] | None = field(
-        default=None, metadata={"help": "Override the suite's NER datasets: local names or NAME=DIR user data."}
+        default=None,
+        metadata={"help": "Override the suite's NER datasets: local names, NAME=DIR user data, or hf://ID[:CONFIG]."},
     )
     tc_tasks: list[str] | None = field(default=None, metadata={"help": "Override the TC tasks (column or MTEB name)."})
     fractions: list[float] | None = field(default=None, metadata={"help": "Override the NER training fractions."})

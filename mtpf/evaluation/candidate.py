@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -41,9 +42,9 @@ class EvalCandidate:
     def encoder_for(self, task: str) -> MtpfModel:
         """The backbone with `task`'s slot merged in (the plain backbone when the model has no such slot)."""
         model = self.fresh_backbone()
-        if task not in self.adapters:
-            return model.eval()
-        return PeftModel.from_pretrained(model, str(self.adapters[task]), adapter_name=task).merge_and_unload().eval()
+        if task in self.adapters:
+            model = PeftModel.from_pretrained(model, str(self.adapters[task]), adapter_name=task).merge_and_unload()
+        return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def is_release(name_or_path: str) -> bool:

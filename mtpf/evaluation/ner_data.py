@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll
+from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll, to_bio
 
 logger = logging.getLogger(__name__)
 DEFAULT_DATA_ROOT = "../shared/data/ner"
@@ -113,6 +113,46 @@ def load_user_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentenc
         if matches:
             splits[split] = read_conll(matches[0], ConllFormat())
     return name, _with_dev(splits, str(folder))
+
+
+HUB_PREFIX = "hf://"
+HUB_SPLITS = {"train": ("train",), "dev": ("validation", "dev"), "test": ("test",)}
+
+
+def load_hub_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence]]]:
+    """`hf://ID[:CONFIG]`: a Hub (or local `datasets`) NER dataset with `tokens` and `ner_tags`/`tags` columns.
+
+    Tags may be ClassLabel ids or strings; they are read as BIO (an I- after O is repaired and logged).
+    """
+    from datasets import ClassLabel, Sequence, load_dataset
+
+    dataset_id, _, config = argument.removeprefix(HUB_PREFIX).partition(":")
+    try:
+        dataset = load_dataset(dataset_id, config or None)
+    except Exception as err:  # offline, unknown id, bad config: say which and why
+        raise NerDataError(f"{argument}: cannot load the dataset ({type(err).__name__}: {err}).") from err
+    splits = {}
+    for split, names in HUB_SPLITS.items():
+        name = next((n for n in names if n in dataset), None)
+        if name is None:
+            continue
+        data = dataset[name]
+        tag_column = next((c for c in ("ner_tags", "tags") if c in data.column_names), None)
+        if "tokens" not in data.column_names or tag_column is None:
+            raise NerDataError(f"{argument} [{name}]: needs a 'tokens' and a 'ner_tags' (or 'tags') column.")
+        feature = data.features[tag_column]
+        inner = feature.feature if isinstance(feature, Sequence) else getattr(feature, "feature", None)
+        names_of = inner.names if isinstance(inner, ClassLabel) else None
+        splits[split] = [
+            TaggedSentence(
+                list(tokens),
+                to_bio([names_of[t] if names_of else str(t) for t in tags], (f"{argument} [{name}] row", row)),
+                f"{argument} [{name}] row",
+                row,
+            )
+            for row, (tokens, tags) in enumerate(zip(data["tokens"], data[tag_column], strict=True))
+        ]
+    return dataset_id.split("/")[-1] + (f"-{config}" if config else ""), _with_dev(splits, argument)
 
 
 def _with_dev(splits: dict[str, list[TaggedSentence]], where: str) -> dict[str, list[TaggedSentence]]:

@@ -16,7 +16,14 @@ from pathlib import Path
 from mtpf.evaluation.candidate import EvalCandidate, load_candidate
 from mtpf.evaluation.ner import NerProtocol, finetune_ner
 from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT as DEFAULT_NER_ROOT
-from mtpf.evaluation.ner_data import PAPER_NER_DATASETS, check_label_sets, load_ner_dataset, load_user_ner_data
+from mtpf.evaluation.ner_data import (
+    HUB_PREFIX,
+    PAPER_NER_DATASETS,
+    check_label_sets,
+    load_hub_ner_data,
+    load_ner_dataset,
+    load_user_ner_data,
+)
 from mtpf.evaluation.tables import results_markdown
 from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, TcProtocol, evaluate_tc
 from mtpf.io import atomic_write_text
@@ -204,7 +211,9 @@ class SuiteRun:
                     self.save()
 
     def _load_ner(self, dataset: str):
-        """A local dataset by name, or a user's `NAME=DIR` folder."""
+        """A local dataset by name, a user's `NAME=DIR` folder, or `hf://ID[:CONFIG]`."""
+        if dataset.startswith(HUB_PREFIX):
+            return load_hub_ner_data(dataset)
         if "=" in dataset:
             return load_user_ner_data(dataset)
         return dataset, load_ner_dataset(dataset, self.ner_root)

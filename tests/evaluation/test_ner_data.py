@@ -71,3 +71,22 @@ def test_user_folder_and_bad_input(tmp_path):
         load_user_ner_data(f"mine={tmp_path}")
     with pytest.raises(NerDataError, match="takes NAME=DIR"):
         load_user_ner_data(str(tmp_path))
+
+
+def test_datasets_library_ner_data_with_classlabel_tags(tmp_path):
+    """`hf://ID` goes through `datasets.load_dataset`; a local folder of parquet splits stands in for a Hub id."""
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+    from mtpf.evaluation.ner_data import load_hub_ner_data
+
+    tags = ClassLabel(names=["O", "B-PER", "I-PER"])
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(tags)})
+    rows = {"tokens": [["Ada", "Lovelace", "wrote"]] * 20, "ner_tags": [[1, 2, 0]] * 19 + [[2, 2, 0]]}
+    for split in ("train", "test"):
+        Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
+    name, splits = load_hub_ner_data(f"hf://{tmp_path}")
+    assert name == tmp_path.name and set(splits) == {"train", "dev", "test"}
+    assert splits["test"][0].tags == ["B-PER", "I-PER", "O"]
+    assert splits["test"][19].tags == ["B-PER", "I-PER", "O"]  # I- after O repaired to B- (and logged)
+    with pytest.raises(NerDataError, match="cannot load the dataset"):
+        load_hub_ner_data("hf://no-such-org/no-such-dataset")
