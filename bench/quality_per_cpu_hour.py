@@ -76,14 +76,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="Pre-finetuning budget per mode.")
     parser.add_argument("--workdir", default="outputs/bench-quality")
     parser.add_argument("--output", default="bench/results/quality_per_cpu_hour.json")
-    parser.add_argument("--n_experiments", type=int, default=None, help="Override the quick suite's 10 probes.")
+    parser.add_argument("--suite", default="quick", help="Evaluation suite whose TC part scores the models.")
+    parser.add_argument("--n_experiments", type=int, default=None, help="Override the suite's probe count.")
     options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mteb").setLevel(logging.WARNING)
     workdir = Path(options.workdir)
     runs = [pretrain(options.config, mode, options.minutes, workdir) for mode in MODES]
     base = parse_args([options.config])[0].backbone
-    settings = suite_settings("quick", tc={"n_experiments": options.n_experiments})
+    settings = suite_settings(options.suite, tc={"n_experiments": options.n_experiments})
     suite = SuiteRun(settings, workdir / "eval", command=" ".join(sys.argv))
     suite.run([base, *(run["release"] for run in runs)], ner=False)
     payload = json.loads((workdir / "eval" / "results.json").read_text())

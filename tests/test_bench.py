@@ -49,3 +49,16 @@ def test_pseudo_label_throughput(tmp_path, teacher):
         "pseudo_label_throughput.py", "--teacher", teacher, "--sentences", "100", "--clusters", "8", tmp_path=tmp_path
     )
     assert [r["variant"] for r in report["results"]["runs"]] == ["teacher_only", "teacher_plus_kmeans"]
+
+
+def test_quality_per_cpu_hour(tmp_path):
+    report = run_bench(
+        "quality_per_cpu_hour.py",
+        *("--config", "configs/smoke.yaml", "--minutes", "0.05", "--suite", "smoke", "--workdir", str(tmp_path / "w")),
+        tmp_path=tmp_path,
+    )
+    runs = {run["mode"]: run for run in report["results"]["runs"]}
+    assert set(runs) == {"pf_tc", "mtpf_tpl"} and all(run["steps"] >= 1 for run in runs.values())
+    assert report["results"]["tasks"] == ["Emo.", "FPB"]
+    for run in runs.values():
+        assert abs(run["gain"] - (run["tc_average"] - report["results"]["base_tc_average"])) <= 0.011
