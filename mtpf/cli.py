@@ -84,7 +84,9 @@ class EvalArguments:
     """Downstream evaluation suite (paper Sec. 3 and appendices A, C, D) over one or more models."""
 
     model: list[str] = field(
-        metadata={"help": "Release folders or encoders (folder, Hub id, offline:NAME); repeatable."}
+        metadata={
+            "help": "Release folders or encoders (folder, Hub id, offline:NAME), LABEL=PATH to name one; repeatable."
+        }
     )
     output: str = field(metadata={"help": "Folder for results.json and results.md (a rerun resumes)."})
     suite: str = field(default="quick", metadata={"help": "smoke (CI), quick (about 1 CPU hour), paper (GPU)."})

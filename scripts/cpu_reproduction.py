@@ -66,7 +66,7 @@ def main() -> None:
     releases = []
     for label in options.labels:
         release = work / f"{label}-release"
-        releases.append(str(release))
+        releases.append(f"{label}={release}")
         if (release / "backbone" / "model.safetensors").is_file() and label in runs:
             continue
         command = [sys.executable, "train_mtpf.py", options.config, *SWEEP[label], "--output_dir", str(work / label),
@@ -79,7 +79,7 @@ def main() -> None:
             shutil.copy(work / label / "interference.json", output / f"curves-{label}.json")
         runs_path.write_text(json.dumps(runs, indent=2) + "\n")
     evaluation = ["mtpf-eval", "--suite", options.suite, "--output", str(output), "--fractions", *options.fractions,
-                  "--model", config["backbone"], *releases]  # fmt: skip
+                  "--model", f"base={config['backbone']}", *releases]  # fmt: skip
     runs["evaluation"] = {"command": " ".join(evaluation), "seconds": run(evaluation, output / "logs" / "eval.log")}
     runs_path.write_text(json.dumps(runs, indent=2) + "\n")
     curves = [str(output / f"curves-{label}.json") for label in CURVES if (output / f"curves-{label}.json").is_file()]

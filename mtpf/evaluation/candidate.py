@@ -35,6 +35,7 @@ class EvalCandidate:
     tokenizer: PreTrainedTokenizerBase
     adapters: dict[str, Path] = field(default_factory=dict)  # trained slot -> PEFT adapter folder
     config_hash: str = ""
+    path: str = ""  # where it was loaded from (the name unless `LABEL=PATH` was given)
 
     def fresh_backbone(self) -> MtpfModel:
         return copy.deepcopy(self.backbone)
@@ -51,8 +52,18 @@ def is_release(name_or_path: str) -> bool:
     return (Path(name_or_path) / BACKBONE_DIR).is_dir()
 
 
-def load_candidate(name_or_path: str) -> EvalCandidate:
-    """Load a release (validated, slots found by name) or an encoder (folder, Hub id, `offline:NAME`)."""
+def load_candidate(spec: str) -> EvalCandidate:
+    """Load a release (validated, slots found by name) or an encoder (folder, Hub id, `offline:NAME`).
+
+    `LABEL=PATH` names the model LABEL in results and tables (the path is recorded beside it).
+    """
+    label, _, name_or_path = spec.rpartition("=") if "=" in spec else (spec, "", spec)
+    candidate = _load(name_or_path)
+    candidate.name, candidate.path = label, name_or_path
+    return candidate
+
+
+def _load(name_or_path: str) -> EvalCandidate:
     if is_release(name_or_path):
         release = Path(name_or_path)
         tasks = validate_release(release)

@@ -170,7 +170,12 @@ class SuiteRun:
             start = time.monotonic()
             candidate = load_candidate(name)
             self.models.append(
-                {"model": name, "config_hash": candidate.config_hash, "slots": sorted(candidate.adapters)}
+                {
+                    "model": candidate.name,
+                    "path": candidate.path,
+                    "config_hash": candidate.config_hash,
+                    "slots": sorted(candidate.adapters),
+                }
             )
             if ner:
                 self.run_ner(candidate)

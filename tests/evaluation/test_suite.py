@@ -15,13 +15,15 @@ def eval_command(output, *args: str) -> list[str]:
 
 def test_smoke_suite_cli_writes_results_and_tables_then_resumes(slotted_release, tmp_path):
     output = tmp_path / "eval"
-    run_command(eval_command(output, "--model", TINY, "--model", str(slotted_release)), cwd=REPO_ROOT)
+    models = ["--model", TINY, "--model", f"tpl={slotted_release}"]  # LABEL=PATH names a model in the tables
+    run_command(eval_command(output, *models), cwd=REPO_ROOT)
     records = load_results(output / "results.json")  # the schema the model cards read
     payload = json.loads((output / "results.json").read_text())
     assert payload["suite"]["name"] == "smoke" and payload["missing"] == []
+    assert [m["path"] for m in payload["models"]] == [TINY, str(slotted_release)]
     assert {(r.model, r.family, r.dataset) for r in records} == {
         (model, family, dataset)
-        for model in (TINY, str(slotted_release))
+        for model in (TINY, "tpl")
         for family, dataset in [
             ("ner", "crossner"),
             ("tc", "EmotionClassification"),
@@ -32,9 +34,9 @@ def test_smoke_suite_cli_writes_results_and_tables_then_resumes(slotted_release,
     assert len(set(hashes.values())) == 2 and all(hashes.values())
     table = (output / "results.md").read_text()
     assert "## NER, full training data (Table 5 layout)" in table and "| Model | CrossNER | Average |" in table
-    assert "| Model | Emo. | FPB | Average |" in table
+    assert "| Model | Emo. | FPB | Average |" in table and "| `tpl` |" in table
     # a rerun finds every result already there and trains nothing
-    result = run_command(eval_command(output, "--model", TINY, "--model", str(slotted_release)), cwd=REPO_ROOT)
+    result = run_command(eval_command(output, *models), cwd=REPO_ROOT)
     assert "resuming, 6 results already there" in result.stderr and "NER offline" not in result.stderr
     assert len(load_results(output / "results.json")) == 6
 
