@@ -280,7 +280,8 @@ def evaluate_tc(
     for column in columns:
         spec = TC_TASKS[column]
         if not is_local_available(spec, data_root) and not hub_reachable:
-            reason = f"no local copy under {Path(data_root) / (spec.folder or '?')} and the Hub is offline"
+            where = Path(data_root) / spec.folder if spec.folder else f"{data_root} (none was gathered)"
+            reason = f"no local copy in {where} and the Hub is offline"
             logger.warning("TC task %s (%s) SKIPPED: %s", spec.mteb_name, column, reason)
             missing.append({"model": candidate.name, "family": "tc", "dataset": spec.mteb_name, "reason": reason})
             continue
