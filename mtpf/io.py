@@ -66,3 +66,16 @@ def update_json(path: str | os.PathLike, change: Callable[[dict], None]) -> dict
     change(data)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return data
+
+
+def read_json_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a JSON-lines file; bad JSON raises `error` naming
+    the file and line."""
+    with Path(path).open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{path}:{number}: not valid JSON ({err.msg}).") from err

@@ -7,11 +7,12 @@ fields), a folder holding `pairs.tsv`, or a Hub dataset written `hf://ID[:CONFIG
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
+
+from mtpf.io import read_json_lines
 
 PAIR_COLUMNS = ("anchor", "positive")
 HUB_PREFIX = "hf://"
@@ -80,19 +81,12 @@ def _read_delimited(path: Path) -> tuple[list[str], list[str]]:
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[str]]:
     anchors, positives = [], []
-    with path.open(encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PairFileError(f"{path}:{number}: invalid JSON ({err.msg}).") from err
-            texts = [row[key] for key in PAIR_COLUMNS if key in row] if "anchor" in row else _string_fields(row)
-            if len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts[:2]):
-                raise PairFileError(f"{path}:{number}: expected 'anchor' and 'positive' text fields.")
-            anchors.append(texts[0].strip())
-            positives.append(texts[1].strip())
+    for number, row in read_json_lines(path, PairFileError):
+        texts = [row[key] for key in PAIR_COLUMNS if key in row] if "anchor" in row else _string_fields(row)
+        if len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts[:2]):
+            raise PairFileError(f"{path}:{number}: expected 'anchor' and 'positive' text fields.")
+        anchors.append(texts[0].strip())
+        positives.append(texts[1].strip())
     return anchors, positives
 
 

@@ -8,7 +8,6 @@ are reported as missing when it is not. The encoder is the model with its `tc` s
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -24,6 +23,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta
 
 from mtpf.evaluation.candidate import EvalCandidate
+from mtpf.io import read_json_lines
 from mtpf.results import ResultRecord
 
 logger = logging.getLogger(__name__)
@@ -104,18 +104,11 @@ class TcProtocol:
 def read_jsonl_split(path: Path) -> tuple[list[str], list[str]]:
     """Texts and string labels of one `{"text", "label"}` JSON-lines file."""
     texts, labels = [], []
-    with path.open(encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TcDataError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
-                raise TcDataError(f'{path}:{number}: expected an object with a string "text" and a "label".')
-            texts.append(row["text"])
-            labels.append(str(row["label"]))
+    for number, row in read_json_lines(path, TcDataError):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
+            raise TcDataError(f'{path}:{number}: expected an object with a string "text" and a "label".')
+        texts.append(row["text"])
+        labels.append(str(row["label"]))
     if not texts:
         raise TcDataError(f"{path}: the split is empty.")
     return texts, labels
