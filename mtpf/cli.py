@@ -80,6 +80,37 @@ def run_analyze(argv: list[str]) -> None:
 
 
 @dataclass
+class ClusterArguments:
+    """Do an encoder's k-means word clusters follow entity types? (the quality of a pseudo-label source)"""
+
+    output: str = field(metadata={"help": "Folder for cluster_quality.json."})
+    models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Teachers, encoders or releases (ner slot active); LABEL=PATH names one."},
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: ["conll2003", "ontonotes5", "mit_restaurant", "jnlpba", "crossner"],
+        metadata={"help": "Local NER datasets whose test split is clustered."},
+    )
+    ner_data_root: str = field(default="../shared/data/ner", metadata={"help": "Local NER datasets."})
+    sentences: int = field(default=2000, metadata={"help": "Test sentences per dataset (seeded subset)."})
+    num_clusters: int = field(default=200, metadata={"help": "K of k-means (the paper's pseudo-labels: 200)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the subset and of k-means."})
+
+
+def run_clusters(argv: list[str]) -> None:
+    from mtpf.analysis.clusters import cluster_quality
+
+    (args,) = HfArgumentParser(ClusterArguments).parse_args_into_dataclasses(args=argv)
+    if not args.models:
+        raise SystemExit("mtpf clusters: give --models")
+    path = cluster_quality(
+        args.models, args.output, args.datasets, args.ner_data_root, args.sentences, args.num_clusters, args.seed
+    )
+    print(f"Cluster quality written to {path}")
+
+
+@dataclass
 class EvalArguments:
     """Downstream evaluation suite (paper Sec. 3 and appendices A, C, D) over one or more models."""
 
@@ -100,6 +131,9 @@ class EvalArguments:
     ner_epochs: float | None = field(default=None, metadata={"help": "Override the joint NER epochs."})
     ner_warmup_epochs: float | None = field(default=None, metadata={"help": "Override the head-only NER epochs."})
     ner_max_train_sentences: int | None = field(default=None, metadata={"help": "Override the NER train cap."})
+    ner_min_steps_per_epoch: int | None = field(
+        default=None, metadata={"help": "Override the minimum optimizer steps per NER epoch (0: the paper's)."}
+    )
     tc_n_experiments: int | None = field(default=None, metadata={"help": "Override MTEB's probe repetitions."})
     skip_ner: bool = field(default=False, metadata={"help": "Run only text classification."})
     skip_tc: bool = field(default=False, metadata={"help": "Run only NER."})
@@ -138,6 +172,7 @@ def run_eval(argv: list[str]) -> None:
             "epochs": args.ner_epochs,
             "warmup_epochs": args.ner_warmup_epochs,
             "max_train_sentences": args.ner_max_train_sentences,
+            "min_steps_per_epoch": args.ner_min_steps_per_epoch,
         },
         tc={"n_experiments": args.tc_n_experiments},
     )
@@ -159,6 +194,7 @@ COMMANDS = {
     "build-teacher": run_build_teacher,
     "info": run_info,
     "analyze": run_analyze,
+    "clusters": run_clusters,
     "eval": run_eval,
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,15 +37,23 @@ SWEEP = {
 CURVES = ("pf_ner", "pf_tc", "mtpf_tpl")
 
 
-def run(command: list[str], log: Path) -> float:
-    """Run a command with its output in `log`; return wall seconds; stop the sweep on failure."""
-    start = time.monotonic()
+def run(command: list[str], log: Path) -> dict[str, float]:
+    """Run a command with its output appended to `log`; stop the sweep on failure.
+
+    Returns wall seconds and the CPU seconds of the command (the fair cost when other jobs share the cores).
+    """
+    start, cpu_start = time.monotonic(), _children_cpu_seconds()
     print("+", " ".join(command), flush=True)
-    with log.open("w") as stream:
+    with log.open("a") as stream:
         code = subprocess.call(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"failed ({code}): {' '.join(command)}; see {log}")
-    return round(time.monotonic() - start, 1)
+    return {"seconds": round(time.monotonic() - start, 1), "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1)}
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -55,6 +64,7 @@ def main() -> None:
     parser.add_argument("--analysis_steps", type=int, default=100, help="Curve points every N steps.")
     parser.add_argument("--suite", default="quick")
     parser.add_argument("--fractions", nargs="+", default=["1.0", "0.1"])
+    parser.add_argument("--train_only", action="store_true", help="Pre-finetune (and copy curves); evaluate later.")
     options = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1")
     config = yaml.safe_load(Path(options.config).read_text())
@@ -73,14 +83,17 @@ def main() -> None:
                    "--release_dir", str(release), "--save_strategy", "no"]  # fmt: skip
         if label in CURVES:
             command += ["--analysis_steps", str(options.analysis_steps)]
-        seconds = run(command, output / "logs" / f"train-{label}.log")
-        runs[label] = {"command": " ".join(command[1:]), "train_seconds": seconds}
+        cost = run(command, output / "logs" / f"train-{label}.log")
+        runs[label] = {"command": " ".join(command[1:]), "train_seconds": cost["seconds"],
+                       "train_cpu_seconds": cost["cpu_seconds"]}  # fmt: skip
         if label in CURVES:
             shutil.copy(work / label / "interference.json", output / f"curves-{label}.json")
         runs_path.write_text(json.dumps(runs, indent=2) + "\n")
+    if options.train_only:
+        return
     evaluation = ["mtpf-eval", "--suite", options.suite, "--output", str(output), "--fractions", *options.fractions,
                   "--model", f"base={config['backbone']}", *releases]  # fmt: skip
-    runs["evaluation"] = {"command": " ".join(evaluation), "seconds": run(evaluation, output / "logs" / "eval.log")}
+    runs["evaluation"] = {"command": " ".join(evaluation), **run(evaluation, output / "logs" / "eval.log")}
     runs_path.write_text(json.dumps(runs, indent=2) + "\n")
     curves = [str(output / f"curves-{label}.json") for label in CURVES if (output / f"curves-{label}.json").is_file()]
     if curves:

@@ -176,3 +176,19 @@ def run_command(command: list[str], cwd: Path, timeout: int = 600, **env: str):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+TINY = "offline:tiny-bert"  # 2 layers, hidden 32, MiniLM's real (fast) tokenizer
+
+
+@pytest.fixture(scope="session")
+def slotted_release(tmp_path_factory) -> Path:
+    """A release of the tiny encoder whose slots (r=8, alpha=32, last layer) hold random non-zero weights."""
+    from mtpf.release import export_release, load_encoder, mtpf_model_from_encoder
+    from mtpf.slots import attach_slots
+
+    encoder, tokenizer = load_encoder(TINY)
+    model = mtpf_model_from_encoder(encoder, tpl_layers=1, r=8, lora_alpha=32)
+    peft_model = attach_slots(model)
+    randomize_lora(peft_model, seed=3)
+    return export_release(peft_model, tokenizer, tmp_path_factory.mktemp("eval") / "release")

@@ -68,6 +68,13 @@ class NerProtocol:
     max_dev_sentences: int | None = field(default=None, metadata={"help": "Cap on dev (seeded)."})
     max_test_sentences: int | None = field(default=None, metadata={"help": "Cap on test (seeded)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size for dev/test prediction."})
+    min_steps_per_epoch: int = field(
+        default=0,
+        metadata={
+            "help": "Repeat a small training set within each epoch until an epoch has at least this many optimizer "
+            "steps (0: off, the paper). Keeps low-resource runs from stopping after a handful of updates."
+        },
+    )
 
 
 @dataclass
@@ -78,7 +85,8 @@ class NerRun:
     test_f1: float  # percent
     dev_f1: float
     best_epoch: float
-    train_sentences: int
+    train_sentences: int  # distinct sentences
+    rows_per_epoch: int  # after repeating a small set up to min_steps_per_epoch batches
     test_sentences: int
     seconds: float
 
@@ -94,6 +102,14 @@ def subsample(sentences: list[TaggedSentence], fraction: float = 1.0, cap: int |
         return list(sentences)
     keep = np.sort(np.random.default_rng(seed).permutation(len(sentences))[:count])
     return [sentences[i] for i in keep]
+
+
+def repeat_to_min_steps(sentences: list[TaggedSentence], batch_size: int, min_steps: int) -> list[TaggedSentence]:
+    """Whole copies of a small training set, enough for `min_steps` batches per epoch (unchanged when it has them)."""
+    if min_steps <= 0 or not sentences:
+        return sentences
+    copies = math.ceil(min_steps * batch_size / len(sentences))
+    return sentences * max(1, copies)
 
 
 def encode_sentences(
@@ -241,7 +257,8 @@ def finetune_ner(
     label_ids = {label: i for i, label in enumerate(labels)}
     id2label = dict(enumerate(labels))
     encode = lambda rows: encode_sentences(rows, candidate.tokenizer, label_ids, protocol.max_length)  # noqa: E731
-    train_set, dev_set, test_set = encode(train), encode(dev), encode(test)
+    epoch_rows = repeat_to_min_steps(train, protocol.batch_size, protocol.min_steps_per_epoch)
+    train_set, dev_set, test_set = encode(epoch_rows), encode(dev), encode(test)
     torch.manual_seed(seed)
     model = build_ner_model(candidate, labels, protocol)
 
@@ -287,6 +304,7 @@ def finetune_ner(
         dev_f1=round(float(keep_best.best_f1), 4),
         best_epoch=keep_best.best_epoch,
         train_sentences=len(train),
+        rows_per_epoch=len(epoch_rows),
         test_sentences=len(test),
         seconds=round(time.monotonic() - start, 1),
     )

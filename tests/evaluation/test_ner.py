@@ -13,11 +13,11 @@ from mtpf.evaluation.ner import (
     encode_sentences,
     entity_f1,
     finetune_ner,
+    repeat_to_min_steps,
     subsample,
 )
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
-from tests.conftest import SHARED_DIR
-from tests.evaluation.conftest import TINY
+from tests.conftest import SHARED_DIR, TINY
 
 NER_ROOT = SHARED_DIR / "data" / "ner"
 
@@ -39,6 +39,14 @@ def test_subsample_is_fixed_and_sized():
     assert len(subsample(rows, 0.5, cap=20)) == 20 and subsample(rows, 1.0) == rows
     with pytest.raises(ValueError, match="fraction"):
         subsample(rows, 0.0)
+
+
+def test_small_training_sets_repeat_to_the_minimum_steps_per_epoch():
+    rows = [TaggedSentence([str(i)], ["O"]) for i in range(1000)]
+    tenth = rows[:100]
+    assert len(repeat_to_min_steps(tenth, batch_size=32, min_steps=20)) == 700  # 22 steps >= 20
+    assert repeat_to_min_steps(tenth, 32, 20)[100:200] == tenth  # whole copies: every sentence equally often
+    assert repeat_to_min_steps(rows, 32, 20) == rows and repeat_to_min_steps(tenth, 32, 0) == tenth
 
 
 def test_labels_on_first_subtokens_and_truncated_words_are_o():
@@ -92,9 +100,11 @@ def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
         max_train_sentences=32,
         max_dev_sentences=16,
         max_test_sentences=24,
+        min_steps_per_epoch=2,
     )
     run = finetune_ner(candidate, "crossner_ai", splits, labels, protocol, fraction=0.5, seed=1)
     assert run.train_sentences == 16 and run.test_sentences == 24 and 0.0 <= run.test_f1 <= 100.0
+    assert run.rows_per_epoch == 32  # 16 sentences twice: 2 batches of 16 per epoch
     assert run.best_epoch == 1.0  # the only joint epoch: dev selection ran
     after = candidate.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # every run starts from the untouched backbone

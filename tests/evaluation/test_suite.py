@@ -1,10 +1,11 @@
 import json
 
+import pytest
+
 from mtpf.cli import merge_repeated
-from mtpf.evaluation.suite import SUITES, suite_settings, tc_column
+from mtpf.evaluation.suite import SUITES, SuiteRun, suite_settings, tc_column
 from mtpf.results import load_results
-from tests.conftest import REPO_ROOT, SHARED_DIR, run_command
-from tests.evaluation.conftest import TINY
+from tests.conftest import REPO_ROOT, SHARED_DIR, TINY, run_command
 
 ROOTS = ["--ner_data_root", str(SHARED_DIR / "data" / "ner"), "--tc_data_root", str(SHARED_DIR / "data" / "tc")]
 
@@ -68,3 +69,16 @@ def test_suite_overrides_and_names():
         "--suite",
         "x",
     ]
+
+
+def test_resume_refuses_results_of_another_protocol(tmp_path):
+    SuiteRun(SUITES["smoke"], tmp_path).save()
+    SuiteRun(SUITES["smoke"], tmp_path)  # same protocol: resumes
+    with pytest.raises(ValueError, match=r"results.json: its ner protocol has epochs=1, this run epochs=3"):
+        SuiteRun(suite_settings("smoke", ner={"epochs": 3}), tmp_path)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    del payload["suite"]["ner"]["min_steps_per_epoch"]  # saved before the field existed: read as its default (0)
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    SuiteRun(SUITES["smoke"], tmp_path)
+    with pytest.raises(ValueError, match="min_steps_per_epoch=0, this run min_steps_per_epoch=20"):
+        SuiteRun(suite_settings("smoke", ner={"min_steps_per_epoch": 20}), tmp_path)

@@ -12,8 +12,7 @@ from mtpf.evaluation.tc import (
     proportional_rows,
     read_jsonl_split,
 )
-from tests.conftest import SHARED_DIR
-from tests.evaluation.conftest import TINY
+from tests.conftest import SHARED_DIR, TINY
 
 TC_ROOT = SHARED_DIR / "data" / "tc"
 FAST = TcProtocol(n_experiments=3, max_eval_rows=300, max_length=64)

@@ -1,0 +1,114 @@
+"""How well an encoder's word clusters line up with gold entity types: the quality of a pseudo-label source.
+
+The NER objective distils a teacher's k-means word clusters (K=200). Distillation can only teach the student the
+entity structure those clusters hold, so comparing the teacher's clusters with the student's own (same words, same
+K) tells a weak teacher from a short budget when pre-finetuning does not help NER.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from peft import PeftModel
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
+
+from mtpf.data.conll import TaggedSentence
+from mtpf.evaluation.ner import subsample
+from mtpf.evaluation.ner_data import load_ner_dataset
+from mtpf.io import atomic_write_text
+from mtpf.pseudo_labels import embed_words
+from mtpf.slots import activate_slot
+
+logger = logging.getLogger(__name__)
+OUTSIDE = "O"
+
+
+def entity_type(tag: str) -> str:
+    """`B-PER`/`I-PER` -> `PER`; `O` stays `O`."""
+    return OUTSIDE if tag == OUTSIDE else tag.split("-", 1)[-1]
+
+
+def cluster_agreement(clusters: np.ndarray, types: list[str]) -> dict[str, float]:
+    """NMI between clusters and gold types over all words, and the entity purity.
+
+    Entity purity: the share of entity words whose cluster's majority type (O included) is their own type, so an
+    entity lost in an O-dominated cluster counts as wrong. 1.0 means k-means alone would type every entity word.
+    """
+    if len(clusters) != len(types):
+        raise ValueError(f"{len(clusters)} cluster ids for {len(types)} words.")
+    names, gold = np.unique(np.asarray(types), return_inverse=True)
+    counts = contingency_matrix(gold, clusters)  # gold type x cluster
+    majority = counts.argmax(axis=0)  # per cluster
+    entity = names != OUTSIDE
+    entity_words = int(counts[entity].sum())
+    typed = sum(int(counts[t, majority == t].sum()) for t in np.flatnonzero(entity))
+    purity = typed / max(1, entity_words)
+    return {
+        "nmi": round(float(normalized_mutual_info_score(types, clusters)), 4),
+        "entity_purity": round(float(purity), 4),
+        "words": len(types),
+        "entity_words": entity_words,
+    }
+
+
+def word_cluster_quality(
+    model,
+    tokenizer,
+    sentences: list[TaggedSentence],
+    num_clusters: int = 200,
+    seed: int = 0,
+    max_length: int = 128,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Embed every word as the pseudo-labeller does (mean of sub-tokens), cluster with k-means, score vs gold."""
+    vectors, types = [], []
+    for start in range(0, len(sentences), batch_size):
+        batch = sentences[start : start + batch_size]
+        embedded, kept = embed_words(model, tokenizer, [s.tokens for s in batch], max_length)
+        vectors.append(embedded[kept])
+        tags = [tag for s in batch for tag in s.tags]
+        types += [entity_type(tag) for tag, keep in zip(tags, kept) if keep]
+    words = np.concatenate(vectors)
+    kmeans = MiniBatchKMeans(n_clusters=num_clusters, random_state=seed, n_init=3, batch_size=4096)
+    return cluster_agreement(kmeans.fit_predict(words), types)
+
+
+def ner_view(name_or_path: str):
+    """The encoder as downstream NER starts from it: a release with its `ner` slot active, else the bare encoder."""
+    from mtpf.analysis.tracking import load_for_analysis
+
+    encoder, tokenizer = load_for_analysis(name_or_path)
+    if isinstance(encoder, PeftModel):
+        activate_slot(encoder, "ner" if "ner" in encoder.peft_config else None)
+    return encoder.eval(), tokenizer
+
+
+def cluster_quality(
+    models: list[str],
+    output: str,
+    datasets: list[str],
+    ner_root: str,
+    sentences: int = 2000,
+    num_clusters: int = 200,
+    seed: int = 0,
+) -> Path:
+    """Cluster quality of every model (a release: backbone + `ner` slot) on the test split of every dataset."""
+    data = {name: subsample(load_ner_dataset(name, ner_root)["test"], 1.0, sentences, seed) for name in datasets}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name in models:
+        label, _, path = name.rpartition("=")
+        encoder, tokenizer = ner_view(path)
+        results[label or path] = {
+            dataset: word_cluster_quality(encoder, tokenizer, rows, num_clusters, seed)
+            for dataset, rows in data.items()
+        }
+        logger.info("%s: %s", label or path, results[label or path])
+    settings = {"datasets": datasets, "sentences": sentences, "num_clusters": num_clusters, "seed": seed}
+    target = Path(output) / "cluster_quality.json"
+    atomic_write_text(target, json.dumps({"settings": settings, "models": results}, indent=2) + "\n")
+    return target
