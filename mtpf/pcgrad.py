@@ -25,6 +25,12 @@ def project_conflicting(gradients: list[torch.Tensor], generator: torch.Generato
     return torch.stack(projected).sum(dim=0)
 
 
+def smallest_cosine(gradients: list[torch.Tensor]) -> float:
+    """The most conflicting pair's cosine: below 0, PCGrad changes the step; near 0 or above, it changes nothing."""
+    unit = [g / g.norm().clamp(min=1e-20) for g in gradients]
+    return min(float(torch.dot(a, b)) for i, a in enumerate(unit) for b in unit[i + 1 :])
+
+
 def flat_grad(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     """The parameters' gradients as one vector (zeros where a parameter got none)."""
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in parameters])

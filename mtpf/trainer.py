@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback
 from mtpf.data.steps import single_item
 from mtpf.losses.cached_info_nce import CachedInfoNCE
 from mtpf.losses.info_nce import InfoNCELoss
-from mtpf.pcgrad import flat_grad, project_conflicting, write_flat_grad
+from mtpf.pcgrad import flat_grad, project_conflicting, smallest_cosine, write_flat_grad
 
 RUN_INFO_FILE = "mtpf_run.json"
 # What must match to resume a checkpoint: a different mode or slot layout would load into the wrong modules.
@@ -59,6 +59,7 @@ class MtpfTrainer(Trainer):
         self.pcgrad = pcgrad
         self.run_info = run_info or {}
         self._task_losses: dict[str, list[float]] = defaultdict(list)
+        self._gradient_cosines: list[float] = []  # PCGrad steps since the last log
         self.add_callback(RunInfoCallback(self.run_info))
         if pcgrad and self.args.gradient_accumulation_steps != 1:
             raise ValueError("PCGrad needs whole task gradients per step: set gradient_accumulation_steps=1.")
@@ -117,6 +118,7 @@ class MtpfTrainer(Trainer):
                 for p in shared:
                     p.grad = None
         if use_pcgrad:
+            self._gradient_cosines.append(smallest_cosine(task_gradients))
             write_flat_grad(shared, project_conflicting(task_gradients), touched)
         for task in self.run_info.get("tasks", ()):
             if task not in inputs:
@@ -153,12 +155,18 @@ class MtpfTrainer(Trainer):
     # ----- logging and checkpoints --------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean loss of each task since the last log (loss_ner, loss_tc)."""
-        for task, values in self._task_losses.items():
-            if values and "loss" in logs:
-                logs[f"loss_{task}"] = round(sum(values) / len(values), 4)
+        """Add, since the last log, each task's mean loss (loss_ner, loss_tc) and under PCGrad how often the shared
+        gradients conflicted (pcgrad_conflicts: share of steps with a negative cosine; grad_cosine: its mean)."""
         if "loss" in logs:
+            for task, values in self._task_losses.items():
+                if values:
+                    logs[f"loss_{task}"] = round(sum(values) / len(values), 4)
+            if self._gradient_cosines:
+                cosines = self._gradient_cosines
+                logs["grad_cosine"] = round(sum(cosines) / len(cosines), 4)
+                logs["pcgrad_conflicts"] = round(sum(c < 0 for c in cosines) / len(cosines), 4)
             self._task_losses.clear()
+            self._gradient_cosines = []
         super().log(logs, start_time)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:

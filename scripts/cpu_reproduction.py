@@ -89,16 +89,17 @@ def main() -> None:
         if label in CURVES:
             shutil.copy(work / label / "interference.json", output / f"curves-{label}.json")
         runs_path.write_text(json.dumps(runs, indent=2) + "\n")
+    curves = [str(output / f"curves-{label}.json") for label in CURVES if (output / f"curves-{label}.json").is_file()]
+    if curves:
+        run([sys.executable, "-m", "mtpf", "analyze", "--output", str(output), "--curves", *curves],
+            output / "logs" / "analyze.log")  # fmt: skip
     if options.train_only:
+        print(f"done: releases under {work}, curves in {output}")
         return
     evaluation = ["mtpf-eval", "--suite", options.suite, "--output", str(output), "--fractions", *options.fractions,
                   "--model", f"base={config['backbone']}", *releases]  # fmt: skip
     runs["evaluation"] = {"command": " ".join(evaluation), **run(evaluation, output / "logs" / "eval.log")}
     runs_path.write_text(json.dumps(runs, indent=2) + "\n")
-    curves = [str(output / f"curves-{label}.json") for label in CURVES if (output / f"curves-{label}.json").is_file()]
-    if curves:
-        run([sys.executable, "-m", "mtpf", "analyze", "--output", str(output), "--curves", *curves],
-            output / "logs" / "analyze.log")  # fmt: skip
     print(f"done: {output}/results.md")
 
 

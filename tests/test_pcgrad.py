@@ -2,7 +2,7 @@ import itertools
 
 import torch
 
-from mtpf.pcgrad import flat_grad, project_conflicting, write_flat_grad
+from mtpf.pcgrad import flat_grad, project_conflicting, smallest_cosine, write_flat_grad
 
 
 def test_conflicting_gradients_are_projected_per_the_rule():
@@ -11,6 +11,12 @@ def test_conflicting_gradients_are_projected_per_the_rule():
     torch.testing.assert_close(project_conflicting([g1, g2]), torch.tensor([0.5, 1.5]))
     projected_1 = torch.tensor([0.5, 0.5])
     assert torch.dot(projected_1, g2) == 0  # the projection removes exactly the conflicting component
+
+
+def test_smallest_cosine_finds_the_conflicting_pair():
+    same, orthogonal, opposite = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 3.0]), torch.tensor([-1.0, 0.0])
+    assert smallest_cosine([same, orthogonal]) == 0.0
+    assert smallest_cosine([same, orthogonal, opposite]) == -1.0
 
 
 def test_agreeing_gradients_are_summed_unchanged():

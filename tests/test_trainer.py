@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mtpf.pcgrad import flat_grad, project_conflicting
+from mtpf.pcgrad import flat_grad, project_conflicting, smallest_cosine
 from mtpf.trainer import RUN_INFO_FILE
 from tests.conftest import build_smoke_trainer
 
@@ -139,6 +139,10 @@ def test_pcgrad_step_projects_shared_gradients(tmp_path, pseudo_label_cache, dro
     torch.testing.assert_close(combined, project_conflicting([ner_shared, tc_shared]), atol=1e-6, rtol=1e-5)
     for name, grad in {**ner_slot, **tc_slot}.items():  # slots keep their own task's gradient
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-7, rtol=1e-6)
+    logs = {"loss": 1.0}
+    trainer.log(logs)  # the step's conflict statistics reach the training log
+    assert logs["grad_cosine"] == round(smallest_cosine([ner_shared, tc_shared]), 4)
+    assert logs["pcgrad_conflicts"] == float(torch.dot(ner_shared, tc_shared) < 0)
 
 
 def test_ner_head_gets_its_own_learning_rate(tmp_path, pseudo_label_cache):

@@ -109,6 +109,34 @@ def cluster_quality(
         }
         logger.info("%s: %s", label or path, results[label or path])
     settings = {"datasets": datasets, "sentences": sentences, "num_clusters": num_clusters, "seed": seed}
+    payload = {"settings": settings, "models": results}
     target = Path(output) / "cluster_quality.json"
-    atomic_write_text(target, json.dumps({"settings": settings, "models": results}, indent=2) + "\n")
+    atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(target.with_suffix(".md"), cluster_quality_markdown(payload))
     return target
+
+
+def cluster_quality_markdown(payload: dict) -> str:
+    """Entity purity and NMI per model and dataset, as two tables (the `cluster_quality.json` numbers)."""
+    models = payload["models"]
+    datasets = payload["settings"]["datasets"]
+    settings = payload["settings"]
+    lines = [
+        "# Word-cluster quality against gold entity types",
+        "",
+        f"k-means with K={settings['num_clusters']} on the word embeddings (mean of sub-tokens) of "
+        f"{settings['sentences']} seeded test sentences per dataset; seed {settings['seed']}.",
+    ]
+    for metric, title in (("entity_purity", "Entity purity"), ("nmi", "NMI (all words)")):
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            f"| Model | {' | '.join(datasets)} | Average |",
+            "|---" * (len(datasets) + 2) + "|",
+        ]
+        for model, scores in models.items():
+            values = [scores[d][metric] for d in datasets]
+            cells = " | ".join(f"{v:.3f}" for v in values)
+            lines.append(f"| `{model}` | {cells} | {sum(values) / len(values):.3f} |")
+    return "\n".join(lines) + "\n"

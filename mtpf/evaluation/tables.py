@@ -49,9 +49,20 @@ def results_markdown(payload: dict) -> str:
     lines += [*_table(models, tc, _columns(tc, list(TC_TASKS))), ""]
     if payload.get("missing"):
         lines += ["## Not evaluated", ""]
-        lines += [f"- {m['family']} {m['dataset']} ({m['model']}): {m['reason']}" for m in payload["missing"]]
-        lines.append("")
+        lines += [*_missing_lines(payload["missing"], models), ""]
     return "\n".join(lines)
+
+
+def _missing_lines(missing: list[dict], models: list[str]) -> list[str]:
+    """One line per dataset and reason, naming the models (or 'every model')."""
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for entry in missing:
+        grouped.setdefault((entry["family"], entry["dataset"], entry["reason"]), []).append(entry["model"])
+    lines = []
+    for (family, dataset, reason), names in grouped.items():
+        who = "every model" if set(names) >= set(models) else ", ".join(f"`{n}`" for n in names)
+        lines.append(f"- {family} {dataset} ({who}): {reason}")
+    return lines
 
 
 def family_averages(records: list[ResultRecord], family: str, fraction: float | None = None) -> dict[str, float]:

@@ -39,3 +39,5 @@ def test_clusters_cli_writes_one_entry_per_model_and_dataset(tmp_path):
     payload = json.loads((tmp_path / "cluster_quality.json").read_text())
     assert payload["settings"]["num_clusters"] == 8 and list(payload["models"]) == ["tiny"]
     assert set(payload["models"]["tiny"]) == {"crossner"} and payload["models"]["tiny"]["crossner"]["words"] > 20
+    purity = payload["models"]["tiny"]["crossner"]["entity_purity"]
+    assert f"| `tiny` | {purity:.3f} | {purity:.3f} |" in (tmp_path / "cluster_quality.md").read_text()

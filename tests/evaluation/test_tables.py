@@ -25,7 +25,11 @@ def test_tables_average_common_datasets_and_show_gains():
         "suite": {"name": "t"},
         "models": [{"model": "base"}, {"model": "pf"}],
         "results": results,
-        "missing": [{"model": "pf", "family": "ner", "dataset": "jnlpba", "reason": "data not found"}],
+        "missing": [
+            {"model": "pf", "family": "ner", "dataset": "jnlpba", "reason": "data not found"},
+            {"model": "base", "family": "tc", "dataset": "PatentClassification", "reason": "offline"},
+            {"model": "pf", "family": "tc", "dataset": "PatentClassification", "reason": "offline"},
+        ],
     }
     text = results_markdown(payload)
     assert "| `base` | 81.0 | 60.0 | 81.0 |" in text  # average over CoNLL only, the dataset both have
@@ -34,4 +38,5 @@ def test_tables_average_common_datasets_and_show_gains():
     assert "Data portion 10%:" in text and "| `pf` | 58.5 | 58.5 (+8.5) |" in text
     assert "| `pf` | 84.0 (+3.0) | 75.0 (+5.0) | 79.5 (+4.0) |" in text  # Table 1 summary
     assert "ACF" not in text.split("## Text classification")[1].split("\n")[2]
-    assert "- ner jnlpba (pf): data not found" in text
+    assert "- ner jnlpba (`pf`): data not found" in text
+    assert "- tc PatentClassification (every model): offline" in text  # one line, not one per model
