@@ -18,6 +18,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 from mtpf.data.conll import TaggedSentence
+from mtpf.evaluation.candidate import split_label
 from mtpf.evaluation.ner import subsample
 from mtpf.evaluation.ner_data import load_ner_dataset
 from mtpf.io import atomic_write_text
@@ -100,14 +101,14 @@ def cluster_quality(
     """Cluster quality of every model (a release: backbone + `ner` slot) on the test split of every dataset."""
     data = {name: subsample(load_ner_dataset(name, ner_root)["test"], 1.0, sentences, seed) for name in datasets}
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for name in models:
-        label, _, path = name.rpartition("=")
+    for spec in models:
+        label, path = split_label(spec)
         encoder, tokenizer = ner_view(path)
-        results[label or path] = {
+        results[label] = {
             dataset: word_cluster_quality(encoder, tokenizer, rows, num_clusters, seed)
             for dataset, rows in data.items()
         }
-        logger.info("%s: %s", label or path, results[label or path])
+        logger.info("%s: %s", label, results[label])
     settings = {"datasets": datasets, "sentences": sentences, "num_clusters": num_clusters, "seed": seed}
     payload = {"settings": settings, "models": results}
     target = Path(output) / "cluster_quality.json"

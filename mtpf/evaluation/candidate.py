@@ -52,12 +52,18 @@ def is_release(name_or_path: str) -> bool:
     return (Path(name_or_path) / BACKBONE_DIR).is_dir()
 
 
+def split_label(spec: str) -> tuple[str, str]:
+    """`LABEL=PATH` -> (LABEL, PATH); a bare PATH is its own label."""
+    label, _, name_or_path = spec.rpartition("=") if "=" in spec else (spec, "", spec)
+    return label, name_or_path
+
+
 def load_candidate(spec: str) -> EvalCandidate:
     """Load a release (validated, slots found by name) or an encoder (folder, Hub id, `offline:NAME`).
 
     `LABEL=PATH` names the model LABEL in results and tables (the path is recorded beside it).
     """
-    label, _, name_or_path = spec.rpartition("=") if "=" in spec else (spec, "", spec)
+    label, name_or_path = split_label(spec)
     candidate = _load(name_or_path)
     candidate.name, candidate.path = label, name_or_path
     return candidate

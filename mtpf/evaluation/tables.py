@@ -27,10 +27,10 @@ def results_markdown(payload: dict) -> str:
         lines += [suite["description"], ""]
     lines += ["Models (gains are against the first):", ""]
     lines += [f"{i}. `{m}`" for i, m in enumerate(models, start=1)] + [""]
-    ner_full = _scores(records, "ner", 1.0)
-    tc = _scores(records, "tc")
     if not models:
         return "\n".join([*lines, "_No results yet._", ""])
+    ner_full = _scores(records, "ner", 1.0)
+    tc = _scores(records, "tc")
     lines += ["## Summary (Table 1 layout)", "", *_summary(models, ner_full, tc), ""]
     lines += ["## NER, full training data (Table 5 layout): test F1", ""]
     lines += [*_table(models, ner_full, _columns(ner_full, list(PAPER_NER_DATASETS.values()))), ""]
