@@ -11,6 +11,7 @@ from mtpf.evaluation.ner import (
     build_ner_model,
     decode_tags,
     encode_sentences,
+    sort_by_length,
     entity_f1,
     finetune_ner,
     repeat_to_min_steps,
@@ -61,6 +62,19 @@ def test_labels_on_first_subtokens_and_truncated_words_are_o():
     short = encode_sentences([sentence], candidate.tokenizer, ids, max_length=3)[0]  # [CLS] w1 [SEP]
     predicted = decode_tags([[0, 1, 0]], [short["labels"]], {0: "O", 1: "B-LOC"}, [sentence])
     assert predicted == [["B-LOC", "O", "O"]]
+
+
+def test_prediction_rows_sorted_by_length_stay_aligned_with_their_gold_sentences():
+    candidate = load_candidate(TINY)
+    words = [["a"] * 9, ["b"], ["c"] * 4, ["d"] * 2]
+    sentences = [TaggedSentence(w, ["B-X"] + ["O"] * (len(w) - 1)) for w in words]
+    encoded = encode_sentences(sentences, candidate.tokenizer, {"O": 0, "B-X": 1}, max_length=64)
+    gold, rows = sort_by_length(sentences, encoded)
+    assert [s.tokens[0] for s in gold] == ["b", "d", "c", "a"]
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    assert lengths == sorted(lengths) and len(set(lengths)) == 4
+    for sentence, labels in zip(gold, rows["labels"], strict=True):
+        assert sum(label != -100 for label in labels) == len(sentence.tokens)
 
 
 def lora_delta(module, adapter: str) -> torch.Tensor:
