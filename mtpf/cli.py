@@ -182,6 +182,22 @@ def run_eval(argv: list[str]) -> None:
     print(f"Results written to {path} and {path.with_suffix('.md')}")
 
 
+@dataclass
+class MergeArguments:
+    """Combine results folders of one suite, e.g. models evaluated by parallel processes or on other machines."""
+
+    output: str = field(metadata={"help": "Folder for the combined results.json/md (may already hold results)."})
+    folders: list[str] = field(default_factory=list, metadata={"help": "Results folders to add."})
+
+
+def run_merge(argv: list[str]) -> None:
+    from mtpf.evaluation.suite import merge_results
+
+    (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses(args=argv)
+    path = merge_results(args.output, args.folders, command=" ".join(["python -m mtpf merge", *argv]))
+    print(f"Results written to {path} and {path.with_suffix('.md')}")
+
+
 def eval_cli() -> None:
     """Console script `mtpf-eval`."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -196,6 +212,7 @@ COMMANDS = {
     "analyze": run_analyze,
     "clusters": run_clusters,
     "eval": run_eval,
+    "merge": run_merge,
 }
 
 

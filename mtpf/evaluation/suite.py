@@ -1,7 +1,8 @@
 """The evaluation suites (`smoke`, `quick`, `paper`) and the run that writes `results.json` + `results.md`.
 
 Results are written after every dataset, atomically; a rerun into the same folder skips what is already there
-(same model, config hash, dataset, fraction and seed), so an interrupted suite resumes where it stopped.
+(same model, config hash, dataset, fraction and seed), so an interrupted suite resumes where it stopped. Folders of
+one suite evaluated in parallel (other processes or machines) combine with `merge_results`.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class SuiteRun:
         self.missing: list[dict] = []
         self.runs: list[dict] = []
         self.models: list[dict] = []
+        self.previous_commands: list[str] = []
         self._load_previous()
 
     def _load_previous(self) -> None:
@@ -156,6 +158,8 @@ class SuiteRun:
         self._check_same_protocol(path, data.get("suite", {}))
         self.records = load_results(path)
         self.runs = data.get("runs", [])
+        self.models = data.get("models", [])
+        self.previous_commands = _commands(data.get("suite", {}))
         logger.info("%s: resuming, %d results already there", path, len(self.records))
 
     def _check_same_protocol(self, path: Path, saved: dict) -> None:
@@ -187,7 +191,7 @@ class SuiteRun:
         for name in model_names:
             start = time.monotonic()
             candidate = load_candidate(name)
-            self.models.append(
+            self._add_model(
                 {
                     "model": candidate.name,
                     "path": candidate.path,
@@ -262,6 +266,61 @@ class SuiteRun:
                 )
             self.save()
 
+    def _add_model(self, entry: dict) -> None:
+        """Tables list models in the order they were first evaluated; a re-evaluated label takes its new entry."""
+        names = [m["model"] for m in self.models]
+        if entry["model"] in names:
+            self.models[names.index(entry["model"])] = entry
+        else:
+            self.models.append(entry)
+
+    def merge_from(self, folder: str | os.PathLike) -> int:
+        """Add the scores of another results folder of this suite and protocol; returns how many were new.
+
+        A label must name the same weights (config hash) in both folders and a score present in both must agree:
+        anything else would put unlike numbers in one table.
+        """
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no results to merge.")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("suite", {}).get("name") != self.settings.name:
+            raise ValueError(f"{path}: holds suite {data.get('suite', {}).get('name')!r}, not {self.settings.name!r}.")
+        self._check_same_protocol(path, data["suite"])
+        from mtpf.results import load_results
+
+        known = {_score_key(r): r for r in self.records}
+        hashes = {r.model: r.config_hash for r in self.records} | {m["model"]: m["config_hash"] for m in self.models}
+        added = 0
+        for record in load_results(path):
+            if hashes.setdefault(record.model, record.config_hash) != record.config_hash:
+                raise ValueError(
+                    f"{path}: model {record.model!r} has config hash {record.config_hash}, but "
+                    f"{hashes[record.model]} in {self.output}; one label names two different weights."
+                )
+            same = known.get(_score_key(record))
+            if same is not None and same.value != record.value:
+                raise ValueError(
+                    f"{path}: {record.model} {record.dataset} (fraction {record.fraction}, seed {record.seed}) "
+                    f"scores {record.value} there and {same.value} in {self.output}."
+                )
+            if same is None:
+                self.records.append(record)
+                known[_score_key(record)] = record
+                added += 1
+        for entry in data.get("models", []):
+            if entry["model"] not in [m["model"] for m in self.models]:
+                self.models.append(entry)
+        self.runs += [run for run in data.get("runs", []) if run not in self.runs]
+        self.missing += [entry for entry in data.get("missing", []) if entry not in self.missing]
+        self.previous_commands += [c for c in _commands(data["suite"]) if c not in self.previous_commands]
+        self.settings = replace(
+            self.settings,
+            fractions=_union(self.settings.fractions, data["suite"].get("fractions", [])),
+            seeds=_union(self.settings.seeds, data["suite"].get("seeds", [])),
+        )
+        return added
+
     def _missing_entry(self, candidate: EvalCandidate, family: str, dataset: str, reason: str) -> dict:
         return {"model": candidate.name, "family": family, "dataset": dataset, "reason": reason}
 
@@ -274,12 +333,15 @@ class SuiteRun:
     def save(self) -> Path:
         """results.json (schema mtpf-results/1 plus suite, models, runs, missing) and results.md, atomically."""
         self.output.mkdir(parents=True, exist_ok=True)
+        scored = {(r.model, r.family, r.dataset) for r in self.records}
+        self.missing = [m for m in self.missing if (m["model"], m["family"], m["dataset"]) not in scored]
         payload = {
             "schema": SCHEMA,
             "suite": {
                 "name": self.settings.name,
                 "description": self.settings.description,
                 "command": self.command,
+                "previous_commands": [c for c in self.previous_commands if c != self.command],
                 "ner": asdict(self.settings.ner),
                 "tc": asdict(self.settings.tc),
                 "fractions": self.settings.fractions,
@@ -304,3 +366,44 @@ def suite_settings(name: str, **overrides) -> SuiteSettings:
     tc_overrides = {k: v for k, v in overrides.pop("tc", {}).items() if v is not None}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     return replace(settings, ner=replace(settings.ner, **ner_overrides), tc=replace(settings.tc, **tc_overrides))
+
+
+def merge_results(output: str | os.PathLike, folders: list[str | os.PathLike], command: str = "") -> Path:
+    """Combine results folders of one suite into OUTPUT (which may be one of them or already hold results)."""
+    if not folders:
+        raise ValueError("Give at least one results folder to merge.")
+    first = Path(folders[0]) / "results.json"
+    if not first.is_file():
+        raise FileNotFoundError(f"{first}: no results to merge.")
+    run = SuiteRun(saved_settings(json.loads(first.read_text(encoding="utf-8"))["suite"], first), output,
+                   command=command)  # fmt: skip
+    for folder in folders:
+        if Path(folder).resolve() != Path(output).resolve():
+            logger.info("%s: %d new results", folder, run.merge_from(folder))
+    return run.save()
+
+
+def saved_settings(suite: dict, path: Path) -> SuiteSettings:
+    """The settings a results file was made with: its suite, protocols (missing fields: defaults), fractions, seeds."""
+    if suite.get("name") not in SUITES:
+        raise ValueError(f"{path}: unknown suite {suite.get('name')!r}; known: {sorted(SUITES)}.")
+    return replace(
+        SUITES[suite["name"]],
+        ner=NerProtocol(**suite.get("ner", {})),
+        tc=TcProtocol(**suite.get("tc", {})),
+        fractions=suite.get("fractions", SUITES[suite["name"]].fractions),
+        seeds=suite.get("seeds", SUITES[suite["name"]].seeds),
+    )
+
+
+def _score_key(record: ResultRecord) -> tuple:
+    return (record.model, record.family, record.dataset, record.dataset_config, record.split, record.fraction,
+            record.seed)  # fmt: skip
+
+
+def _commands(suite: dict) -> list[str]:
+    return [*suite.get("previous_commands", []), *([suite["command"]] if suite.get("command") else [])]
+
+
+def _union(first: list, second: list) -> list:
+    return list(dict.fromkeys([*first, *second]))

@@ -21,8 +21,10 @@ def results_markdown(payload: dict) -> str:
     models = _model_order(payload, records)
     suite = payload.get("suite", {})
     lines = [f"# Evaluation results: suite `{suite.get('name', '?')}`", ""]
-    if suite.get("command"):
-        lines += ["Command:", "", f"    {suite['command']}", ""]
+    commands = [*suite.get("previous_commands", []), *([suite["command"]] if suite.get("command") else [])]
+    if commands:
+        lines += ["Commands (in order):" if len(commands) > 1 else "Command:", ""]
+        lines += [f"    {command}" for command in commands] + [""]
     if suite.get("description"):
         lines += [suite["description"], ""]
     lines += ["Models (gains are against the first):", ""]

@@ -11,10 +11,10 @@ from mtpf.evaluation.ner import (
     build_ner_model,
     decode_tags,
     encode_sentences,
-    sort_by_length,
     entity_f1,
     finetune_ner,
     repeat_to_min_steps,
+    sort_by_length,
     subsample,
 )
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from mtpf.cli import merge_repeated
-from mtpf.evaluation.suite import SUITES, SuiteRun, suite_settings, tc_column
-from mtpf.results import load_results
+from mtpf.evaluation.suite import SUITES, SuiteRun, merge_results, suite_settings, tc_column
+from mtpf.results import ResultRecord, load_results
 from tests.conftest import REPO_ROOT, SHARED_DIR, TINY, run_command
 
 ROOTS = ["--ner_data_root", str(SHARED_DIR / "data" / "ner"), "--tc_data_root", str(SHARED_DIR / "data" / "tc")]
@@ -82,3 +82,40 @@ def test_resume_refuses_results_of_another_protocol(tmp_path):
     SuiteRun(SUITES["smoke"], tmp_path)
     with pytest.raises(ValueError, match="min_steps_per_epoch=0, this run min_steps_per_epoch=20"):
         SuiteRun(suite_settings("smoke", ner={"min_steps_per_epoch": 20}), tmp_path)
+
+
+def saved_run(folder, model: str, config_hash: str, value: float, settings=SUITES["smoke"]) -> SuiteRun:
+    run = SuiteRun(settings, folder, command=f"mtpf-eval --model {model}")
+    run.models.append({"model": model, "path": model, "config_hash": config_hash, "slots": []})
+    run.records.append(ResultRecord(model, "ner", "crossner", "test", "f1", value, config_hash=config_hash))
+    run.runs.append({"model": model, "dataset": "crossner", "seconds": 1.0})
+    run.save()
+    return run
+
+
+def test_merge_combines_folders_evaluated_in_parallel(tmp_path):
+    saved_run(tmp_path / "a", "base", "h0", 50.0)
+    saved_run(tmp_path / "b", "pf_ner", "h1", 40.0)
+    merge_results(tmp_path / "a", [tmp_path / "a", tmp_path / "b", tmp_path / "b"], command="python -m mtpf merge")
+    payload = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert [(r["model"], r["value"]) for r in payload["results"]] == [("base", 50.0), ("pf_ner", 40.0)]
+    assert [m["model"] for m in payload["models"]] == ["base", "pf_ner"] and len(payload["runs"]) == 2
+    assert payload["suite"]["command"] == "python -m mtpf merge"
+    assert payload["suite"]["previous_commands"] == ["mtpf-eval --model base", "mtpf-eval --model pf_ner"]
+    table = (tmp_path / "a" / "results.md").read_text()
+    assert "| `pf_ner` | 40.0 |" in table and "    mtpf-eval --model pf_ner\n    python -m mtpf merge\n" in table
+
+
+def test_merge_refuses_unlike_scores(tmp_path):
+    saved_run(tmp_path / "a", "base", "h0", 50.0)
+    saved_run(tmp_path / "same-label-other-weights", "base", "h9", 50.0)
+    saved_run(tmp_path / "other-score", "base", "h0", 51.0)
+    saved_run(tmp_path / "other-protocol", "x", "h1", 1.0, suite_settings("smoke", ner={"epochs": 3}))
+    with pytest.raises(ValueError, match="'base' has config hash h9, but h0"):
+        merge_results(tmp_path / "out", [tmp_path / "a", tmp_path / "same-label-other-weights"])
+    with pytest.raises(ValueError, match=r"scores 51\.0 there and 50\.0"):
+        merge_results(tmp_path / "out", [tmp_path / "a", tmp_path / "other-score"])
+    with pytest.raises(ValueError, match="epochs=3, this run epochs=1"):
+        merge_results(tmp_path / "out", [tmp_path / "a", tmp_path / "other-protocol"])
+    with pytest.raises(FileNotFoundError, match=r"nothing/results\.json: no results to merge"):
+        merge_results(tmp_path / "out", [tmp_path / "a", tmp_path / "nothing"])
