@@ -188,13 +188,17 @@ class MergeArguments:
 
     output: str = field(metadata={"help": "Folder for the combined results.json/md (may already hold results)."})
     folders: list[str] = field(default_factory=list, metadata={"help": "Results folders to add."})
+    order: list[str] | None = field(
+        default=None, metadata={"help": "Models to list first, in this order (gains are against the first)."}
+    )
 
 
 def run_merge(argv: list[str]) -> None:
     from mtpf.evaluation.suite import merge_results
 
     (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses(args=argv)
-    path = merge_results(args.output, args.folders, command=" ".join(["python -m mtpf merge", *argv]))
+    command = " ".join(["python -m mtpf merge", *argv])
+    path = merge_results(args.output, args.folders, command=command, order=args.order)
     print(f"Results written to {path} and {path.with_suffix('.md')}")
 
 

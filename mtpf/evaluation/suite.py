@@ -368,8 +368,13 @@ def suite_settings(name: str, **overrides) -> SuiteSettings:
     return replace(settings, ner=replace(settings.ner, **ner_overrides), tc=replace(settings.tc, **tc_overrides))
 
 
-def merge_results(output: str | os.PathLike, folders: list[str | os.PathLike], command: str = "") -> Path:
-    """Combine results folders of one suite into OUTPUT (which may be one of them or already hold results)."""
+def merge_results(
+    output: str | os.PathLike, folders: list[str | os.PathLike], command: str = "", order: list[str] | None = None
+) -> Path:
+    """Combine results folders of one suite into OUTPUT (which may be one of them or already hold results).
+
+    Tables list models in the order they first appear; `order` puts these first (gains are against the first).
+    """
     if not folders:
         raise ValueError("Give at least one results folder to merge.")
     first = Path(folders[0]) / "results.json"
@@ -380,6 +385,12 @@ def merge_results(output: str | os.PathLike, folders: list[str | os.PathLike], c
     for folder in folders:
         if Path(folder).resolve() != Path(output).resolve():
             logger.info("%s: %d new results", folder, run.merge_from(folder))
+    names = [m["model"] for m in run.models]
+    unknown = [name for name in order or [] if name not in names]
+    if unknown:
+        raise ValueError(f"Cannot order by {unknown}: the merged models are {names}.")
+    first = {name: rank for rank, name in enumerate(order or [])}
+    run.models.sort(key=lambda m: first.get(m["model"], len(first)))
     return run.save()
 
 

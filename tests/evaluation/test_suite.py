@@ -100,6 +100,11 @@ def test_merge_combines_folders_evaluated_in_parallel(tmp_path):
     payload = json.loads((tmp_path / "a" / "results.json").read_text())
     assert [(r["model"], r["value"]) for r in payload["results"]] == [("base", 50.0), ("pf_ner", 40.0)]
     assert [m["model"] for m in payload["models"]] == ["base", "pf_ner"] and len(payload["runs"]) == 2
+    merge_results(tmp_path / "c", [tmp_path / "b", tmp_path / "a"], order=["base"])
+    assert [m["model"] for m in json.loads((tmp_path / "c" / "results.json").read_text())["models"]] == [
+        "base",
+        "pf_ner",
+    ]
     assert payload["suite"]["command"] == "python -m mtpf merge"
     assert payload["suite"]["previous_commands"] == ["mtpf-eval --model base", "mtpf-eval --model pf_ner"]
     table = (tmp_path / "a" / "results.md").read_text()
