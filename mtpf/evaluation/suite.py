@@ -25,7 +25,7 @@ from mtpf.evaluation.ner_data import (
     load_ner_dataset,
     load_user_ner_data,
 )
-from mtpf.evaluation.tables import results_markdown
+from mtpf.evaluation.tables import results_markdown, suite_commands
 from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, TcProtocol, evaluate_tc
 from mtpf.io import atomic_write_text
 from mtpf.results import SCHEMA, ResultRecord
@@ -151,19 +151,17 @@ class SuiteRun:
         from mtpf.results import load_results
 
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("suite", {}).get("name") != self.settings.name:
-            raise ValueError(
-                f"{path}: holds results of suite {data.get('suite', {}).get('name')!r}; use another --output."
-            )
         self._check_same_protocol(path, data.get("suite", {}))
         self.records = load_results(path)
         self.runs = data.get("runs", [])
         self.models = data.get("models", [])
-        self.previous_commands = _commands(data.get("suite", {}))
+        self.previous_commands = suite_commands(data.get("suite", {}))
         logger.info("%s: resuming, %d results already there", path, len(self.records))
 
     def _check_same_protocol(self, path: Path, saved: dict) -> None:
-        """Refuse to mix scores made under different protocols (fields saved before they existed: defaults)."""
+        """Refuse to mix scores of another suite or protocol (protocol fields saved before they existed: defaults)."""
+        if saved.get("name") != self.settings.name:
+            raise ValueError(f"{path}: holds results of suite {saved.get('name')!r}; use another --output.")
         for family, current, protocol_type in (
             ("ner", self.settings.ner, NerProtocol),
             ("tc", self.settings.tc, TcProtocol),
@@ -284,9 +282,7 @@ class SuiteRun:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no results to merge.")
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("suite", {}).get("name") != self.settings.name:
-            raise ValueError(f"{path}: holds suite {data.get('suite', {}).get('name')!r}, not {self.settings.name!r}.")
-        self._check_same_protocol(path, data["suite"])
+        self._check_same_protocol(path, data.get("suite", {}))
         from mtpf.results import load_results
 
         known = {_score_key(r): r for r in self.records}
@@ -313,7 +309,7 @@ class SuiteRun:
                 self.models.append(entry)
         self.runs += [run for run in data.get("runs", []) if run not in self.runs]
         self.missing += [entry for entry in data.get("missing", []) if entry not in self.missing]
-        self.previous_commands += [c for c in _commands(data["suite"]) if c not in self.previous_commands]
+        self.previous_commands += [c for c in suite_commands(data["suite"]) if c not in self.previous_commands]
         self.settings = replace(
             self.settings,
             fractions=_union(self.settings.fractions, data["suite"].get("fractions", [])),
@@ -377,11 +373,11 @@ def merge_results(
     """
     if not folders:
         raise ValueError("Give at least one results folder to merge.")
-    first = Path(folders[0]) / "results.json"
-    if not first.is_file():
-        raise FileNotFoundError(f"{first}: no results to merge.")
-    run = SuiteRun(saved_settings(json.loads(first.read_text(encoding="utf-8"))["suite"], first), output,
-                   command=command)  # fmt: skip
+    first_file = Path(folders[0]) / "results.json"
+    if not first_file.is_file():
+        raise FileNotFoundError(f"{first_file}: no results to merge.")
+    settings = saved_settings(json.loads(first_file.read_text(encoding="utf-8"))["suite"], first_file)
+    run = SuiteRun(settings, output, command=command)
     for folder in folders:
         if Path(folder).resolve() != Path(output).resolve():
             logger.info("%s: %d new results", folder, run.merge_from(folder))
@@ -389,8 +385,8 @@ def merge_results(
     unknown = [name for name in order or [] if name not in names]
     if unknown:
         raise ValueError(f"Cannot order by {unknown}: the merged models are {names}.")
-    first = {name: rank for rank, name in enumerate(order or [])}
-    run.models.sort(key=lambda m: first.get(m["model"], len(first)))
+    rank = {name: position for position, name in enumerate(order or [])}
+    run.models.sort(key=lambda m: rank.get(m["model"], len(rank)))
     return run.save()
 
 
@@ -410,10 +406,6 @@ def saved_settings(suite: dict, path: Path) -> SuiteSettings:
 def _score_key(record: ResultRecord) -> tuple:
     return (record.model, record.family, record.dataset, record.dataset_config, record.split, record.fraction,
             record.seed)  # fmt: skip
-
-
-def _commands(suite: dict) -> list[str]:
-    return [*suite.get("previous_commands", []), *([suite["command"]] if suite.get("command") else [])]
 
 
 def _union(first: list, second: list) -> list:

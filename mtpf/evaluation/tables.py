@@ -21,7 +21,7 @@ def results_markdown(payload: dict) -> str:
     models = _model_order(payload, records)
     suite = payload.get("suite", {})
     lines = [f"# Evaluation results: suite `{suite.get('name', '?')}`", ""]
-    commands = [*suite.get("previous_commands", []), *([suite["command"]] if suite.get("command") else [])]
+    commands = suite_commands(suite)
     if commands:
         lines += ["Commands (in order):" if len(commands) > 1 else "Command:", ""]
         lines += [f"    {command}" for command in commands] + [""]
@@ -74,6 +74,11 @@ def family_averages(records: list[ResultRecord], family: str, fraction: float | 
     preferred = list(PAPER_NER_DATASETS.values()) if family == "ner" else list(TC_TASKS)
     common = _common(models, scores, _columns(scores, preferred))
     return {model: _average(scores, model, common) for model in models}
+
+
+def suite_commands(suite: dict) -> list[str]:
+    """Every command that made a results file, oldest first (earlier runs resumed or merged, then the last)."""
+    return [*suite.get("previous_commands", []), *([suite["command"]] if suite.get("command") else [])]
 
 
 def _model_order(payload: dict, records: list[ResultRecord]) -> list[str]:
