@@ -137,6 +137,13 @@ class EvalArguments:
     tc_n_experiments: int | None = field(default=None, metadata={"help": "Override MTEB's probe repetitions."})
     skip_ner: bool = field(default=False, metadata={"help": "Run only text classification."})
     skip_tc: bool = field(default=False, metadata={"help": "Run only NER."})
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "Evaluate in N processes, each on its share of the cores: one job per (model, NER dataset) and "
+            "one TC job per model, merged into --output at the end."
+        },
+    )
     ner_data_root: str = field(default="../shared/data/ner", metadata={"help": "Local NER datasets."})
     tc_data_root: str = field(default="../shared/data/tc", metadata={"help": "Local TC datasets."})
 
@@ -154,6 +161,17 @@ def merge_repeated(argv: list[str], flag: str) -> list[str]:
             rest.append(argv[i])
             i += 1
     return [flag, *values, *rest] if values else rest
+
+
+def without_options(argv: list[str], names: set[str]) -> list[str]:
+    """argv minus the options in `names` (`--name value...` or `--name=value`)."""
+    kept, skipping = [], False
+    for token in argv:
+        if token.startswith("--"):
+            skipping = token.partition("=")[0] in names
+        if not skipping:
+            kept.append(token)
+    return kept
 
 
 def run_eval(argv: list[str]) -> None:
@@ -177,6 +195,15 @@ def run_eval(argv: list[str]) -> None:
         tc={"n_experiments": args.tc_n_experiments},
     )
     command = " ".join(["mtpf-eval", *argv])
+    if args.workers > 1:
+        from mtpf.evaluation.parallel import evaluate_in_parallel
+
+        shared = without_options(merge_repeated(argv, "--model"), {"--model", "--output", "--workers"})
+        path = evaluate_in_parallel(
+            shared, args.model, settings, args.output, args.workers, command, not args.skip_ner, not args.skip_tc
+        )
+        print(f"Results written to {path} and {path.with_suffix('.md')}")
+        return
     run = SuiteRun(settings, args.output, args.ner_data_root, args.tc_data_root, not constants.HF_HUB_OFFLINE, command)
     path = run.run(args.model, ner=not args.skip_ner, tc=not args.skip_tc)
     print(f"Results written to {path} and {path.with_suffix('.md')}")

@@ -2,8 +2,8 @@
 
 Pre-finetunes every mode with identical data, steps and seed (each in a fresh process, skipped when its release
 already exists, so a stopped sweep resumes), then evaluates the base encoder and all releases with the `quick`
-suite on full and 10 % NER training data (`--eval_workers 2`: two models at a time, one core each, merged at the
-end), and plots the interference curves of pf_ner / pf_tc / mtpf_tpl.
+suite on full and 10 % NER training data (`--eval_workers 2`: `mtpf-eval --workers 2`, two processes with one
+core each), and plots the interference curves of pf_ner / pf_tc / mtpf_tpl.
 
     python scripts/cpu_reproduction.py configs/cpu-reproduction/splade-tiny.yaml \
         --output results/cpu-reproduction/splade-tiny
@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 
 import yaml
-
-from mtpf.evaluation.candidate import split_label
 
 ROOT = Path(__file__).resolve().parents[1]
 # label -> overrides; the paper's Table 1-3 rows (PF-L on the last TPL layers and on all layers)
@@ -69,7 +67,7 @@ def main() -> None:
     parser.add_argument("--fractions", nargs="+", default=["1.0", "0.1"])
     parser.add_argument("--train_only", action="store_true", help="Pre-finetune (and copy curves); evaluate later.")
     parser.add_argument(
-        "--eval_workers", type=int, default=1, help="Evaluate the models in N processes, each on its share of cores."
+        "--eval_workers", type=int, default=1, help="mtpf-eval --workers N: N processes, one share of the cores each."
     )
     options = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1")
@@ -103,51 +101,12 @@ def main() -> None:
         print(f"done: releases under {work}, curves in {output}")
         return
     models = [f"base={config['backbone']}", *releases]
-    evaluation = ["mtpf-eval", "--suite", options.suite, "--fractions", *options.fractions]
-    if options.eval_workers > 1:
-        parts = work / "eval-workers" / options.suite
-        cost = evaluate_in_parallel(evaluation, models, output, parts, options.eval_workers)
-    else:
-        evaluation += ["--output", str(output), "--model", *models]
-        cost = run(evaluation, output / "logs" / "eval.log")
+    evaluation = ["mtpf-eval", "--suite", options.suite, "--fractions", *options.fractions,
+                  "--workers", str(options.eval_workers), "--output", str(output), "--model", *models]  # fmt: skip
+    cost = run(evaluation, output / "logs" / "eval.log")
     runs["evaluation"] = {"command": " ".join(evaluation), "workers": options.eval_workers, **cost}
     runs_path.write_text(json.dumps(runs, indent=2) + "\n")
     print(f"done: {output}/results.md")
-
-
-def evaluate_in_parallel(evaluation: list[str], models: list[str], output: Path, parts: Path, workers: int) -> dict:
-    """Deal the models round-robin to `workers` processes, each with its share of the cores and its own folder.
-
-    A worker's folder is first given the scores already in `output`, so a resumed sweep redoes nothing; at the end
-    the folders are merged back into `output` in the sweep's model order, then removed (a stopped sweep keeps them).
-    """
-    start, cpu_start = time.monotonic(), _children_cpu_seconds()
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    processes = []
-    for worker in range(min(workers, len(models))):
-        folder = parts / f"worker-{worker}"
-        if (output / "results.json").is_file():
-            run([sys.executable, "-m", "mtpf", "merge", "--output", str(folder), "--folders", str(output)],
-                output / "logs" / "merge.log")  # fmt: skip
-        command = [*evaluation, "--output", str(folder), "--model", *models[worker::workers]]
-        print("+", " ".join(command), f"(OMP_NUM_THREADS={threads})", flush=True)
-        log = (output / "logs" / f"eval-worker-{worker}.log").open("a")
-        environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        processes.append((subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment),
-                          command, log))  # fmt: skip
-    failed = []
-    for process, command, log in processes:
-        if process.wait() != 0:
-            failed.append(command)
-        log.close()
-    if failed:
-        raise SystemExit(f"failed: {' '.join(failed[0])}; see {output / 'logs'}")
-    folders = [str(parts / f"worker-{worker}") for worker in range(len(processes))]
-    order = [split_label(model)[0] for model in models]
-    run([sys.executable, "-m", "mtpf", "merge", "--output", str(output), "--folders", *folders, "--order", *order],
-        output / "logs" / "merge.log")  # fmt: skip
-    shutil.rmtree(parts)
-    return {"seconds": round(time.monotonic() - start, 1), "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1)}
 
 
 if __name__ == "__main__":

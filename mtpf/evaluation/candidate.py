@@ -69,23 +69,30 @@ def load_candidate(spec: str) -> EvalCandidate:
     return candidate
 
 
-def _load(name_or_path: str) -> EvalCandidate:
+def candidate_hash(name_or_path: str) -> str:
+    """Which weights a model name stands for, from file digests only (no loading): results carry it, so a
+    re-trained release under the same label is evaluated again instead of keeping the old scores."""
     if is_release(name_or_path):
         release = Path(name_or_path)
         tasks = validate_release(release)
+        digests = [backbone_digest(release / BACKBONE_DIR)]
+        return _short_hash(
+            digests + [file_digest(release / ADAPTERS_DIR / t / "adapter_model.safetensors") for t in tasks]
+        )
+    folder = Path(resolve_model_path(name_or_path))
+    return _short_hash([backbone_digest(folder) if (folder / "model.safetensors").is_file() else name_or_path])
+
+
+def _load(name_or_path: str) -> EvalCandidate:
+    config_hash = candidate_hash(name_or_path)
+    if is_release(name_or_path):
+        release = Path(name_or_path)
         backbone = MtpfModel.from_pretrained(str(release / BACKBONE_DIR))
         tokenizer = AutoTokenizer.from_pretrained(str(release / BACKBONE_DIR))
-        adapters = {task: release / ADAPTERS_DIR / task for task in tasks}
-        digests = [backbone_digest(release / BACKBONE_DIR)] + [
-            file_digest(adapters[task] / "adapter_model.safetensors") for task in tasks
-        ]
-        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, _short_hash(digests))
+        adapters = {task: release / ADAPTERS_DIR / task for task in validate_release(release)}
+        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, config_hash)
     encoder, tokenizer = load_encoder(name_or_path)
-    folder = Path(resolve_model_path(name_or_path))
-    digest = backbone_digest(folder) if (folder / "model.safetensors").is_file() else name_or_path
-    return EvalCandidate(
-        name_or_path, mtpf_model_from_encoder(encoder, tasks=()).eval(), tokenizer, {}, _short_hash([digest])
-    )
+    return EvalCandidate(name_or_path, mtpf_model_from_encoder(encoder, tasks=()).eval(), tokenizer, {}, config_hash)
 
 
 def _short_hash(parts: list[str]) -> str:

@@ -272,11 +272,12 @@ class SuiteRun:
         else:
             self.models.append(entry)
 
-    def merge_from(self, folder: str | os.PathLike) -> int:
+    def merge_from(self, folder: str | os.PathLike, keep_commands: bool = True) -> int:
         """Add the scores of another results folder of this suite and protocol; returns how many were new.
 
         A label must name the same weights (config hash) in both folders and a score present in both must agree:
-        anything else would put unlike numbers in one table.
+        anything else would put unlike numbers in one table. `keep_commands=False` leaves out the folder's
+        commands (a parallel run records its own command instead of its workers' per-job ones).
         """
         path = Path(folder) / "results.json"
         if not path.is_file():
@@ -309,7 +310,8 @@ class SuiteRun:
                 self.models.append(entry)
         self.runs += [run for run in data.get("runs", []) if run not in self.runs]
         self.missing += [entry for entry in data.get("missing", []) if entry not in self.missing]
-        self.previous_commands += [c for c in suite_commands(data["suite"]) if c not in self.previous_commands]
+        if keep_commands:
+            self.previous_commands += [c for c in suite_commands(data["suite"]) if c not in self.previous_commands]
         self.settings = replace(
             self.settings,
             fractions=_union(self.settings.fractions, data["suite"].get("fractions", [])),
@@ -365,7 +367,11 @@ def suite_settings(name: str, **overrides) -> SuiteSettings:
 
 
 def merge_results(
-    output: str | os.PathLike, folders: list[str | os.PathLike], command: str = "", order: list[str] | None = None
+    output: str | os.PathLike,
+    folders: list[str | os.PathLike],
+    command: str = "",
+    order: list[str] | None = None,
+    keep_commands: bool = True,
 ) -> Path:
     """Combine results folders of one suite into OUTPUT (which may be one of them or already hold results).
 
@@ -380,7 +386,7 @@ def merge_results(
     run = SuiteRun(settings, output, command=command)
     for folder in folders:
         if Path(folder).resolve() != Path(output).resolve():
-            logger.info("%s: %d new results", folder, run.merge_from(folder))
+            logger.info("%s: %d new results", folder, run.merge_from(folder, keep_commands))
     names = [m["model"] for m in run.models]
     unknown = [name for name in order or [] if name not in names]
     if unknown:

@@ -1,0 +1,158 @@
+"""`mtpf-eval --workers N`: one suite evaluated by N processes, each on its share of the cores.
+
+A model is not the unit of work: the MiniLM-class NER runs of one model take ~45 minutes on one core, so three models
+on two workers would leave one idle for half the time. The work is cut into one job per (model, NER dataset) and one
+TC job per model, only for what the output folder lacks, and dealt longest-first to the least-loaded worker. Each
+worker runs its jobs as ordinary `mtpf eval` processes into its own folder (seeded with the output's scores), and
+the folders are merged back with the same checks as `python -m mtpf merge`; a stopped run keeps them and resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtpf.evaluation.candidate import candidate_hash, split_label
+from mtpf.evaluation.suite import SuiteSettings, merge_results
+from mtpf.evaluation.tc import TC_TASKS
+
+logger = logging.getLogger(__name__)
+
+WORKERS_DIR = "workers"  # inside the output folder: worker-i/ (removed once merged) and worker-i.log (kept)
+TC_TASK_COST = 0.3  # one MTEB task against one NER training run, from the quick suite's timings on MiniLM-L6
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    model: str  # LABEL=PATH or PATH, as given to mtpf-eval
+    ner_dataset: str | None  # None: the model's TC tasks
+    cost: float  # relative: NER training runs still to do (TC tasks count TC_TASK_COST each)
+
+    def arguments(self) -> list[str]:
+        family = ["--skip_tc", "--ner_datasets", self.ner_dataset] if self.ner_dataset else ["--skip_ner"]
+        return ["--model", self.model, *family]
+
+    def describe(self) -> str:
+        return f"{split_label(self.model)[0]}: " + (f"NER {self.ner_dataset}" if self.ner_dataset else "TC")
+
+
+def pending_jobs(
+    models: list[str],
+    hashes: dict[str, str],
+    settings: SuiteSettings,
+    done: set[tuple],
+    ner: bool = True,
+    tc: bool = True,
+) -> list[EvalJob]:
+    """The jobs whose scores are not in `done` ((model, config hash, family, dataset, fraction, seed) tuples);
+    `hashes` maps each label to the config hash of its current weights."""
+    jobs = []
+    for spec in models:
+        label = split_label(spec)[0]
+        config_hash = hashes[label]
+        if ner:
+            for dataset in settings.ner_datasets:
+                name = dataset.partition("=")[0] if "=" in dataset else dataset
+                runs = [(f, s) for f in settings.fractions for s in settings.seeds]
+                todo = sum((label, config_hash, "ner", name, f, s) not in done for f, s in runs)
+                if todo:
+                    jobs.append(EvalJob(spec, dataset, float(todo)))
+        if tc:
+            names = [TC_TASKS[column].mteb_name for column in settings.tc_tasks]
+            todo = sum((label, config_hash, "tc", name, 1.0, 0) not in done for name in names)
+            if todo:
+                jobs.append(EvalJob(spec, None, todo * TC_TASK_COST))
+    return jobs
+
+
+def deal(jobs: list[EvalJob], workers: int) -> list[list[EvalJob]]:
+    """Longest job first to the least-loaded worker; each worker then runs its jobs in the order they were given."""
+    shares: list[list[EvalJob]] = [[] for _ in range(workers)]
+    for job in sorted(jobs, key=lambda j: -j.cost):
+        min(shares, key=lambda share: sum(j.cost for j in share)).append(job)
+    order = {job: position for position, job in enumerate(jobs)}
+    return [sorted(share, key=order.__getitem__) for share in shares if share]
+
+
+def evaluate_in_parallel(
+    base_arguments: list[str],
+    models: list[str],
+    settings: SuiteSettings,
+    output: str | os.PathLike,
+    workers: int,
+    command: str,
+    ner: bool = True,
+    tc: bool = True,
+) -> Path:
+    """Run the pending jobs in `workers` processes and merge their folders into `output`.
+
+    `base_arguments` are the mtpf-eval arguments every job shares (suite, overrides, data roots); `command` is
+    recorded in results.json in place of the per-job commands.
+    """
+    from mtpf.results import load_results
+
+    output = Path(output)
+    results = output / "results.json"
+    records = load_results(results) if results.is_file() else []
+    hashes = {split_label(spec)[0]: candidate_hash(split_label(spec)[1]) for spec in models}
+    for record in records:
+        if hashes.get(record.model, record.config_hash) != record.config_hash:
+            raise ValueError(
+                f"{results}: holds scores of {record.model!r} from other weights (config hash {record.config_hash}, "
+                f"now {hashes[record.model]}); give the new weights another label or use another --output."
+            )
+    done = {(r.model, r.config_hash, r.family, r.dataset, r.fraction, r.seed) for r in records}
+    shares = deal(pending_jobs(models, hashes, settings, done, ner, tc), workers)
+    if not shares:
+        logger.info("%s: every score is already there", results)
+        return results
+    parts = output / WORKERS_DIR
+    folders = [parts / f"worker-{i}" for i in range(len(shares))]
+    if results.is_file():
+        for folder in folders:
+            merge_results(folder, [output], command=command)
+    threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(shares)))
+    for i, share in enumerate(shares):
+        logger.info("worker %d (%d threads): %s", i, threads, "; ".join(job.describe() for job in share))
+    with ThreadPoolExecutor(max(1, len(shares))) as pool:
+        failures = [
+            failure
+            for failure in pool.map(
+                lambda i: _run_share(i, shares[i], base_arguments, folders[i], threads), range(len(shares))
+            )
+            if failure
+        ]
+    if failures:
+        raise SystemExit(f"mtpf-eval --workers: {'; '.join(failures)}. Rerun the same command to resume.")
+    order = [split_label(spec)[0] for spec in models]
+    path = merge_results(output, folders, command, order, keep_commands=False)
+    for folder in folders:
+        shutil.rmtree(folder)
+    return path
+
+
+def _run_share(index: int, share: list[EvalJob], base_arguments: list[str], folder: Path, threads: int) -> str:
+    """Run one worker's jobs in turn; returns an error message, or '' when all succeeded."""
+    log_path = folder.parent / f"worker-{index}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with log_path.open("a", encoding="utf-8") as log:
+        for number, job in enumerate(share, 1):
+            arguments = [sys.executable, "-m", "mtpf", "eval", *base_arguments, "--output", str(folder)]
+            start = time.monotonic()
+            log.write(f"+ {' '.join([*arguments, *job.arguments()])}\n")
+            log.flush()
+            process = subprocess.run([*arguments, *job.arguments()], stdout=log, stderr=subprocess.STDOUT,
+                                     env=environment, check=False)  # fmt: skip
+            if process.returncode != 0:
+                return f"worker {index} failed on {job.describe()} (exit {process.returncode}, log {log_path})"
+            logger.info("worker %d: job %d/%d (%s) done in %.0f s", index, number, len(share), job.describe(),
+                        time.monotonic() - start)  # fmt: skip
+    return ""

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from mtpf.cli import without_options
+from mtpf.evaluation.candidate import candidate_hash
+from mtpf.evaluation.parallel import TC_TASK_COST, EvalJob, deal, evaluate_in_parallel, pending_jobs
+from mtpf.evaluation.suite import SUITES, SuiteRun, suite_settings
+from mtpf.results import ResultRecord, load_results
+from tests.conftest import REPO_ROOT, TINY, run_command
+from tests.evaluation.test_suite import eval_command
+
+
+def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
+    settings = suite_settings("quick", ner_datasets=["conll2003", "mine=/data/mine"], tc_tasks=["Emo."],
+                              fractions=[1.0, 0.1])  # fmt: skip
+    done = {
+        ("a", "h1", "ner", "conll2003", 1.0, 0),
+        ("a", "h1", "ner", "conll2003", 0.1, 0),
+        ("a", "h1", "ner", "mine", 1.0, 0),
+        ("a", "h1", "tc", "EmotionClassification", 1.0, 0),
+        ("b", "OLD", "ner", "conll2003", 1.0, 0),  # other weights under the label: not done
+    }
+    jobs = pending_jobs(["a=/m/a", "b=/m/b"], {"a": "h1", "b": "h2"}, settings, done)
+    assert jobs == [
+        EvalJob("a=/m/a", "mine=/data/mine", 1.0),
+        EvalJob("b=/m/b", "conll2003", 2.0),
+        EvalJob("b=/m/b", "mine=/data/mine", 2.0),
+        EvalJob("b=/m/b", None, TC_TASK_COST),
+    ]
+    assert jobs[0].arguments() == ["--model", "a=/m/a", "--skip_tc", "--ner_datasets", "mine=/data/mine"]
+    assert jobs[3].arguments() == ["--model", "b=/m/b", "--skip_ner"]
+    assert pending_jobs(["b=/m/b"], {"b": "h2"}, settings, done, ner=False) == [jobs[3]]
+
+
+def test_deal_splits_a_model_across_workers_longest_first():
+    # the shape of the MiniLM-L6 sweep's tail: one dataset left for one model, three models with five each
+    jobs = [EvalJob("m0", "crossner", 1.0)] + [
+        EvalJob(model, dataset, 2.0) for model in ("m1", "m2", "m3") for dataset in "abcde"
+    ]
+    shares = deal(jobs, 2)
+    loads = [sum(job.cost for job in share) for share in shares]
+    assert sorted(loads) == [15.0, 16.0]
+    assert sorted(str(job) for share in shares for job in share) == sorted(map(str, jobs))
+    assert all(share == sorted(share, key=jobs.index) for share in shares)  # each worker keeps the sweep order
+    assert len(deal(jobs[:1], 4)) == 1  # no idle workers
+
+
+def test_parallel_cli_matches_the_sequential_suite_then_resumes(slotted_release, tmp_path):
+    output = tmp_path / "eval"
+    models = ["--model", TINY, "--model", f"tpl={slotted_release}"]
+    run_command([*eval_command(output, *models), "--workers", "2"], cwd=REPO_ROOT)
+    payload = json.loads((output / "results.json").read_text())
+    assert {(r["model"], r["family"], r["dataset"]) for r in payload["results"]} == {
+        (model, family, dataset)
+        for model in (TINY, "tpl")
+        for family, dataset in [
+            ("ner", "crossner"),
+            ("tc", "EmotionClassification"),
+            ("tc", "FinancialPhrasebankClassification"),
+        ]
+    }
+    assert [m["model"] for m in payload["models"]] == [TINY, "tpl"]  # the order given, not the finishing order
+    assert payload["suite"]["command"].endswith("--workers 2") and payload["suite"]["previous_commands"] == []
+    workers = output / "workers"
+    assert sorted(p.name for p in workers.iterdir()) == ["worker-0.log", "worker-1.log"]  # folders merged, removed
+    assert (
+        "--skip_tc --ner_datasets crossner"
+        in (workers / "worker-0.log").read_text() + (workers / "worker-1.log").read_text()
+    )
+    result = run_command([*eval_command(output, *models), "--workers", "2"], cwd=REPO_ROOT)
+    assert "every score is already there" in result.stderr and len(load_results(output / "results.json")) == 6
+
+
+def test_parallel_refuses_scores_of_other_weights_under_the_same_label(tmp_path):
+    run = SuiteRun(SUITES["smoke"], tmp_path)
+    run.records.append(ResultRecord(TINY, "ner", "crossner", "test", "f1", 1.0, config_hash="not-these-weights"))
+    run.save()
+    with pytest.raises(ValueError, match=rf"from other weights \(config hash not-these-weights, now "
+                       rf"{candidate_hash(TINY)}\)"):  # fmt: skip
+        evaluate_in_parallel([], [TINY], SUITES["smoke"], tmp_path, 2, "mtpf-eval")
+
+
+def test_without_options_keeps_the_shared_arguments():
+    argv = ["--model", "a", "b", "--suite", "smoke", "--output=x", "--workers", "2", "--skip_tc"]
+    assert without_options(argv, {"--model", "--output", "--workers"}) == ["--suite", "smoke", "--skip_tc"]
