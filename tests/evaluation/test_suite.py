@@ -14,6 +14,12 @@ def eval_command(output, *args: str) -> list[str]:
     return ["python", "-m", "mtpf", "eval", "--suite", "smoke", "--output", str(output), *ROOTS, *args]
 
 
+def smoke_result_keys(*models: str) -> set[tuple[str, str, str]]:
+    """(model, family, dataset) of every score the smoke suite gives each model."""
+    datasets = [("ner", "crossner"), ("tc", "EmotionClassification"), ("tc", "FinancialPhrasebankClassification")]
+    return {(model, family, dataset) for model in models for family, dataset in datasets}
+
+
 def test_smoke_suite_cli_writes_results_and_tables_then_resumes(slotted_release, tmp_path):
     output = tmp_path / "eval"
     models = ["--model", TINY, "--model", f"tpl={slotted_release}"]  # LABEL=PATH names a model in the tables
@@ -22,15 +28,7 @@ def test_smoke_suite_cli_writes_results_and_tables_then_resumes(slotted_release,
     payload = json.loads((output / "results.json").read_text())
     assert payload["suite"]["name"] == "smoke" and payload["missing"] == []
     assert [m["path"] for m in payload["models"]] == [TINY, str(slotted_release)]
-    assert {(r.model, r.family, r.dataset) for r in records} == {
-        (model, family, dataset)
-        for model in (TINY, "tpl")
-        for family, dataset in [
-            ("ner", "crossner"),
-            ("tc", "EmotionClassification"),
-            ("tc", "FinancialPhrasebankClassification"),
-        ]
-    }
+    assert {(r.model, r.family, r.dataset) for r in records} == smoke_result_keys(TINY, "tpl")
     hashes = {r.model: r.config_hash for r in records}
     assert len(set(hashes.values())) == 2 and all(hashes.values())
     table = (output / "results.md").read_text()
