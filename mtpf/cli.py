@@ -200,7 +200,16 @@ def run_eval(argv: list[str]) -> None:
 
         shared = without_options(merge_repeated(argv, "--model"), {"--model", "--output", "--workers"})
         path = evaluate_in_parallel(
-            shared, args.model, settings, args.output, args.workers, command, not args.skip_ner, not args.skip_tc
+            shared,
+            args.model,
+            settings,
+            args.output,
+            args.workers,
+            command,
+            ner=not args.skip_ner,
+            tc=not args.skip_tc,
+            tc_root=args.tc_data_root,
+            hub_reachable=not constants.HF_HUB_OFFLINE,
         )
         print(f"Results written to {path} and {path.with_suffix('.md')}")
         return

@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mtpf.evaluation.candidate import candidate_hash, split_label
 from mtpf.evaluation.suite import SuiteSettings, merge_results
-from mtpf.evaluation.tc import TC_TASKS
+from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, is_local_available
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,14 @@ def evaluate_in_parallel(
     command: str,
     ner: bool = True,
     tc: bool = True,
+    tc_root: str | os.PathLike = DEFAULT_TC_ROOT,
+    hub_reachable: bool = False,
 ) -> Path:
     """Run the pending jobs in `workers` processes and merge their folders into `output`.
 
     `base_arguments` are the mtpf-eval arguments every job shares (suite, overrides, data roots); `command` is
-    recorded in results.json in place of the per-job commands.
+    recorded in results.json in place of the per-job commands. TC tasks that cannot run here (no local copy, Hub
+    offline) are not planned as work; a job still lists them as not evaluated.
     """
     from mtpf.results import load_results
 
@@ -109,7 +112,8 @@ def evaluate_in_parallel(
                 f"now {hashes[record.model]}); give the new weights another label or use another --output."
             )
     done = {(r.model, r.config_hash, r.family, r.dataset, r.fraction, r.seed) for r in records}
-    shares = deal(pending_jobs(models, hashes, settings, done, ner, tc), workers)
+    runnable = [c for c in settings.tc_tasks if hub_reachable or is_local_available(TC_TASKS[c], tc_root)]
+    shares = deal(pending_jobs(models, hashes, replace(settings, tc_tasks=runnable), done, ner, tc), workers)
     if not shares:
         logger.info("%s: every score is already there", results)
         return results

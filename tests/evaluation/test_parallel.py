@@ -7,8 +7,10 @@ from mtpf.evaluation.candidate import candidate_hash
 from mtpf.evaluation.parallel import TC_TASK_COST, EvalJob, deal, evaluate_in_parallel, pending_jobs
 from mtpf.evaluation.suite import SUITES, SuiteRun, suite_settings
 from mtpf.results import ResultRecord, load_results
-from tests.conftest import REPO_ROOT, TINY, run_command
+from tests.conftest import REPO_ROOT, SHARED_DIR, TINY, run_command
 from tests.evaluation.test_suite import eval_command, smoke_result_keys
+
+TC_ROOT = SHARED_DIR / "data" / "tc"
 
 
 def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
@@ -71,6 +73,18 @@ def test_parallel_refuses_scores_of_other_weights_under_the_same_label(tmp_path)
     with pytest.raises(ValueError, match=rf"from other weights \(config hash not-these-weights, now "
                        rf"{candidate_hash(TINY)}\)"):  # fmt: skip
         evaluate_in_parallel([], [TINY], SUITES["smoke"], tmp_path, 2, "mtpf-eval")
+
+
+def test_parallel_plans_no_job_for_scores_that_are_there_or_cannot_be_made_here(tmp_path, caplog):
+    run = SuiteRun(SUITES["smoke"], tmp_path)
+    for family, dataset in [("ner", "crossner"), ("tc", "EmotionClassification"),
+                            ("tc", "FinancialPhrasebankClassification")]:  # fmt: skip
+        run.records.append(ResultRecord(TINY, family, dataset, "test", "f1", 1.0, config_hash=candidate_hash(TINY)))
+    run.save()
+    settings = suite_settings("smoke", tc_tasks=["Emo.", "FPB", "Patent"])  # Patent: no local copy, Hub offline
+    with caplog.at_level("INFO"):
+        evaluate_in_parallel([], [TINY], settings, tmp_path, 2, "mtpf-eval", tc_root=TC_ROOT)
+    assert "every score is already there" in caplog.text and not (tmp_path / "workers").exists()
 
 
 def test_without_options_keeps_the_shared_arguments():
