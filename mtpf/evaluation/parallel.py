@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mtpf.evaluation.candidate import candidate_hash, split_label
-from mtpf.evaluation.suite import SuiteSettings, merge_results
+from mtpf.evaluation.suite import SuiteRun, SuiteSettings, merge_results
 from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, is_local_available
 
 logger = logging.getLogger(__name__)
@@ -99,11 +99,9 @@ def evaluate_in_parallel(
     recorded in results.json in place of the per-job commands. TC tasks that cannot run here (no local copy, Hub
     offline) are not planned as work; a job still lists them as not evaluated.
     """
-    from mtpf.results import load_results
-
     output = Path(output)
     results = output / "results.json"
-    records = load_results(results) if results.is_file() else []
+    records = SuiteRun(settings, output).records  # refuses an output of another suite or protocol, before any work
     hashes = {split_label(spec)[0]: candidate_hash(split_label(spec)[1]) for spec in models}
     for record in records:
         if hashes.get(record.model, record.config_hash) != record.config_hash:

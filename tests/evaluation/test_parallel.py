@@ -66,13 +66,15 @@ def test_parallel_cli_matches_the_sequential_suite_then_resumes(slotted_release,
     assert "every score is already there" in result.stderr and len(load_results(output / "results.json")) == 6
 
 
-def test_parallel_refuses_scores_of_other_weights_under_the_same_label(tmp_path):
+def test_parallel_refuses_other_weights_under_a_label_or_another_protocol_before_any_work(tmp_path):
     run = SuiteRun(SUITES["smoke"], tmp_path)
     run.records.append(ResultRecord(TINY, "ner", "crossner", "test", "f1", 1.0, config_hash="not-these-weights"))
     run.save()
     with pytest.raises(ValueError, match=rf"from other weights \(config hash not-these-weights, now "
                        rf"{candidate_hash(TINY)}\)"):  # fmt: skip
         evaluate_in_parallel([], [TINY], SUITES["smoke"], tmp_path, 2, "mtpf-eval")
+    with pytest.raises(ValueError, match="its ner protocol has epochs=1, this run epochs=3"):
+        evaluate_in_parallel([], [TINY], suite_settings("smoke", ner={"epochs": 3}), tmp_path, 2, "mtpf-eval")
 
 
 def test_parallel_plans_no_job_for_scores_that_are_there_or_cannot_be_made_here(tmp_path, caplog):
