@@ -211,10 +211,11 @@ def run_eval(argv: list[str]) -> None:
             tc_root=args.tc_data_root,
             hub_reachable=not constants.HF_HUB_OFFLINE,
         )
-        print(f"Results written to {path} and {path.with_suffix('.md')}")
-        return
-    run = SuiteRun(settings, args.output, args.ner_data_root, args.tc_data_root, not constants.HF_HUB_OFFLINE, command)
-    path = run.run(args.model, ner=not args.skip_ner, tc=not args.skip_tc)
+    else:
+        run = SuiteRun(
+            settings, args.output, args.ner_data_root, args.tc_data_root, not constants.HF_HUB_OFFLINE, command
+        )
+        path = run.run(args.model, ner=not args.skip_ner, tc=not args.skip_tc)
     print(f"Results written to {path} and {path.with_suffix('.md')}")
 
 

@@ -74,25 +74,27 @@ def candidate_hash(name_or_path: str) -> str:
     re-trained release under the same label is evaluated again instead of keeping the old scores."""
     if is_release(name_or_path):
         release = Path(name_or_path)
-        tasks = validate_release(release)
-        digests = [backbone_digest(release / BACKBONE_DIR)]
-        return _short_hash(
-            digests + [file_digest(release / ADAPTERS_DIR / t / "adapter_model.safetensors") for t in tasks]
-        )
+        return _release_hash(release, validate_release(release))
     folder = Path(resolve_model_path(name_or_path))
     return _short_hash([backbone_digest(folder) if (folder / "model.safetensors").is_file() else name_or_path])
 
 
+def _release_hash(release: Path, tasks: list[str]) -> str:
+    adapters = [file_digest(release / ADAPTERS_DIR / task / "adapter_model.safetensors") for task in tasks]
+    return _short_hash([backbone_digest(release / BACKBONE_DIR), *adapters])
+
+
 def _load(name_or_path: str) -> EvalCandidate:
-    config_hash = candidate_hash(name_or_path)
     if is_release(name_or_path):
         release = Path(name_or_path)
+        tasks = validate_release(release)
         backbone = MtpfModel.from_pretrained(str(release / BACKBONE_DIR))
         tokenizer = AutoTokenizer.from_pretrained(str(release / BACKBONE_DIR))
-        adapters = {task: release / ADAPTERS_DIR / task for task in validate_release(release)}
-        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, config_hash)
+        adapters = {task: release / ADAPTERS_DIR / task for task in tasks}
+        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, _release_hash(release, tasks))
     encoder, tokenizer = load_encoder(name_or_path)
-    return EvalCandidate(name_or_path, mtpf_model_from_encoder(encoder, tasks=()).eval(), tokenizer, {}, config_hash)
+    model = mtpf_model_from_encoder(encoder, tasks=()).eval()
+    return EvalCandidate(name_or_path, model, tokenizer, {}, candidate_hash(name_or_path))
 
 
 def _short_hash(parts: list[str]) -> str:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,26 +48,26 @@ def pending_jobs(
     models: list[str],
     hashes: dict[str, str],
     settings: SuiteSettings,
-    done: set[tuple],
+    has: Callable[..., bool],
     ner: bool = True,
     tc: bool = True,
 ) -> list[EvalJob]:
-    """The jobs whose scores are not in `done` ((model, config hash, family, dataset, fraction, seed) tuples);
-    `hashes` maps each label to the config hash of its current weights."""
+    """The jobs with scores still to make; `hashes` maps each label to the config hash of its current weights and
+    `has(label, config_hash, family, dataset, fraction, seed)` says whether a score is there (`SuiteRun.has`)."""
     jobs = []
     for spec in models:
         label = split_label(spec)[0]
         config_hash = hashes[label]
         if ner:
             for dataset in settings.ner_datasets:
-                name = dataset.partition("=")[0] if "=" in dataset else dataset
+                name = dataset.partition("=")[0]  # a user's NAME=DIR is recorded as NAME
                 runs = [(f, s) for f in settings.fractions for s in settings.seeds]
-                todo = sum((label, config_hash, "ner", name, f, s) not in done for f, s in runs)
+                todo = sum(not has(label, config_hash, "ner", name, f, s) for f, s in runs)
                 if todo:
                     jobs.append(EvalJob(spec, dataset, float(todo)))
         if tc:
             names = [TC_TASKS[column].mteb_name for column in settings.tc_tasks]
-            todo = sum((label, config_hash, "tc", name, 1.0, 0) not in done for name in names)
+            todo = sum(not has(label, config_hash, "tc", name, 1.0, 0) for name in names)  # TC: full data, seed 0
             if todo:
                 jobs.append(EvalJob(spec, None, todo * TC_TASK_COST))
     return jobs
@@ -101,17 +102,16 @@ def evaluate_in_parallel(
     """
     output = Path(output)
     results = output / "results.json"
-    records = SuiteRun(settings, output).records  # refuses an output of another suite or protocol, before any work
-    hashes = {split_label(spec)[0]: candidate_hash(split_label(spec)[1]) for spec in models}
-    for record in records:
+    previous = SuiteRun(settings, output)  # refuses an output of another suite or protocol, before any work
+    hashes = {label: candidate_hash(path) for label, path in map(split_label, models)}
+    for record in previous.records:
         if hashes.get(record.model, record.config_hash) != record.config_hash:
             raise ValueError(
                 f"{results}: holds scores of {record.model!r} from other weights (config hash {record.config_hash}, "
                 f"now {hashes[record.model]}); give the new weights another label or use another --output."
             )
-    done = {(r.model, r.config_hash, r.family, r.dataset, r.fraction, r.seed) for r in records}
     runnable = [c for c in settings.tc_tasks if hub_reachable or is_local_available(TC_TASKS[c], tc_root)]
-    shares = deal(pending_jobs(models, hashes, replace(settings, tc_tasks=runnable), done, ner, tc), workers)
+    shares = deal(pending_jobs(models, hashes, replace(settings, tc_tasks=runnable), previous.has, ner, tc), workers)
     if not shares:
         logger.info("%s: every score is already there", results)
         return results
@@ -120,10 +120,10 @@ def evaluate_in_parallel(
     if results.is_file():
         for folder in folders:
             merge_results(folder, [output], command=command)
-    threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(shares)))
+    threads = max(1, len(os.sched_getaffinity(0)) // len(shares))
     for i, share in enumerate(shares):
         logger.info("worker %d (%d threads): %s", i, threads, "; ".join(job.describe() for job in share))
-    with ThreadPoolExecutor(max(1, len(shares))) as pool:
+    with ThreadPoolExecutor(len(shares)) as pool:
         failures = [
             failure
             for failure in pool.map(

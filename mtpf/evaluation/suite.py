@@ -174,10 +174,13 @@ class SuiteRun:
                         f"{key}={value!r}; scores would not be comparable. Use another --output."
                     )
 
-    def has(self, model: EvalCandidate, family: str, dataset: str, fraction: float = 1.0, seed: int = 0) -> bool:
+    def has(
+        self, model: str, config_hash: str, family: str, dataset: str, fraction: float = 1.0, seed: int = 0
+    ) -> bool:
+        """Whether this score of these weights is already here (the one rule for resuming and for planning)."""
         return any(
-            r.model == model.name
-            and r.config_hash == model.config_hash
+            r.model == model
+            and r.config_hash == config_hash
             and r.family == family
             and r.dataset == dataset
             and r.fraction == fraction
@@ -214,7 +217,7 @@ class SuiteRun:
             labels = check_label_sets(splits, name)
             for fraction in self.settings.fractions:
                 for seed in self.settings.seeds:
-                    if self.has(candidate, "ner", name, fraction, seed):
+                    if self.has(candidate.name, candidate.config_hash, "ner", name, fraction, seed):
                         continue
                     logger.info("NER %s: %s, %.0f%% of train, seed %d", candidate.name, name, 100 * fraction, seed)
                     run = finetune_ner(candidate, name, splits, labels, self.settings.ner, fraction, seed)
@@ -244,7 +247,11 @@ class SuiteRun:
         return dataset, load_ner_dataset(dataset, self.ner_root)
 
     def run_tc(self, candidate: EvalCandidate) -> None:
-        todo = [c for c in self.settings.tc_tasks if not self.has(candidate, "tc", TC_TASKS[c].mteb_name)]
+        todo = [
+            c
+            for c in self.settings.tc_tasks
+            if not self.has(candidate.name, candidate.config_hash, "tc", TC_TASKS[c].mteb_name)
+        ]
         for column in todo:
             start = time.monotonic()
             try:

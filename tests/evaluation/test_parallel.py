@@ -23,7 +23,11 @@ def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
         ("a", "h1", "tc", "EmotionClassification", 1.0, 0),
         ("b", "OLD", "ner", "conll2003", 1.0, 0),  # other weights under the label: not done
     }
-    jobs = pending_jobs(["a=/m/a", "b=/m/b"], {"a": "h1", "b": "h2"}, settings, done)
+
+    def has(*key) -> bool:
+        return key in done
+
+    jobs = pending_jobs(["a=/m/a", "b=/m/b"], {"a": "h1", "b": "h2"}, settings, has)
     assert jobs == [
         EvalJob("a=/m/a", "mine=/data/mine", 1.0),
         EvalJob("b=/m/b", "conll2003", 2.0),
@@ -32,7 +36,7 @@ def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
     ]
     assert jobs[0].arguments() == ["--model", "a=/m/a", "--skip_tc", "--ner_datasets", "mine=/data/mine"]
     assert jobs[3].arguments() == ["--model", "b=/m/b", "--skip_ner"]
-    assert pending_jobs(["b=/m/b"], {"b": "h2"}, settings, done, ner=False) == [jobs[3]]
+    assert pending_jobs(["b=/m/b"], {"b": "h2"}, settings, has, ner=False) == [jobs[3]]
 
 
 def test_deal_splits_a_model_across_workers_longest_first():
