@@ -47,6 +47,7 @@ ROLE_ALIASES = {"mlp": ("mlp_in", "mlp_out")}
 DEFAULT_TASKS = ("ner", "tc")
 DEFAULT_TARGET_ROLES = ("query", "key", "mlp")
 REQUIRED_SLOT_FIELDS = ("r", "lora_alpha", "target_modules", "layers")
+POOLING_MODES = ("mean", "cls", "max")
 
 
 def backbone_layout(model_type: str) -> dict[str, Any]:
@@ -105,7 +106,14 @@ class MtpfConfig(PretrainedConfig):
         task_slots: `{task: {r, lora_alpha, lora_dropout, target_modules, layers, adapter}}`; `target_modules`
             are roles (`query`, `key`, `value`, `attn_out`, `mlp_in`, `mlp_out`, `mlp`), `layers` are layer
             indices, `adapter` is where the trained slot lives (Hub repo id, or a path relative to this folder).
-        pooling: how token embeddings become a sentence embedding (`mean` over the attention mask, or `cls`).
+        pooling: how token embeddings become a sentence embedding: `mean` over the attention mask, `cls`, or `max`.
+        normalize: L2-normalise the sentence embedding (sentence-transformers' `Normalize` module).
+        max_seq_length: sub-tokens per text when embedding sentences (`MtpfModel.encode`, evaluation, serving);
+            None means the tokenizer's limit. Pooling, normalize and this length are the one definition of a
+            sentence embedding, read from the base's sentence-transformers files when it has them.
+        active_slot: a slot merged into the backbone when the model is loaded, so tools that know nothing of PEFT
+            (sentence-transformers, pipelines) use that task's encoder: pass it at load time, e.g.
+            `SentenceTransformer(folder, trust_remote_code=True, config_kwargs={"active_slot": "tc"})`.
     """
 
     model_type = "mtpf"
@@ -116,15 +124,23 @@ class MtpfConfig(PretrainedConfig):
         backbone_config: dict[str, Any] | PretrainedConfig | None = None,
         task_slots: dict[str, dict[str, Any]] | None = None,
         pooling: str = "mean",
+        normalize: bool = True,
+        max_seq_length: int | None = None,
+        active_slot: str | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(backbone_config, dict):
             backbone_config = self._backbone_config_from_dict(backbone_config)
         self.backbone_config = backbone_config
         self.task_slots = copy.deepcopy(task_slots) if task_slots is not None else {}
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"MtpfConfig.pooling must be 'mean' or 'cls', got {pooling!r}.")
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"MtpfConfig.pooling must be one of {POOLING_MODES}, got {pooling!r}.")
+        if max_seq_length is not None and int(max_seq_length) < 1:
+            raise ValueError(f"MtpfConfig.max_seq_length must be a positive sub-token count, got {max_seq_length}.")
         self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.max_seq_length = None if max_seq_length is None else int(max_seq_length)
+        self.active_slot = active_slot
         super().__init__(**kwargs)
         if backbone_config is not None:
             for task in self.task_slots:
@@ -143,12 +159,17 @@ class MtpfConfig(PretrainedConfig):
         backbone_config: PretrainedConfig,
         tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
         tpl_layers: int = 2,
+        sentence_embedding: dict[str, Any] | None = None,
         **slot_kwargs: Any,
     ) -> MtpfConfig:
-        """A config wrapping `backbone_config` with one identical slot per task on the last `tpl_layers` layers."""
+        """A config wrapping `backbone_config` with one identical slot per task on the last `tpl_layers` layers.
+
+        `sentence_embedding` holds `pooling`, `normalize` and `max_seq_length` (defaults: mean, normalised,
+        the tokenizer's limit).
+        """
         num_layers = cls._num_layers_of(backbone_config)
         slots = {task: make_slot(num_layers, tpl_layers, **slot_kwargs) for task in tasks}
-        return cls(backbone_config=backbone_config, task_slots=slots)
+        return cls(backbone_config=backbone_config, task_slots=slots, **(sentence_embedding or {}))
 
     @staticmethod
     def _num_layers_of(backbone_config: PretrainedConfig) -> int:

@@ -9,9 +9,11 @@ linear classifier, same module names) -> MtpfForTokenClassification / MtpfForSeq
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
+import re
 from typing import Any
 
 import torch
@@ -44,6 +46,25 @@ def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> t
     return (token_embeddings * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def max_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over the tokens that the attention mask keeps."""
+    padding = attention_mask.unsqueeze(-1) == 0
+    return token_embeddings.masked_fill(padding, torch.finfo(token_embeddings.dtype).min).max(dim=1).values
+
+
+def sentence_embedding(
+    token_embeddings: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool
+) -> torch.Tensor:
+    """The sentence embedding as sentence-transformers' Pooling (+ Normalize) modules compute it."""
+    if pooling == "cls":
+        pooled = token_embeddings[:, 0]
+    elif pooling == "max":
+        pooled = max_pool(token_embeddings, attention_mask)
+    else:
+        pooled = mean_pool(token_embeddings, attention_mask)
+    return nn.functional.normalize(pooled, p=2, dim=-1) if normalize else pooled
+
+
 class MtpfPreTrainedModel(PreTrainedModel):
     config_class = MtpfConfig
     base_model_prefix = "mtpf"
@@ -63,19 +84,26 @@ class MtpfPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        """Load safetensors weights only (never pickle), naming the folder when the file is unreadable."""
+        """Load safetensors weights only (never pickle), naming the folder when the file is unreadable.
+
+        With `config.active_slot` set (e.g. `active_slot="tc"` passed here, or sentence-transformers'
+        `config_kwargs`), that slot's trained adapter is merged into the loaded weights.
+        """
         kwargs.setdefault("use_safetensors", True)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as err:
             raise OSError(
                 f"Could not read the weights in {pretrained_model_name_or_path}: the safetensors file is "
                 f"corrupted ({err})."
             ) from err
+        slot = getattr(model.config, "active_slot", None)
+        return model.merge_slot(slot) if slot else model
 
 
 class MtpfModel(MtpfPreTrainedModel):
-    """The shared encoder: token embeddings plus a pooled sentence embedding (`pooler_output`)."""
+    """The shared encoder: token embeddings (`last_hidden_state`) plus the sentence embedding (`pooler_output`:
+    `config.pooling`, L2-normalised when `config.normalize`, exactly as sentence-transformers computes it)."""
 
     def __init__(self, config: MtpfConfig) -> None:
         super().__init__(config)
@@ -95,9 +123,55 @@ class MtpfModel(MtpfPreTrainedModel):
         self.backbone.set_input_embeddings(value)
 
     def pool(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.config.pooling == "cls":
-            return token_embeddings[:, 0]
-        return mean_pool(token_embeddings, attention_mask)
+        """The sentence embedding of `config`: its pooling, L2-normalised when `config.normalize`."""
+        normalize = getattr(self.config, "normalize", True)
+        return sentence_embedding(token_embeddings, attention_mask, self.config.pooling, normalize)
+
+    def sentence_max_length(self, tokenizer: Any) -> int:
+        """Sub-tokens per text for sentence embeddings: `config.max_seq_length`, else the tokenizer's limit,
+        never more than the backbone's position embeddings."""
+        limits = [getattr(self.config, "max_seq_length", None), getattr(tokenizer, "model_max_length", None)]
+        limits.append(getattr(self.config.backbone_config, "max_position_embeddings", None))
+        return min(int(x) for x in limits if x is not None and 0 < int(x) < 1_000_000)
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: str | list[str], tokenizer: Any = None, batch_size: int = 32, max_length: int | None = None
+    ) -> torch.Tensor:
+        """Sentence embeddings of `texts`, in order (float32, on the CPU): the one definition that training,
+        evaluation, serving and sentence-transformers share (`pooler_output` at `sentence_max_length`).
+
+        Whatever adapter is active applies: wrap in PEFT, `set_adapter("tc")`, then call `encode`. `max_length`
+        only lowers the length limit. Texts are batched by length, so padding stays small.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        tokenizer = tokenizer if tokenizer is not None else self._own_tokenizer()
+        limit = self.sentence_max_length(tokenizer)
+        limit = min(limit, max_length) if max_length else limit
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        device = next(self.parameters()).device
+        embeddings = torch.zeros(len(texts), self.config.hidden_size)
+        was_training = self.training
+        self.eval()
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True, max_length=limit, return_tensors="pt"
+            ).to(device)
+            embeddings[rows] = self(**batch).pooler_output.float().cpu()
+        self.train(was_training)
+        return embeddings
+
+    def _own_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        if getattr(self, "_tokenizer", None) is None:
+            source = str(self.config._name_or_path or "")
+            if not source:
+                raise ValueError("This model was not loaded from a folder or Hub id: pass encode(..., tokenizer=...).")
+            # the folder's config names this very remote code, already running: trusting it again adds nothing
+            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+        return self._tokenizer
 
     def forward(
         self,
@@ -147,7 +221,9 @@ class MtpfModel(MtpfPreTrainedModel):
         return source
 
     def check_adapter_weights(self, adapter_dir: str) -> None:
-        """Raise a clear error, naming the file, when an adapter folder was made for another backbone."""
+        """Raise a clear error, naming the file, when an adapter folder does not fit this model: made for another
+        backbone, or its adapter_config.json and weights disagree (PEFT would silently drop trained weights, or
+        fail with a size mismatch that names no file)."""
         weights = os.path.join(adapter_dir, "adapter_model.safetensors")
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{weights}: adapter weights not found (expected a PEFT adapter folder).")
@@ -157,12 +233,15 @@ class MtpfModel(MtpfPreTrainedModel):
                 shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
         except SafetensorError as err:
             raise OSError(f"{weights}: corrupted safetensors file ({err}).") from err
+        ranks: dict[str, int] = {}
         for key, shape in shapes.items():
             name = key.removeprefix(PEFT_PREFIX)
             for marker in (".lora_A.", ".lora_B."):
                 if marker not in name:
                     continue
                 module_name = name.split(marker)[0]
+                if marker == ".lora_A.":
+                    ranks[module_name] = shape[0]
                 target = modules.get(module_name)
                 if target is None:
                     raise ValueError(
@@ -177,6 +256,56 @@ class MtpfModel(MtpfPreTrainedModel):
                         f"{weights}: tensor {key!r} has size {actual} where module {module_name!r} needs {expected} "
                         "(adapter made for a backbone of another hidden size?)."
                     )
+        self._check_adapter_config_matches(adapter_dir, ranks)
+
+    def _check_adapter_config_matches(self, adapter_dir: str, ranks: dict[str, int]) -> None:
+        """adapter_config.json must name exactly the modules that have LoRA weights, at their rank."""
+        path = os.path.join(adapter_dir, "adapter_config.json")
+        config = _read_adapter_config(adapter_dir)
+        targets = config.get("target_modules")
+        if not config.get("layers_to_transform"):  # PEFT's own layer filter: not used by mtpf, not re-checked
+            # with an adapter already attached, a targeted linear sits under its LoRA wrapper as `.base_layer`
+            linear = [n.removesuffix(".base_layer") for n, m in self.named_modules() if isinstance(m, nn.Linear)]
+            targeted = {name for name in linear if _is_peft_target(name, targets)}
+            dropped, untrained = sorted(set(ranks) - targeted), sorted(targeted - set(ranks))
+            if dropped:
+                raise ValueError(
+                    f"{path}: target_modules {targets!r} leaves out {len(dropped)} module(s) that have trained "
+                    f"weights in adapter_model.safetensors (e.g. {dropped[0]!r}); PEFT would drop them. "
+                    "The config and the weights disagree: was adapter_config.json edited?"
+                )
+            if untrained:
+                raise ValueError(
+                    f"{path}: target_modules {targets!r} names {len(untrained)} module(s) with no weights in "
+                    f"adapter_model.safetensors (e.g. {untrained[0]!r}); they would start untrained. The config "
+                    "and the weights disagree: was adapter_config.json edited?"
+                )
+        pattern = config.get("rank_pattern") or {}
+        wrong = sorted(name for name, rank in ranks.items() if rank != config.get("r") and not pattern)
+        if wrong:
+            raise ValueError(
+                f"{path}: r={config.get('r')!r}, but adapter_model.safetensors holds rank {ranks[wrong[0]]} "
+                f"for {wrong[0]!r} ({len(wrong)} module(s) differ). The config and the weights disagree."
+            )
+
+    def check_adapter_base(self, adapter_dir: str) -> None:
+        """An adapter exported by mtpf records the digest of its backbone's weights; refuse any other backbone."""
+        marker = os.path.join(adapter_dir, "mtpf_base.json")
+        weights = os.path.join(str(self.config._name_or_path or ""), "model.safetensors")
+        if not (os.path.isfile(marker) and os.path.isfile(weights)):
+            return  # not made by mtpf, or a backbone not loaded from a folder: nothing recorded to compare
+        try:
+            with open(marker, encoding="utf-8") as handle:
+                recorded = json.load(handle).get("backbone_sha256")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+            raise ValueError(f"{marker}: not readable ({err}).") from err
+        if getattr(self, "_weights_digest", None) is None:
+            self._weights_digest = _file_sha256(weights)
+        if recorded != self._weights_digest:
+            raise ValueError(
+                f"{marker}: this adapter was made for another backbone (digest {recorded}), not {weights} "
+                f"({self._weights_digest}); an adapter only works on the backbone it was trained with."
+            )
 
     def load_task_adapters(self, tasks: list[str] | None = None, is_trainable: bool = False, **kwargs: Any):
         """Attach the trained slots recorded in the config as named PEFT adapters; the first one is active.
@@ -191,7 +320,7 @@ class MtpfModel(MtpfPreTrainedModel):
             source = self.adapter_source(task)
             if os.path.isdir(source):
                 self.check_adapter_weights(source)
-                _check_adapter_config(source)
+                self.check_adapter_base(source)
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(
                     self, source, adapter_name=task, is_trainable=is_trainable, **kwargs
@@ -203,16 +332,42 @@ class MtpfModel(MtpfPreTrainedModel):
         peft_model.set_adapter(tasks[0])
         return peft_model
 
+    def merge_slot(self, task: str) -> MtpfModel:
+        """This model with slot `task`'s trained adapter merged into its weights (no PEFT wrapper left)."""
+        if task not in self.config.task_slots:
+            raise ValueError(f"active_slot={task!r}: this model has the slots {sorted(self.config.task_slots)}.")
+        merged = self.load_task_adapters([task]).merge_and_unload()
+        merged.config.active_slot = None  # merged now: saving and loading again must not merge it twice
+        merged.config.merged_slot = task
+        return merged
 
-def _check_adapter_config(adapter_dir: str) -> None:
+
+def _read_adapter_config(adapter_dir: str) -> dict[str, Any]:
     path = os.path.join(adapter_dir, "adapter_config.json")
     try:
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable PEFT adapter config ({err}).") from err
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}, expected 'LORA'.")
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        found = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{path}: peft_type is {found!r}, expected 'LORA'.")
+    return config
+
+
+def _is_peft_target(name: str, targets: Any) -> bool:
+    """PEFT's rule: a regex string is full-matched; a list matches a module by its name or a dotted suffix."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == target or name.endswith("." + target) for target in targets or ())
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class MtpfLinearHeadModel(MtpfModel):
@@ -230,7 +385,7 @@ class MtpfLinearHeadModel(MtpfModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def encode(self, input_ids, attention_mask, token_type_ids, **kwargs: Any) -> BaseModelOutputWithPooling:
+    def backbone_outputs(self, input_ids, attention_mask, token_type_ids, **kwargs: Any) -> BaseModelOutputWithPooling:
         return MtpfModel.forward(
             self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs
         )
@@ -250,7 +405,7 @@ class MtpfForTokenClassification(MtpfLinearHeadModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> TokenClassifierOutput:
-        outputs = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
+        outputs = self.backbone_outputs(input_ids, attention_mask, token_type_ids, **kwargs)
         logits = self.classify(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -271,7 +426,7 @@ class MtpfForSequenceClassification(MtpfLinearHeadModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
-        outputs = self.encode(input_ids, attention_mask, token_type_ids, **kwargs)
+        outputs = self.backbone_outputs(input_ids, attention_mask, token_type_ids, **kwargs)
         logits = self.classify(outputs.pooler_output)
         loss = None
         if labels is not None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from mtpf.analysis.tracking import AnalysisSet, InterferenceCallback
 from mtpf.args import DataArguments, ModelArguments, MtpfTrainingArguments, parse_args
@@ -26,9 +24,9 @@ from mtpf.data.steps import MultiTaskStepDataset, NerBatches, TaskSchedule, TcBa
 from mtpf.losses.info_nce import InfoNCELoss
 from mtpf.pretraining import MtpfPretrainingModel
 from mtpf.pseudo_labels import PseudoLabelSettings, load_or_build_pseudo_labels
-from mtpf.release import export_release, load_encoder, mtpf_model_from_encoder
+from mtpf.release import export_release, load_mtpf_encoder
 from mtpf.slots import attach_slots
-from mtpf.trainer import MtpfTrainer
+from mtpf.trainer import MtpfTrainer, newest_complete_checkpoint
 
 logger = logging.getLogger("train_mtpf")
 ALL_TASKS = ("ner", "tc")
@@ -37,8 +35,7 @@ ALL_TASKS = ("ner", "tc")
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: MtpfTrainingArguments) -> MtpfTrainer:
     """Everything a run needs: model (with slots per mode), per-step data, losses, and the trainer."""
     set_seed(args.seed)  # before any weight is initialised (LoRA A, the pseudo-label head)
-    encoder, tokenizer = load_encoder(model_args.backbone)
-    model = mtpf_model_from_encoder(encoder, tasks=ALL_TASKS, **model_args.slot_kwargs())
+    model, tokenizer = load_mtpf_encoder(model_args.backbone, tasks=ALL_TASKS, **model_args.slot_kwargs())
     if model_args.uses_slots:
         model = attach_slots(model, list(ALL_TASKS), train_backbone=model_args.trains_backbone)
     batches: dict[str, Any] = {}
@@ -110,9 +107,12 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Mt
 
 
 def resolve_resume(args: MtpfTrainingArguments) -> str | None:
-    """`last`/`auto` -> newest checkpoint in output_dir (None when there is none yet)."""
+    """`last`/`auto` -> the newest complete checkpoint in output_dir (None, said in the log, when there is none)."""
     if args.resume_from_checkpoint in ("last", "auto"):
-        return get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        checkpoint = newest_complete_checkpoint(args.output_dir)
+        if checkpoint is None:
+            logger.warning("No complete checkpoint in %s to resume from: training from step 0.", args.output_dir)
+        return checkpoint
     return args.resume_from_checkpoint
 
 
@@ -125,7 +125,8 @@ def export(trainer: MtpfTrainer, data_args: DataArguments) -> Path:
         slot["trained"] = task in trained
     release_model.config.pretraining = {**trainer.run_info, "steps": trainer.state.global_step}
     output = Path(data_args.release_dir or Path(trainer.args.output_dir) / "release")
-    return export_release(release_model, trainer.processing_class, output)
+    # a run replaces its own earlier release; a folder of anything else is still refused
+    return export_release(release_model, trainer.processing_class, output, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> Path | None:

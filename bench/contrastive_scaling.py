@@ -26,10 +26,10 @@ def one_run(backbone: str, batch: int, mini: int, max_length: int) -> dict:
     from mtpf.data.pairs import load_pair_source
     from mtpf.losses.cached_info_nce import CachedInfoNCE
     from mtpf.losses.info_nce import InfoNCELoss
-    from mtpf.release import load_encoder, mtpf_model_from_encoder
+    from mtpf.release import load_mtpf_encoder
 
-    encoder, tokenizer = load_encoder(backbone)
-    model = mtpf_model_from_encoder(encoder, tasks=()).train()
+    model, tokenizer = load_mtpf_encoder(backbone, tasks=())
+    model.train()
     rows = load_pair_source(PAIRS).dataset.select(range(2 * batch))
     loss = InfoNCELoss(0.05)
     cached = CachedInfoNCE(loss, mini) if mini else None

@@ -63,12 +63,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from mtpf.data.conll import read_conll
-    from mtpf.release import load_encoder, mtpf_model_from_encoder
+    from mtpf.release import load_mtpf_encoder
     from mtpf.slots import attach_slots
 
     torch.manual_seed(0)
-    encoder, tokenizer = load_encoder(args.backbone)
-    base = mtpf_model_from_encoder(encoder, tasks=SLOTS).eval()
+    base, tokenizer = load_mtpf_encoder(args.backbone, tasks=SLOTS)
+    base.eval()
     slotted = attach_slots(copy.deepcopy(base), SLOTS).eval()
     with torch.no_grad():
         for name, param in slotted.named_parameters():

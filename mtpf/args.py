@@ -109,6 +109,19 @@ class DataArguments:
     )
     analysis_sentences: int = field(default=2000, metadata={"help": "Sentences measured per analysis (paper: 2,000)."})
 
+    def __post_init__(self) -> None:
+        """Reject impossible sizes up front, naming the flag, instead of failing after a training step."""
+        at_least = {"tc_batch_size": 2, "ner_batch_size": 1, "num_clusters": 2, "max_seq_length": 2}
+        for name, minimum in at_least.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be at least {minimum}.")
+        if self.tc_mini_batch_size < 0:
+            raise ValueError(f"--tc_mini_batch_size {self.tc_mini_batch_size}: must be 0 (off) or positive.")
+        if self.max_ner_sentences is not None and self.max_ner_sentences < 1:
+            raise ValueError(f"--max_ner_sentences {self.max_ner_sentences}: must be positive (or unset: all).")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature {self.temperature}: must be positive.")
+
     def pair_paths(self) -> list[str]:
         """Expand folders of pair folders (like ../shared/data/pairs) into their pairs.tsv files."""
         paths = []
@@ -154,7 +167,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 def yaml_to_argv(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found.")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        with path.open(encoding="utf-8") as stream:  # a stream, so YAML's errors name the file, not "<unicode string>"
+            data = yaml.safe_load(stream) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid YAML config ({err}).") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of argument names to values.")
     argv: list[str] = []

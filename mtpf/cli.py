@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ class InitArguments:
     backbone: str = field(metadata={"help": "Local folder, Hub id or offline:NAME of a BERT-like encoder."})
     output: str = field(metadata={"help": "Release folder to write (OUT/backbone, OUT/adapters/<task>)."})
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS), metadata={"help": "Slot names."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a release already at --output."})
 
 
 def run_init(argv: list[str]) -> None:
@@ -25,7 +27,7 @@ def run_init(argv: list[str]) -> None:
     from mtpf.release import init_release
 
     args, slots = HfArgumentParser((InitArguments, SlotArguments)).parse_args_into_dataclasses(args=argv)
-    path = init_release(args.backbone, args.output, tasks=args.tasks, **slots.slot_kwargs())
+    path = init_release(args.backbone, args.output, tasks=args.tasks, overwrite=args.overwrite, **slots.slot_kwargs())
     print(f"Release written to {path}")
 
 
@@ -216,6 +218,9 @@ def run_eval(argv: list[str]) -> None:
             settings, args.output, args.ner_data_root, args.tc_data_root, not constants.HF_HUB_OFFLINE, command
         )
         path = run.run(args.model, ner=not args.skip_ner, tc=not args.skip_tc)
+    from mtpf.evaluation.tables import score_lines
+
+    print("\n".join(score_lines(json.loads(path.read_text(encoding="utf-8")))))
     print(f"Results written to {path} and {path.with_suffix('.md')}")
 
 

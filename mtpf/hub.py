@@ -7,17 +7,17 @@ and `DIR/ORG/NAME-<task>`, so running from `DIR` resolves every repo id to its f
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import stdev
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from mtpf.io import update_json
-from mtpf.release import ADAPTERS_DIR, BACKBONE_DIR, BASE_MARKER, ReleaseError, backbone_digest, validate_release
+from mtpf.release import ADAPTERS_DIR, BACKBONE_DIR, ReleaseError, release_hash, validate_release
 from mtpf.results import FAMILIES, ResultRecord, averaged
 
 logger = logging.getLogger(__name__)
@@ -49,20 +49,6 @@ def check_repo_ids(repo_ids: list[str]) -> None:
             raise ValueError(f"Invalid repo id {repo_id!r}: use ORG/NAME.")
 
 
-def check_adapter_bases(release: Path, tasks: list[str]) -> None:
-    """Every adapter must have been exported with this very backbone (its weights' digest is recorded)."""
-    digest = backbone_digest(release / BACKBONE_DIR)
-    for task in tasks:
-        marker = release / ADAPTERS_DIR / task / BASE_MARKER
-        if not marker.is_file():
-            raise ReleaseError(f"{marker}: missing; cannot tell which backbone this adapter was made for.")
-        recorded = json.loads(marker.read_text(encoding="utf-8")).get("backbone_sha256")
-        if recorded != digest:
-            raise ReleaseError(
-                f"{marker}: adapter {task!r} was made for another backbone (digest {recorded} != {digest})."
-            )
-
-
 def stage_release(
     release: str | Path,
     repo_id: str,
@@ -76,8 +62,8 @@ def stage_release(
     tasks = validate_release(release)
     adapters = adapter_repo_ids(repo_id, tasks, adapter_pattern)
     check_repo_ids([repo_id, *adapters.values()])
-    check_adapter_bases(release, tasks)
     results = results or []
+    check_results_belong_to(results, release, tasks)
 
     backbone_dir = output / repo_id
     shutil.rmtree(backbone_dir, ignore_errors=True)
@@ -102,6 +88,18 @@ def stage_release(
         adapter_card(task, config, repo_id, adapter_repo, own, revision).save(folder / "README.md")
         staged.append(StagedRepo(adapter_repo, folder, task))
     return staged
+
+
+def check_results_belong_to(results: list[ResultRecord], release: Path, tasks: list[str]) -> None:
+    """Scores go on a card only if they were measured on these very weights (their config hash)."""
+    expected = release_hash(release, tasks)
+    other = sorted({str(r.config_hash) for r in results if r.config_hash != expected})
+    if other:
+        models = sorted({r.model for r in results})
+        raise ReleaseError(
+            f"The results of {models} were measured on weights with config hash {other}, but {release} has "
+            f"{expected}: they belong to another model. Evaluate this release (mtpf-eval --model {release})."
+        )
 
 
 def publish(staged: list[StagedRepo], api: HfApi, private: bool = False, revision: str | None = None) -> list[str]:
@@ -170,9 +168,11 @@ def results_table(records: list[ResultRecord]) -> str:
         return "_No evaluation results were supplied with this release._"
     rows = ["| family | dataset | split | train data | metric | value | seeds |", "|---|---|---|---|---|---|---|"]
     for record, seeds in averaged(records):
+        runs = record.experiments or []
+        spread = f" ± {stdev(runs):.2f} ({len(runs)} probe experiments)" if len(runs) > 1 and seeds == 1 else ""
         rows.append(
             f"| {record.family} | {record.dataset_name or record.dataset} | {record.split} | {record.fraction:.0%} | "
-            f"{record.metric} | {record.value:.2f} | {seeds} |"
+            f"{record.metric} | {record.value:.2f}{spread} | {seeds} |"
         )
     return "\n".join(rows)
 
@@ -228,8 +228,17 @@ backbone = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True{rev})
 tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True{rev})
 model = PeftModel.from_pretrained(backbone, "{adapters[first]}", adapter_name="{first}")
 {chr(10).join(f'model.load_adapter("{repo}", adapter_name="{task}")' for task, repo in list(adapters.items())[1:])}
-model.set_adapter("tc")            # sentence embeddings: outputs.pooler_output (mean pooling)
+model.set_adapter("tc")
+embeddings = model.encode(["A sentence."], tokenizer)  # = outputs.pooler_output: pooling + normalisation of config.json
 # or: backbone.load_task_adapters()  # attaches every slot recorded in config.json
+```
+
+With sentence-transformers (the `tc` slot merged while loading; without `config_kwargs`, the backbone alone):
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{repo_id}", trust_remote_code=True, config_kwargs={{"active_slot": "tc"}}{rev})
 ```
 
 `AutoPeftModel` refuses remote-code classes, hence `AutoModel` + `PeftModel`. For NER, load

@@ -3,27 +3,47 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `target` in one rename, on error it is removed."""
-    target = Path(target)
+    """Yield a temporary sibling folder; on success it replaces `target` in one rename, on error it is removed.
+
+    A run killed half-way leaves at most its staging folder (`.NAME.tmp-PID-*`) or, between the two renames of a
+    replace, the old folder as `.NAME.old-PID`: the next write to the same target repairs both (see
+    `recover_directory`). Callers decide beforehand whether `target` may be replaced at all.
+    """
+    target = recover_directory(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     staging.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the result should look like any new folder
     try:
         yield staging
+        give_default_modes(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_directory(staging, target)
+
+
+def give_default_modes(folder: Path) -> None:
+    """Every file 0666 and folder 0777 less the umask, as a plain write makes them; some writers (safetensors
+    through a temporary file) leave 0600, so a shared release would be unreadable to other users."""
+    umask = current_umask()
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def replace_directory(source: Path, target: Path) -> None:
@@ -36,6 +56,62 @@ def replace_directory(source: Path, target: Path) -> None:
     source.rename(target)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def recover_directory(target: str | os.PathLike) -> Path:
+    """The absolute target, after repairing what killed writers of it left behind.
+
+    `.NAME.old-PID` of a dead process is the previous folder, moved aside just before the new one was renamed in:
+    put back when the target is missing, deleted when the new one made it. Staging folders of dead processes are
+    deleted. Folders of live processes (a concurrent writer) are left alone.
+    """
+    target = Path(target).resolve()  # `.` and `..` have no name of their own to build sibling names from
+    if target.parent == target:
+        raise ValueError(f"{target}: cannot write a folder over the file-system root.")
+    if not target.parent.is_dir():
+        return target
+    for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*-*")):
+        kind, pid = _leftover_owner(leftover, target.name)
+        if kind is None or _process_alive(pid):
+            continue
+        if kind == "old" and not target.exists():
+            leftover.rename(target)
+            logger.warning("%s: restored from %s (a replace was interrupted)", target, leftover.name)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            logger.warning("%s: removed %s left by an interrupted write", target.parent, leftover.name)
+    return target
+
+
+def _leftover_owner(path: Path, name: str) -> tuple[str | None, int]:
+    """("tmp" | "old", pid) for `.NAME.tmp-PID-*` / `.NAME.old-PID`; (None, 0) for anything else."""
+    rest = path.name[len(name) + 2 :]
+    kind, _, tail = rest.partition("-")
+    pid = tail.split("-")[0]
+    if kind not in ("tmp", "old") or not pid.isdigit():
+        return None, 0
+    return kind, int(pid)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers are from an earlier, failed write in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes: what identifies weights and data (sizes and mtimes do not)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def current_umask() -> int:
@@ -69,9 +145,9 @@ def update_json(path: str | os.PathLike, change: Callable[[dict], None]) -> dict
 
 
 def read_json_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) of each non-blank line of a JSON-lines file; bad JSON raises `error` naming
-    the file and line."""
-    with Path(path).open(encoding="utf-8") as stream:
+    """(line number, parsed value) of each non-blank line of a JSON-lines file; bad JSON or bytes that are not
+    UTF-8 raise `error` naming the file and line."""
+    with utf8_errors_named(path, error), Path(path).open(encoding="utf-8") as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
@@ -79,3 +155,26 @@ def read_json_lines(path: Path, error: type[Exception]) -> Iterator[tuple[int, o
                 yield number, json.loads(line)
             except json.JSONDecodeError as err:
                 raise error(f"{path}:{number}: not valid JSON ({err.msg}).") from err
+
+
+@contextlib.contextmanager
+def utf8_errors_named(path: str | os.PathLike, error: type[Exception]) -> Iterator[None]:
+    """Turn a UnicodeDecodeError while reading `path` into `error` naming the file and the first bad line."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        line = first_non_utf8_line(Path(path))
+        raise error(
+            f"{path}:{line}: not UTF-8 text ({err.reason}); is this a binary or differently encoded file?"
+        ) from err
+
+
+def first_non_utf8_line(path: Path) -> int:
+    """1-based number of the first line that is not valid UTF-8 (0 if every line is)."""
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0

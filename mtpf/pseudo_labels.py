@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from mtpf.data.corpus import CorpusError, read_corpus
-from mtpf.io import atomic_directory
+from mtpf.io import atomic_directory, file_digest
 from mtpf.weights import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ class PseudoLabelSettings:
 
 
 def _file_identity(path: str) -> list:
-    stat = Path(path).stat()
-    return [str(Path(path).resolve()), stat.st_size, int(stat.st_mtime)]
+    """The file's name and content digest: an edit is seen even when size and mtime (to the second) stay."""
+    return [Path(path).name, file_digest(path)]
 
 
 def _folder_identity(name_or_path: str) -> list:

@@ -1,7 +1,8 @@
 """The release folder: exactly what goes to the Hub.
 
     OUT/backbone/          config.json (auto_map), configuration_mtpf.py, modeling_mtpf.py,
-                           model.safetensors (base weights only), tokenizer files
+                           model.safetensors (base weights only), tokenizer files, sentence-transformers
+                           files (modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/)
     OUT/adapters/<task>/   adapter_config.json, adapter_model.safetensors (a standard PEFT adapter)
 
 Written into a temporary sibling folder and renamed into place, so a reader never sees half a release.
@@ -25,7 +26,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS, MtpfConfig
 from modeling_mtpf import MtpfModel
-from mtpf.io import atomic_directory, update_json
+from mtpf.io import atomic_directory, file_digest, recover_directory, update_json
+from mtpf.sentence_embedding import read_sentence_embedding, write_sentence_transformers_files
 from mtpf.slots import attach_slots
 from mtpf.weights import resolve_model_path
 
@@ -57,13 +59,37 @@ def mtpf_model_from_encoder(
     encoder: AutoModel,
     tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
     tpl_layers: int = 2,
+    sentence_embedding: dict | None = None,
     **slot_kwargs,
 ) -> MtpfModel:
-    """Wrap a loaded encoder's weights in an MtpfModel with one slot per task."""
-    config = MtpfConfig.from_backbone(encoder.config, tasks=tasks, tpl_layers=tpl_layers, **slot_kwargs)
+    """Wrap a loaded encoder's weights in an MtpfModel with one slot per task (and the base's sentence-embedding
+    definition: pooling, normalize, max_seq_length)."""
+    config = MtpfConfig.from_backbone(
+        encoder.config, tasks=tasks, tpl_layers=tpl_layers, sentence_embedding=sentence_embedding, **slot_kwargs
+    )
     model = MtpfModel(config)
     model.backbone.load_state_dict(encoder.state_dict(), strict=True)
     return model
+
+
+def load_mtpf_encoder(
+    name_or_path: str, tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS, **slot_kwargs
+) -> tuple[MtpfModel, PreTrainedTokenizerBase]:
+    """Any encoder (folder, Hub id, `offline:NAME`) as an MtpfModel that embeds sentences as the encoder's own
+    sentence-transformers files say (defaults without them), plus its tokenizer."""
+    encoder, tokenizer = load_encoder(name_or_path)
+    settings = read_sentence_embedding(_sentence_transformers_folder(resolve_model_path(name_or_path)))
+    return mtpf_model_from_encoder(encoder, tasks=tasks, sentence_embedding=settings, **slot_kwargs), tokenizer
+
+
+def _sentence_transformers_folder(name_or_path: str) -> Path:
+    """The local folder holding an encoder's sentence-transformers files (fetched from the Hub for a repo id)."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    patterns = ["modules.json", "sentence_bert_config.json", "1_Pooling/config.json"]
+    return Path(snapshot_download(name_or_path, allow_patterns=patterns))
 
 
 def init_release(
@@ -75,11 +101,12 @@ def init_release(
     lora_alpha: int = 64,
     lora_dropout: float = 0.0,
     target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGET_ROLES,
+    overwrite: bool = False,
 ) -> Path:
     """An initial release of any encoder: its weights unchanged, fresh (identity) LoRA slots."""
-    encoder, tokenizer = load_encoder(backbone)
-    model = mtpf_model_from_encoder(
-        encoder,
+    check_release_target(output, overwrite)  # before the encoder is loaded: refuse early
+    model, tokenizer = load_mtpf_encoder(
+        backbone,
         tasks=tasks,
         tpl_layers=tpl_layers,
         r=r,
@@ -87,7 +114,30 @@ def init_release(
         lora_dropout=lora_dropout,
         target_modules=target_modules,
     )
-    return export_release(attach_slots(model, list(tasks)), tokenizer, output)
+    return export_release(attach_slots(model, list(tasks)), tokenizer, output, overwrite=overwrite)
+
+
+def check_release_target(output: str | os.PathLike, overwrite: bool) -> Path:
+    """Where a release may be written: a new or empty folder, or (with `overwrite`) an existing release.
+
+    Anything else is refused before any work, so a release never replaces a folder of the user's files.
+    """
+    output = recover_directory(output)
+    if not output.exists():
+        return output
+    if not output.is_dir():
+        raise ReleaseError(f"{output}: exists and is not a folder; choose another --output.")
+    if not any(output.iterdir()):
+        return output
+    if not (output / BACKBONE_DIR / "config.json").is_file():
+        entries = sorted(entry.name for entry in output.iterdir())[:5]
+        raise ReleaseError(
+            f"{output}: not empty and not a release (holds {entries}); refusing to replace it. "
+            "Choose a new or empty folder."
+        )
+    if not overwrite:
+        raise ReleaseError(f"{output}: a release is already there; pass --overwrite to replace it.")
+    return output
 
 
 def export_release(
@@ -95,16 +145,20 @@ def export_release(
     tokenizer: PreTrainedTokenizerBase,
     output: str | os.PathLike,
     adapter_base: str = LOCAL_ADAPTER_BASE,
+    overwrite: bool = False,
 ) -> Path:
-    """Write `OUT/backbone` (LoRA-free base weights) and `OUT/adapters/<task>` atomically."""
+    """Write `OUT/backbone` (LoRA-free base weights) and `OUT/adapters/<task>` atomically (an existing release
+    is replaced only with `overwrite`; any other non-empty folder never)."""
     tasks = list(peft_model.peft_config)
-    output = Path(output)
+    output = check_release_target(output, overwrite)
     with atomic_directory(output) as staging:
         backbone = copy.deepcopy(peft_model).unload()
         for task in tasks:
             backbone.config.task_slots[task]["adapter"] = f"../{ADAPTERS_DIR}/{task}"
+        backbone.config.max_seq_length = backbone.sentence_max_length(tokenizer)  # one number, here and in ST's
         backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
         tokenizer.save_pretrained(staging / BACKBONE_DIR)
+        write_sentence_transformers_files(staging / BACKBONE_DIR, backbone.config, backbone.config.max_seq_length)
         marker = json.dumps({"backbone_sha256": backbone_digest(staging / BACKBONE_DIR)}, indent=2) + "\n"
         for task in tasks:
             adapter_dir = save_adapter(peft_model, task, staging / ADAPTERS_DIR, adapter_base)
@@ -158,7 +212,36 @@ def validate_release(release_dir: str | os.PathLike) -> list[str]:
             with torch.device("meta"):  # module shapes only: no weights allocated or initialised
                 model = MtpfModel(config)
         model.check_adapter_weights(str(adapter_dir))
+    check_adapter_bases(release_dir, list(config.task_slots))
     return list(config.task_slots)
+
+
+def check_adapter_bases(release: Path, tasks: list[str]) -> None:
+    """Every adapter must have been exported with this very backbone (its weights' digest is recorded)."""
+    digest = backbone_digest(release / BACKBONE_DIR)
+    for task in tasks:
+        marker = release / ADAPTERS_DIR / task / BASE_MARKER
+        if not marker.is_file():
+            raise ReleaseError(f"{marker}: missing; cannot tell which backbone this adapter was made for.")
+        try:
+            recorded = json.loads(marker.read_text(encoding="utf-8")).get("backbone_sha256")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+            raise ReleaseError(f"{marker}: not readable ({err}).") from err
+        if recorded != digest:
+            raise ReleaseError(
+                f"{marker}: adapter {task!r} was made for another backbone (digest {recorded} != {digest}); "
+                "an adapter only works on the backbone it was trained with."
+            )
+
+
+def release_hash(release: Path, tasks: list[str]) -> str:
+    """Which weights a release holds (backbone and adapter file digests): results carry it as `config_hash`."""
+    adapters = [file_digest(release / ADAPTERS_DIR / task / "adapter_model.safetensors") for task in tasks]
+    return short_hash([backbone_digest(release / BACKBONE_DIR), *adapters])
+
+
+def short_hash(parts: list[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def count_parameters(weights: Path) -> int:
@@ -186,14 +269,6 @@ def release_summary(release_dir: str | os.PathLike) -> dict:
 def backbone_digest(backbone_dir: Path) -> str:
     """SHA-256 of the backbone weights: ties each adapter to the exact backbone it was trained with."""
     return file_digest(Path(backbone_dir) / "model.safetensors")
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_base_weights(path: Path) -> None:

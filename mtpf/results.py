@@ -6,7 +6,9 @@
                   "seed": 0, "metric": "f1", "value": 88.7, "config_hash": "..."}, ...]}
 
 `family` is `ner` (seqeval entity F1) or `tc` (MTEB classification accuracy); values are percentages.
-`config_hash` identifies the evaluated weights (backbone and slot files). `mtpf-eval` adds top-level keys that
+`config_hash` identifies the evaluated weights (backbone and slot files). TC records also keep `experiments`, the
+accuracy of each of MTEB's probe experiments (`value` is their mean): tables show the spread and whether two
+models differ by more than that noise. `mtpf-eval` adds top-level keys that
 readers of this schema may ignore: `suite` (name, description of what it cuts, command, protocol settings),
 `models`, `missing` (datasets that could not be evaluated, with the reason; never averaged) and `runs`
 (per-run details such as seconds, train sentences and best dev epoch).
@@ -46,17 +48,26 @@ class ResultRecord:
     fraction: float = 1.0
     seed: int = 0
     config_hash: str | None = None
+    experiments: list[float] | None = None  # TC: the accuracy of each of MTEB's probe experiments (same draws)
+
+
+def read_results_file(path: str | os.PathLike) -> dict:
+    """The payload of a results.json (schema checked), or an error naming the file: a truncated or foreign file
+    must stop a run before it appends to it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultsSchemaError(f"{path}: not a readable JSON results file ({err}); move it away or fix it.") from err
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ResultsSchemaError(f"{path}: unknown results schema {found!r}; expected {SCHEMA!r}.")
+    return data
 
 
 def load_results(path: str | os.PathLike) -> list[ResultRecord]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ResultsSchemaError(f"{path}: not a readable JSON results file ({err}).") from err
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise ResultsSchemaError(f"{path}: unknown results schema {found!r}; expected {SCHEMA!r}.")
+    data = read_results_file(path)
     records = []
     for index, entry in enumerate(data.get("results", [])):
         missing = [key for key in REQUIRED if key not in entry]
@@ -69,6 +80,9 @@ def load_results(path: str | os.PathLike) -> list[ResultRecord]:
             raise ResultsSchemaError(
                 f"{path}: results[{index}].family is {entry['family']!r}; use one of {sorted(FAMILIES)}."
             )
+        numbers = [entry["value"], *(entry.get("experiments") or [])]
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):
+            raise ResultsSchemaError(f"{path}: results[{index}] has a value that is not a number: {entry['value']!r}.")
         records.append(ResultRecord(**entry))
     return records
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -17,30 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mtpf.data.steps import single_item
+from mtpf.io import atomic_write_text
 from mtpf.losses.cached_info_nce import CachedInfoNCE
 from mtpf.losses.info_nce import InfoNCELoss
 from mtpf.pcgrad import flat_grad, project_conflicting, smallest_cosine, write_flat_grad
 
-RUN_INFO_FILE = "mtpf_run.json"
+logger = logging.getLogger(__name__)
+RUN_INFO_FILE = "mtpf_run.json"  # written last into every checkpoint: the run's identity and the completion marker
 # What must match to resume a checkpoint: a different mode or slot layout would load into the wrong modules.
 RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers", "num_clusters")
-
-
-class RunInfoCallback(TrainerCallback):
-    """Writes the run's identity next to every checkpoint, so a resume can refuse a mismatched one."""
-
-    def __init__(self, run_info: dict[str, Any]) -> None:
-        self.run_info = run_info
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / RUN_INFO_FILE).write_text(json.dumps(self.run_info, indent=2), encoding="utf-8")
-        return control
 
 
 class MtpfTrainer(Trainer):
@@ -60,7 +50,6 @@ class MtpfTrainer(Trainer):
         self.run_info = run_info or {}
         self._task_losses: dict[str, list[float]] = defaultdict(list)
         self._gradient_cosines: list[float] = []  # PCGrad steps since the last log
-        self.add_callback(RunInfoCallback(self.run_info))
         if pcgrad and self.args.gradient_accumulation_steps != 1:
             raise ValueError("PCGrad needs whole task gradients per step: set gradient_accumulation_steps=1.")
 
@@ -169,9 +158,53 @@ class MtpfTrainer(Trainer):
             self._gradient_cosines = []
         super().log(logs, start_time)
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Trainer's checkpoint, then the run's identity written last (the completion marker), then rotation.
+
+        A save killed half-way leaves a folder without the marker, which `newest_complete_checkpoint` skips;
+        old checkpoints are deleted only once the new one is complete.
+        """
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if not self.args.should_save:
+            return
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        atomic_write_text(folder / RUN_INFO_FILE, json.dumps(self.run_info, indent=2) + "\n")
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         check_resume_compatible(resume_from_checkpoint, self.run_info)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def newest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` whose save finished (it holds the run marker); skipped ones are logged."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    steps = {}
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rpartition("-")[2]
+        if path.is_dir() and step.isdigit():
+            steps[int(step)] = path
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / RUN_INFO_FILE).is_file():
+            return str(steps[step])
+        logger.warning(
+            "Skipping %s: incomplete (no %s, its save was interrupted); trying an older checkpoint.",
+            steps[step],
+            RUN_INFO_FILE,
+        )
+    return None
 
 
 def check_resume_compatible(checkpoint: str | os.PathLike, run_info: dict[str, Any]) -> None:

@@ -72,9 +72,21 @@ def torch_seed(seed: int):
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn `offline:<name>` into a local folder; leave folders and Hub ids as they are."""
+    """Turn `offline:<name>` into a local folder; leave folders and Hub ids as they are.
+
+    A name that can only be a local path (absolute, `./`, `~`, more than one `/`, or under an existing folder) but
+    does not exist is an error naming it, not a Hub lookup that fails with "Repo id must be in the form...".
+    """
     if name_or_path == OFFLINE_PREFIX + TINY_ENCODER:
         return str(tiny_encoder_dir())
     if name_or_path.startswith(OFFLINE_PREFIX):
         return str(packaged_encoder_dir(name_or_path.removeprefix(OFFLINE_PREFIX)))
-    return name_or_path
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and _is_local_path(name_or_path):
+        raise FileNotFoundError(f"{name_or_path}: no such folder (and not a Hub id of the form ORG/NAME).")
+    return str(path) if path.exists() else name_or_path
+
+
+def _is_local_path(name: str) -> bool:
+    first = name.split("/")[0]
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (name.count("/") == 1 and Path(first).is_dir())

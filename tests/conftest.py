@@ -192,3 +192,20 @@ def slotted_release(tmp_path_factory) -> Path:
     peft_model = attach_slots(model)
     randomize_lora(peft_model, seed=3)
     return export_release(peft_model, tokenizer, tmp_path_factory.mktemp("eval") / "release")
+
+
+EVAL_ROOTS = ["--ner_data_root", str(SHARED_DIR / "data" / "ner"), "--tc_data_root", str(SHARED_DIR / "data" / "tc")]
+
+
+def eval_command(output, *args: str) -> list[str]:
+    """`python -m mtpf eval --suite smoke` into `output`, reading the shared data wherever the test runs."""
+    return ["python", "-m", "mtpf", "eval", "--suite", "smoke", "--output", str(output), *EVAL_ROOTS, *args]
+
+
+@pytest.fixture(scope="session")
+def smoke_eval(slotted_release, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The smoke suite run once, sequentially, on the tiny encoder and a release of it: (output, --model args)."""
+    output = tmp_path_factory.mktemp("smoke-eval") / "eval"
+    models = ["--model", TINY, "--model", f"tpl={slotted_release}"]  # LABEL=PATH names a model in the tables
+    run_command(eval_command(output, *models), cwd=REPO_ROOT)
+    return output, models

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from modeling_mtpf import MtpfForTokenClassification
 from mtpf.hub import PublishError, publish, stage_release
-from mtpf.release import BASE_MARKER, ReleaseError, init_release, load_release
+from mtpf.release import BASE_MARKER, ReleaseError, init_release, load_release, release_hash
 from mtpf.results import SCHEMA, ResultRecord, ResultsSchemaError, averaged, load_results, save_results
 from push_to_hub import main as push_main
 from tests.conftest import REPO_ROOT, build_smoke_trainer, run_command
@@ -50,13 +50,16 @@ def conll_f1(value: float, **overrides) -> ResultRecord:
 
 
 @pytest.fixture
-def results_file(tmp_path) -> Path:
+def results_file(tmp_path, trained_release) -> Path:
+    """Scores measured on `trained_release` (its config hash), as mtpf-eval records them."""
+    weights = release_hash(trained_release, ["ner", "tc"])
     records = [
-        conll_f1(88.5, seed=0),
-        conll_f1(88.9, seed=1),
-        conll_f1(66.1, fraction=0.1),
-        conll_f1(79.5, family="tc", dataset="mteb/banking77", dataset_name="Banking77", metric="accuracy"),
-    ]
+        conll_f1(88.5, seed=0, config_hash=weights),
+        conll_f1(88.9, seed=1, config_hash=weights),
+        conll_f1(66.1, fraction=0.1, config_hash=weights),
+        conll_f1(79.5, family="tc", dataset="mteb/banking77", dataset_name="Banking77", metric="accuracy",
+                 config_hash=weights, experiments=[79.0, 80.0]),
+    ]  # fmt: skip
     path = tmp_path / "results.json"
     save_results(records, path)
     return path
@@ -278,6 +281,11 @@ def test_bad_input_fails_before_any_upload(
     (mixed / "adapters" / "ner" / BASE_MARKER).write_text((other / "adapters" / "ner" / BASE_MARKER).read_text())
     with pytest.raises(ReleaseError, match=r"adapter 'ner' was made for another backbone"):
         push_main([str(mixed), "--repo-id", REPO_ID, *endpoint])
+    # scores of other weights (here: of the tiny base encoder) never reach this release's model-index
+    foreign = tmp_path / "foreign.json"
+    save_results([conll_f1(91.0, model="offline:tiny-bert", config_hash="051e2de600e464d2")], foreign)
+    with pytest.raises(ReleaseError, match=r"measured on weights with config hash \['051e2de600e464d2'\], but"):
+        push_main([str(trained_release), "--repo-id", REPO_ID, "--results", str(foreign), *endpoint])
     assert fake_hub.calls == []
 
 
@@ -294,4 +302,15 @@ def test_results_schema_round_trip(results_file):
         )
     )
     with pytest.raises(ResultsSchemaError, match=r"results\[0\]\.family is 'pos'"):
+        load_results(bad)
+
+
+def test_results_values_must_be_numbers(tmp_path):
+    bad = tmp_path / "bad.json"
+    entry = {"model": "m", "family": "ner", "dataset": "d", "split": "t", "metric": "f1", "value": "high"}
+    bad.write_text(json.dumps({"schema": SCHEMA, "results": [entry]}))
+    with pytest.raises(ResultsSchemaError, match=r"bad\.json: results\[0\] has a value that is not a number: 'high'"):
+        load_results(bad)
+    bad.write_text('{"schema": "mtpf-results/1", "results": [')  # truncated by a kill or a full disk
+    with pytest.raises(ResultsSchemaError, match=r"bad\.json: not a readable JSON results file"):
         load_results(bad)

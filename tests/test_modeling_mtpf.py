@@ -94,3 +94,52 @@ def test_corrupted_weights_name_the_folder(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(OSError, match=str(tmp_path)):
         MtpfModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_pooler_output_is_the_configured_sentence_embedding(pooling):
+    """pooler_output = sentence-transformers' Pooling(mode) -> Normalize, computed independently here."""
+    model = tiny_model()
+    model.config.pooling = pooling
+    ids = torch.tensor([[2, 7, 8, 3, 0], [2, 9, 3, 0, 0]])
+    mask = (ids != 0).long()
+    tokens = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = mask.unsqueeze(-1).bool()
+    pooled = {
+        "mean": (tokens * keep).sum(1) / keep.sum(1),
+        "cls": tokens[:, 0],
+        "max": tokens.masked_fill(~keep, -1e9).max(1).values,
+    }[pooling]
+    expected = pooled / pooled.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).pooler_output, expected)
+    model.config.normalize = False
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).pooler_output, pooled)
+
+
+def test_encode_equals_one_forward_in_the_callers_order(tiny_tokenizer):
+    model = tiny_model()
+    texts = ["john smith moved to paris in 2019 .", "it floods .", "the river floods every spring ."]
+    batch = tiny_tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).pooler_output
+    got = model.encode(texts, tiny_tokenizer, batch_size=2)  # length-sorted batches, returned in order
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert model.encode(texts[0], tiny_tokenizer).shape == (1, model.config.hidden_size)
+
+
+def test_encode_truncates_at_max_seq_length(tiny_tokenizer):
+    model = tiny_model()
+    text = "the river floods every spring and the city is new york"
+    model.config.max_seq_length = 4  # [CLS] the river [SEP]
+    expected = model.encode("the river", tiny_tokenizer)
+    torch.testing.assert_close(model.encode(text, tiny_tokenizer), expected)
+    model.config.max_seq_length = None
+    assert not torch.allclose(model.encode(text, tiny_tokenizer), expected)
+    assert model.sentence_max_length(tiny_tokenizer) == model.config.backbone_config.max_position_embeddings
+
+
+def test_bad_sentence_embedding_settings_are_named():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        MtpfConfig.from_backbone(tiny_bert_config(), sentence_embedding={"pooling": "weightedmean"})
+    with pytest.raises(ValueError, match="max_seq_length"):
+        MtpfConfig.from_backbone(tiny_bert_config(), sentence_embedding={"max_seq_length": 0})

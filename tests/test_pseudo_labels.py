@@ -54,6 +54,38 @@ def test_every_word_gets_a_cluster_and_the_cache_is_reused(corpus, tmp_path, mon
         load_or_build_pseudo_labels(settings_for(corpus, tmp_path, num_clusters=4))
 
 
+def test_cache_is_rebuilt_when_the_corpus_or_the_teacher_changes_in_place(corpus, tmp_path, monkeypatch):
+    """Same size, same mtime to the second: only the content differs, and that must be enough."""
+    import os
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_encoder_dir(), teacher)
+    settings = settings_for(corpus, tmp_path, teacher=str(teacher))
+    load_or_build_pseudo_labels(settings)
+    builds = []
+    monkeypatch.setattr(pseudo_labels, "cluster_teacher_embeddings", lambda *a, **k: builds.append(1) or 1 / 0)
+
+    def edit_in_place(path, change):
+        stat = path.stat()
+        data = bytearray(path.read_bytes())
+        change(data)
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert path.stat().st_size == stat.st_size
+
+    edit_in_place(corpus, lambda data: data.__setitem__(0, ord("B")))  # "Amrozi" -> "Bmrozi"
+    with pytest.raises(ZeroDivisionError):
+        load_or_build_pseudo_labels(settings)
+    edit_in_place(corpus, lambda data: data.__setitem__(0, ord("A")))  # back: the first cache fits again
+    load_or_build_pseudo_labels(settings)
+    weights = teacher / "model.safetensors"
+    edit_in_place(weights, lambda data: data.__setitem__(len(data) - 1, data[-1] ^ 1))  # one weight bit
+    with pytest.raises(ZeroDivisionError):
+        load_or_build_pseudo_labels(settings)
+    assert len(builds) == 2
+
+
 def test_word_embedding_is_mean_of_its_subtokens():
     folder = tiny_encoder_dir()
     model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)

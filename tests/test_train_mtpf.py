@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mtpf.args import parse_args
 from mtpf.release import load_release, validate_release
@@ -59,12 +60,25 @@ def test_slotless_mode_exports_identity_slots(tmp_path, pseudo_label_cache):
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is installed with torch")
-def test_torchrun_two_processes(tmp_path, pseudo_label_cache):
-    argv = smoke_argv(tmp_path / "ddp", pseudo_label_cache, "--max_steps", "3", "--tc_mini_batch_size", "8")
+def test_torchrun_two_processes(tmp_path, pseudo_label_cache, dropout_free_encoder_dir):
+    """2 processes x 8 pairs (negatives gathered across ranks, GradCache on) train the same weights as 1 process
+    x 16 pairs without caching: the contrastive step is exact under data parallelism."""
+    common = ("--mode", "pf_tc", "--backbone", str(dropout_free_encoder_dir), "--max_steps", "3")
+    argv = smoke_argv(tmp_path / "ddp", pseudo_label_cache, *common, "--tc_mini_batch_size", "8")
     run_command(["torchrun", "--nproc_per_node", "2", str(REPO_ROOT / "train_mtpf.py"), *argv], cwd=tmp_path)
-    assert validate_release(tmp_path / "ddp" / "release") == ["ner", "tc"]
+    single = smoke_argv(tmp_path / "single", pseudo_label_cache, *common)
+    run_command([sys.executable, str(REPO_ROOT / "train_mtpf.py"), *single], cwd=tmp_path)
     state = json.loads((tmp_path / "ddp" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
+    weights = {}
+    for run in ("ddp", "single"):
+        assert validate_release(tmp_path / run / "release") == ["ner", "tc"]
+        weights[run] = load_file(str(tmp_path / run / "release" / "backbone" / "model.safetensors"))
+    initial = load_file(str(dropout_free_encoder_dir / "model.safetensors"))
+    name = "backbone.encoder.layer.1.attention.self.query.weight"
+    assert not torch.allclose(weights["single"][name], initial[name.removeprefix("backbone.")])  # it trained
+    for name, value in weights["single"].items():
+        torch.testing.assert_close(weights["ddp"][name], value, atol=2e-5, rtol=1e-4, msg=name)
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -72,6 +86,25 @@ def test_bad_arguments_are_named(tmp_path):
         parse_args(smoke_argv(tmp_path, tmp_path, "--mode", "mtpf_tp"))
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml: config file not found"):
         parse_args([str(tmp_path / "missing.yaml")])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("mode: mtpf_tpl\npairs: [a, b\n")
+    with pytest.raises(ValueError, match=r"(?s)broken\.yaml: not a valid YAML config .*line 2, column 8"):
+        parse_args([str(broken)])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--ner_batch_size", "-4", "--ner_batch_size -4: must be at least 1"),
+        ("--tc_batch_size", "1", "--tc_batch_size 1: must be at least 2"),
+        ("--num_clusters", "0", "--num_clusters 0: must be at least 2"),
+        ("--tc_mini_batch_size", "-1", "--tc_mini_batch_size -1: must be 0"),
+        ("--temperature", "0", "--temperature 0.0: must be positive"),
+    ],
+)
+def test_impossible_sizes_are_refused_before_training(tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(smoke_argv(tmp_path, tmp_path, flag, value))
 
 
 @pytest.mark.parametrize("name", ["smoke", "demo", "paper"])

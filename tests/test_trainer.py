@@ -88,8 +88,18 @@ class CrashAfterSave(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, pseudo_label_cache):
-    common = ("--max_steps", "4", "--save_steps", "2", "--lora_dropout", "0.1")
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        ("--tc_mini_batch_size", "4"),  # GradCache: its RNG replay must survive the restart
+        ("--pcgrad", "true"),
+        ("--task_schedule", "alternate", "--task_ratio", "1:2"),  # which task runs is a function of the step
+    ],
+    ids=["plain", "gradcache", "pcgrad", "alternate"],
+)
+def test_resume_equals_uninterrupted_run(tmp_path, pseudo_label_cache, extra):
+    common = ("--max_steps", "4", "--save_steps", "2", "--lora_dropout", "0.1", *extra)
     straight = build_smoke_trainer(tmp_path / "straight", pseudo_label_cache, *common)
     straight.train()
     expected = snapshot(straight)
@@ -131,18 +141,24 @@ def test_pcgrad_step_projects_shared_gradients(tmp_path, pseudo_label_cache, dro
 
     ner_shared, ner_slot = task_grad("ner")
     tc_shared, tc_slot = task_grad("tc")
-    assert torch.dot(ner_shared, tc_shared) != 0
+    if torch.dot(ner_shared, tc_shared) > 0:  # make the tasks conflict, so that the projection has to act
+        contrastive = trainer.tc_loss
+        trainer.tc_loss = lambda anchors, positives: -contrastive(anchors, positives)
+        tc_shared, tc_slot = task_grad("tc")
+    assert torch.dot(ner_shared, tc_shared) < 0
+    projected = project_conflicting([ner_shared, tc_shared])
+    assert not torch.allclose(projected, ner_shared + tc_shared, atol=1e-6)  # a plain sum would fail below
     model.zero_grad(set_to_none=True)
     trainer.training_step(model, inputs)
     combined = flat_grad(shared)
     assert all(p.grad is None for n, p in model.named_parameters() if "pooler" in n)  # untouched by both tasks
-    torch.testing.assert_close(combined, project_conflicting([ner_shared, tc_shared]), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(combined, projected, atol=1e-6, rtol=1e-5)
     for name, grad in {**ner_slot, **tc_slot}.items():  # slots keep their own task's gradient
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-7, rtol=1e-6)
     logs = {"loss": 1.0}
     trainer.log(logs)  # the step's conflict statistics reach the training log
     assert logs["grad_cosine"] == round(smallest_cosine([ner_shared, tc_shared]), 4)
-    assert logs["pcgrad_conflicts"] == float(torch.dot(ner_shared, tc_shared) < 0)
+    assert logs["pcgrad_conflicts"] == 1.0
 
 
 def test_ner_head_gets_its_own_learning_rate(tmp_path, pseudo_label_cache):
@@ -155,3 +171,64 @@ def test_ner_head_gets_its_own_learning_rate(tmp_path, pseudo_label_cache):
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
         1 for p in trainer.model.parameters() if p.requires_grad
     )
+
+
+class FailDuringSave:
+    """Make the checkpoint save of one step die half-way (after the weights, before the RNG state)."""
+
+    def __init__(self, trainer, at_step: int):
+        self.trainer, self.at_step = trainer, at_step
+        self.original = trainer._save_rng_state
+
+    def __call__(self, output_dir):
+        if self.trainer.state.global_step == self.at_step:
+            raise KeyboardInterrupt("simulated kill during the checkpoint save")
+        return self.original(output_dir)
+
+
+def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path, pseudo_label_cache, caplog):
+    """A kill inside the save of checkpoint-4 leaves a half folder: `last` takes checkpoint-2, says why, and the
+    resumed run ends where an uninterrupted one does."""
+    from mtpf.args import MtpfTrainingArguments
+    from train_mtpf import resolve_resume
+
+    common = ("--max_steps", "6", "--save_steps", "2", "--save_total_limit", "1")
+    straight = build_smoke_trainer(tmp_path / "straight", pseudo_label_cache, *common)
+    straight.train()
+    killed = build_smoke_trainer(tmp_path / "killed", pseudo_label_cache, *common)
+    killed._save_rng_state = FailDuringSave(killed, at_step=4)
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    folder = tmp_path / "killed"
+    assert (folder / "checkpoint-4").is_dir() and not (folder / "checkpoint-4" / RUN_INFO_FILE).exists()
+    assert (folder / "checkpoint-2" / RUN_INFO_FILE).is_file()  # not rotated away before 4 was complete
+    args = MtpfTrainingArguments(output_dir=str(folder), resume_from_checkpoint="last", use_cpu=True)
+    assert resolve_resume(args) == str(folder / "checkpoint-2")
+    assert "Skipping" in caplog.text and "checkpoint-4: incomplete" in caplog.text
+    resumed = build_smoke_trainer(folder, pseudo_label_cache, *common)
+    resumed.train(resume_from_checkpoint=resolve_resume(args))
+    expected, got = snapshot(straight), snapshot(resumed)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_resume_last_without_a_checkpoint_says_so(tmp_path, caplog):
+    from mtpf.args import MtpfTrainingArguments
+    from train_mtpf import resolve_resume
+
+    args = MtpfTrainingArguments(output_dir=str(tmp_path / "new"), resume_from_checkpoint="last", use_cpu=True)
+    assert resolve_resume(args) is None
+    assert "No complete checkpoint in" in caplog.text and "training from step 0" in caplog.text
+
+
+def test_gradient_caching_trains_like_the_uncached_step(tmp_path, pseudo_label_cache, dropout_free_encoder_dir):
+    """Three optimizer steps with GradCache (mini-batches of 4 texts) end at the same weights as without it."""
+    common = ("--backbone", str(dropout_free_encoder_dir), "--max_steps", "3", "--save_strategy", "no")
+    plain = build_smoke_trainer(tmp_path / "plain", pseudo_label_cache, *common)
+    plain.train()
+    cached = build_smoke_trainer(tmp_path / "cached", pseudo_label_cache, *common, "--tc_mini_batch_size", "4")
+    cached.train()
+    expected, got = snapshot(plain), snapshot(cached)
+    assert not identical(expected, snapshot(build_smoke_trainer(tmp_path / "fresh", pseudo_label_cache, *common)))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=2e-5, rtol=1e-4, msg=name)

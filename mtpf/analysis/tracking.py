@@ -90,13 +90,12 @@ class InterferenceCallback(TrainerCallback):
 
 
 def load_for_analysis(name_or_path: str):
-    """A release (every slot attached) or a bare encoder (mean pooling), with its tokenizer."""
-    from mtpf.release import BACKBONE_DIR, load_encoder, load_release, mtpf_model_from_encoder
+    """A release (every slot attached) or a bare encoder (its own sentence-embedding definition), with its tokenizer."""
+    from mtpf.release import BACKBONE_DIR, load_mtpf_encoder, load_release
 
     if (Path(name_or_path) / BACKBONE_DIR).is_dir():
         return load_release(name_or_path)
-    encoder, tokenizer = load_encoder(name_or_path)
-    return mtpf_model_from_encoder(encoder, tasks=()), tokenizer
+    return load_mtpf_encoder(name_or_path, tasks=())
 
 
 def analyze_models(models: list[str], output: str, data: str, sentences: int, variants: int, seed: int) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from mtpf.io import read_json_lines
+from mtpf.io import read_json_lines, utf8_errors_named
 
 PAIR_COLUMNS = ("anchor", "positive")
 HUB_PREFIX = "hf://"
@@ -60,7 +60,7 @@ def load_pair_source(spec: str) -> PairSource:
 def _read_delimited(path: Path) -> tuple[list[str], list[str]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
     anchors, positives = [], []
-    with path.open(encoding="utf-8", newline="") as stream:
+    with utf8_errors_named(path, PairFileError), path.open(encoding="utf-8", newline="") as stream:
         rows = csv.reader(
             stream, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         )

@@ -7,7 +7,6 @@ datasets, fractions and seeds without one run leaking into the next.
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from mtpf.release import (
     ADAPTERS_DIR,
     BACKBONE_DIR,
     backbone_digest,
-    file_digest,
-    load_encoder,
-    mtpf_model_from_encoder,
+    load_mtpf_encoder,
+    release_hash,
+    short_hash,
     validate_release,
 )
 from mtpf.weights import resolve_model_path
@@ -74,14 +73,9 @@ def candidate_hash(name_or_path: str) -> str:
     re-trained release under the same label is evaluated again instead of keeping the old scores."""
     if is_release(name_or_path):
         release = Path(name_or_path)
-        return _release_hash(release, validate_release(release))
+        return release_hash(release, validate_release(release))
     folder = Path(resolve_model_path(name_or_path))
-    return _short_hash([backbone_digest(folder) if (folder / "model.safetensors").is_file() else name_or_path])
-
-
-def _release_hash(release: Path, tasks: list[str]) -> str:
-    adapters = [file_digest(release / ADAPTERS_DIR / task / "adapter_model.safetensors") for task in tasks]
-    return _short_hash([backbone_digest(release / BACKBONE_DIR), *adapters])
+    return short_hash([backbone_digest(folder) if (folder / "model.safetensors").is_file() else name_or_path])
 
 
 def _load(name_or_path: str) -> EvalCandidate:
@@ -91,11 +85,6 @@ def _load(name_or_path: str) -> EvalCandidate:
         backbone = MtpfModel.from_pretrained(str(release / BACKBONE_DIR))
         tokenizer = AutoTokenizer.from_pretrained(str(release / BACKBONE_DIR))
         adapters = {task: release / ADAPTERS_DIR / task for task in tasks}
-        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, _release_hash(release, tasks))
-    encoder, tokenizer = load_encoder(name_or_path)
-    model = mtpf_model_from_encoder(encoder, tasks=()).eval()
-    return EvalCandidate(name_or_path, model, tokenizer, {}, candidate_hash(name_or_path))
-
-
-def _short_hash(parts: list[str]) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, release_hash(release, tasks))
+    model, tokenizer = load_mtpf_encoder(name_or_path, tasks=())
+    return EvalCandidate(name_or_path, model.eval(), tokenizer, {}, candidate_hash(name_or_path))

@@ -89,6 +89,7 @@ class NerRun:
     rows_per_epoch: int  # after repeating a small set up to min_steps_per_epoch batches
     test_sentences: int
     seconds: float
+    dev_curve: list[float] = field(default_factory=list)  # dev F1 after each selecting epoch
 
 
 def subsample(sentences: list[TaggedSentence], fraction: float = 1.0, cap: int | None = None, seed: int = 0):
@@ -229,10 +230,12 @@ class KeepBestOnDev(TrainerCallback):
         self.best_f1 = -1.0
         self.best_epoch = 0.0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.curve: list[float] = []
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         f1 = (metrics or {}).get("eval_f1", -1.0)
         logger.info("epoch %.1f: dev F1 %.2f", state.epoch or 0.0, f1)
+        self.curve.append(round(float(f1), 4))
         if f1 > self.best_f1:
             self.best_f1, self.best_epoch = f1, float(state.epoch or 0.0)
             self.best_state = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
@@ -319,6 +322,7 @@ def finetune_ner(
         rows_per_epoch=len(epoch_rows),
         test_sentences=len(test),
         seconds=round(time.monotonic() - start, 1),
+        dev_curve=keep_best.curve,
     )
     logger.info("%s", run)
     return run

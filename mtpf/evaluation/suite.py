@@ -26,9 +26,9 @@ from mtpf.evaluation.ner_data import (
     load_user_ner_data,
 )
 from mtpf.evaluation.tables import results_markdown, suite_commands
-from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, TcProtocol, evaluate_tc
+from mtpf.evaluation.tc import DEFAULT_TC_ROOT, LEGACY_PROTOCOL, TC_TASKS, TcProtocol, evaluate_tc
 from mtpf.io import atomic_write_text
-from mtpf.results import SCHEMA, ResultRecord
+from mtpf.results import SCHEMA, ResultRecord, load_results, read_results_file
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ SUITES = {
         "sub-tokens capped at 128, full training data only, one seed; an epoch is at least 20 optimizer steps (a "
         "10 % run repeats its 100 sentences 7 times per epoch: 22 steps, where the paper's protocol would stop after "
         "4; full runs are unchanged). TC keeps MTEB's probe (samples per label, "
-        "10 experiments) but caps every eval split at 2,048 label-stratified rows (MTEB caps only some) and texts "
-        "at 128 sub-tokens.",
+        "10 experiments) and the model's own sentence embedding, but caps every eval split at 2,048 label-stratified "
+        "rows (MTEB caps only some) and texts at 128 sub-tokens (all-MiniLM-L6-v2's own limit is 256).",
         list(PAPER_NER_DATASETS),
         [1.0],
         [0],
@@ -102,7 +102,8 @@ SUITES = {
         "paper",
         "The paper's protocol (a GPU job): all five NER datasets with 100/50/20/10 % of the training data, LoRA "
         "r=32/alpha=64 on query, key and MLP of every layer, 10 head-only + 30 joint epochs, batch 64, lr 2e-5, "
-        "AdamW wd 0.01; all 16 MTEB classification tasks with MTEB's own settings.",
+        "AdamW wd 0.01; all 16 MTEB classification tasks with MTEB's own settings, each text embedded as the model "
+        "defines it (its pooling, normalisation and max_seq_length, as sentence-transformers does).",
         list(PAPER_NER_DATASETS),
         [1.0, 0.5, 0.2, 0.1],
         [0],
@@ -148,9 +149,7 @@ class SuiteRun:
         path = self.output / "results.json"
         if not path.is_file():
             return
-        from mtpf.results import load_results
-
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_results_file(path)
         self._check_same_protocol(path, data.get("suite", {}))
         self.records = load_results(path)
         self.runs = data.get("runs", [])
@@ -162,11 +161,8 @@ class SuiteRun:
         """Refuse to mix scores of another suite or protocol (protocol fields saved before they existed: defaults)."""
         if saved.get("name") != self.settings.name:
             raise ValueError(f"{path}: holds results of suite {saved.get('name')!r}; use another --output.")
-        for family, current, protocol_type in (
-            ("ner", self.settings.ner, NerProtocol),
-            ("tc", self.settings.tc, TcProtocol),
-        ):
-            saved_protocol = {**asdict(protocol_type()), **saved.get(family, {})}
+        for family, current in (("ner", self.settings.ner), ("tc", self.settings.tc)):
+            saved_protocol = asdict(saved_protocol_of(saved, family))
             for key, value in asdict(current).items():
                 if saved_protocol.get(key) != value:
                     raise ValueError(
@@ -289,10 +285,8 @@ class SuiteRun:
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no results to merge.")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_results_file(path)
         self._check_same_protocol(path, data.get("suite", {}))
-        from mtpf.results import load_results
-
         known = {_score_key(r): r for r in self.records}
         hashes = {r.model: r.config_hash for r in self.records} | {m["model"]: m["config_hash"] for m in self.models}
         added = 0
@@ -389,7 +383,7 @@ def merge_results(
     first_file = Path(folders[0]) / "results.json"
     if not first_file.is_file():
         raise FileNotFoundError(f"{first_file}: no results to merge.")
-    settings = saved_settings(json.loads(first_file.read_text(encoding="utf-8"))["suite"], first_file)
+    settings = saved_settings(read_results_file(first_file).get("suite", {}), first_file)
     run = SuiteRun(settings, output, command=command)
     for folder in folders:
         if Path(folder).resolve() != Path(output).resolve():
@@ -409,11 +403,18 @@ def saved_settings(suite: dict, path: Path) -> SuiteSettings:
         raise ValueError(f"{path}: unknown suite {suite.get('name')!r}; known: {sorted(SUITES)}.")
     return replace(
         SUITES[suite["name"]],
-        ner=NerProtocol(**suite.get("ner", {})),
-        tc=TcProtocol(**suite.get("tc", {})),
+        ner=saved_protocol_of(suite, "ner"),
+        tc=saved_protocol_of(suite, "tc"),
         fractions=suite.get("fractions", SUITES[suite["name"]].fractions),
         seeds=suite.get("seeds", SUITES[suite["name"]].seeds),
     )
+
+
+def saved_protocol_of(suite: dict, family: str) -> NerProtocol | TcProtocol:
+    """The protocol a results file records; a field it predates takes the value that was in force then."""
+    if family == "ner":
+        return NerProtocol(**suite.get("ner", {}))
+    return TcProtocol(**{**LEGACY_PROTOCOL, **suite.get("tc", {})})
 
 
 def _score_key(record: ResultRecord) -> tuple:

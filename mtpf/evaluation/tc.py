@@ -3,7 +3,9 @@
 A local task is the real MTEB task class (its metadata, `samples_per_label`, logistic-regression probe) with
 `load_data` reading `<data_root>/<folder>/<split>.jsonl` instead of the Hub; the settings follow
 `../shared/data/tc/_mteb_reference/task_settings.md`. The other six load from the Hub when it is reachable and
-are reported as missing when it is not. The encoder is the model with its `tc` slot merged in, mean pooling.
+are reported as missing when it is not. The encoder is the model with its `tc` slot merged in, embedding texts
+with `MtpfModel.encode` (the model's own pooling, normalisation and max_seq_length, as sentence-transformers
+does): an untouched encoder scores its public MTEB numbers.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from pathlib import Path
 
 import mteb
 import numpy as np
-import torch
 from datasets import Dataset, DatasetDict
 from mteb.abstasks.classification import AbsTaskClassification
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta
 
+from modeling_mtpf import MtpfModel
 from mtpf.evaluation.candidate import EvalCandidate
 from mtpf.io import read_json_lines
 from mtpf.results import ResultRecord
@@ -83,6 +85,7 @@ TC_TASKS = {
     ]
 }
 MTEB_SUBSAMPLE_ROWS = 2048
+MODEL_EMBEDDING = "model"
 
 
 class TcDataError(ValueError):
@@ -97,8 +100,19 @@ class TcProtocol:
     max_eval_rows: int | None = field(
         default=None, metadata={"help": "Stratified cap on every eval split (default: only where MTEB caps, 2,048)."}
     )
-    max_length: int = field(default=512, metadata={"help": "Sub-tokens per text (capped by the model's limit)."})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Sub-tokens per text; default the model's own max_seq_length. A number only lowers it."},
+    )
     batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
+    embedding: str = field(
+        default=MODEL_EMBEDDING,
+        metadata={"help": "How texts become vectors; 'model' = MtpfModel.encode (pooling, normalize, length)."},
+    )
+
+
+# Results files written before `embedding` existed fed the probe un-normalised mean pooling at up to 512 tokens.
+LEGACY_PROTOCOL = {"embedding": "unnormalised-mean"}
 
 
 def read_jsonl_split(path: Path) -> tuple[list[str], list[str]]:
@@ -228,12 +242,14 @@ def undersample_data(self, dataset: Dataset, experiment_num: int, idxs: list[int
 
 
 class MtpfMtebEncoder(AbsEncoder):
-    """An MTEB encoder over an MtpfModel: mean-pooled embeddings, batches sorted by length for speed."""
+    """An MTEB encoder over an MtpfModel: its own sentence embeddings (`MtpfModel.encode`)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str, revision: str, protocol: TcProtocol) -> None:
+    def __init__(self, model: MtpfModel, tokenizer, name: str, revision: str, protocol: TcProtocol) -> None:
+        if protocol.embedding != MODEL_EMBEDDING:
+            raise ValueError(f"TC protocol embedding={protocol.embedding!r}: only {MODEL_EMBEDDING!r} is supported.")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_length = min(protocol.max_length, tokenizer.model_max_length or protocol.max_length)
+        self.max_length = protocol.max_length
         self.batch_size = protocol.batch_size
         self.mteb_model_meta = ModelMeta.create_empty(
             {"name": f"mtpf/{Path(name).name or 'model'}", "revision": revision}
@@ -241,22 +257,7 @@ class MtpfMtebEncoder(AbsEncoder):
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
-        return embed_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
-
-
-@torch.inference_mode()
-def embed_texts(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """Mean-pooled sentence embeddings (`pooler_output` of MtpfModel), in the order of `texts`."""
-    order = np.argsort([len(text) for text in texts])
-    device = next(model.parameters()).device
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        rows = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
-        out[rows] = model(**batch).pooler_output.float().cpu().numpy()
-    return out
+        return self.model.encode(texts, self.tokenizer, self.batch_size, self.max_length).numpy()
 
 
 def evaluate_tc(
@@ -301,6 +302,7 @@ def evaluate_tc(
                         metric="accuracy",
                         value=round(100.0 * float(entry["main_score"]), 4),
                         config_hash=candidate.config_hash,
+                        experiments=[round(100.0 * float(e["accuracy"]), 4) for e in entry["scores_per_experiment"]],
                     )
                 )
     return records, missing

@@ -46,3 +46,10 @@ def test_bad_jsonl_line_is_named(tmp_path):
     path.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "a"}\n', encoding="utf-8")
     with pytest.raises(PairFileError, match=r"p\.jsonl:2: expected 'anchor' and 'positive'"):
         load_pair_source(str(path))
+
+
+def test_binary_pair_file_is_named_by_line(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes(b"anchor\tpositive\nA cat.\tA kitten.\n\x89PNG\r\n\x1a\n\x00\xff\tx\n")
+    with pytest.raises(PairFileError, match=r"pairs\.tsv:3: not UTF-8 text"):
+        load_pair_source(str(path))

@@ -107,7 +107,7 @@ def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
     before = {k: v.clone() for k, v in candidate.backbone.state_dict().items()}
     protocol = NerProtocol(
         warmup_epochs=1,
-        epochs=1,
+        epochs=3,
         batch_size=16,
         learning_rate=1e-3,
         max_length=48,
@@ -119,6 +119,27 @@ def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
     run = finetune_ner(candidate, "crossner_ai", splits, labels, protocol, fraction=0.5, seed=1)
     assert run.train_sentences == 16 and run.test_sentences == 24 and 0.0 <= run.test_f1 <= 100.0
     assert run.rows_per_epoch == 32  # 16 sentences twice: 2 batches of 16 per epoch
-    assert run.best_epoch == 1.0  # the only joint epoch: dev selection ran
+    assert len(run.dev_curve) == 3 and run.dev_f1 == max(run.dev_curve)  # selection over the joint epochs
+    assert run.best_epoch == 1.0 + run.dev_curve.index(max(run.dev_curve))
     after = candidate.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # every run starts from the untouched backbone
+
+
+def test_keep_best_on_dev_restores_the_weights_of_the_best_epoch():
+    """Dev F1 10, 30, 20 while the weights keep changing: the weights of epoch 2 come back, not the last ones."""
+    from types import SimpleNamespace
+
+    from mtpf.evaluation.ner import KeepBestOnDev
+
+    model = torch.nn.Linear(2, 2)
+    frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+    model.register_parameter("frozen", frozen)
+    keep = KeepBestOnDev(model)
+    states = []
+    for epoch, f1 in enumerate([10.0, 30.0, 20.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        states.append(model.weight.detach().clone())
+        keep.on_evaluate(None, SimpleNamespace(epoch=float(epoch)), None, metrics={"eval_f1": f1})
+    keep.restore()
+    assert torch.equal(model.weight, states[1]) and keep.best_epoch == 2.0 and keep.curve == [10.0, 30.0, 20.0]

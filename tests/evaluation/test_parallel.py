@@ -7,8 +7,8 @@ from mtpf.evaluation.candidate import candidate_hash
 from mtpf.evaluation.parallel import TC_TASK_COST, EvalJob, deal, evaluate_in_parallel, pending_jobs
 from mtpf.evaluation.suite import SUITES, SuiteRun, suite_settings
 from mtpf.results import ResultRecord, load_results
-from tests.conftest import REPO_ROOT, SHARED_DIR, TINY, run_command
-from tests.evaluation.test_suite import eval_command, smoke_result_keys
+from tests.conftest import REPO_ROOT, SHARED_DIR, TINY, eval_command, run_command
+from tests.evaluation.test_suite import smoke_result_keys
 
 TC_ROOT = SHARED_DIR / "data" / "tc"
 
@@ -52,12 +52,15 @@ def test_deal_splits_a_model_across_workers_longest_first():
     assert len(deal(jobs[:1], 4)) == 1  # no idle workers
 
 
-def test_parallel_cli_matches_the_sequential_suite_then_resumes(slotted_release, tmp_path):
+def test_parallel_cli_matches_the_sequential_suite_then_resumes(smoke_eval, tmp_path):
     output = tmp_path / "eval"
-    models = ["--model", TINY, "--model", f"tpl={slotted_release}"]
+    sequential, models = smoke_eval
     run_command([*eval_command(output, *models), "--workers", "2"], cwd=REPO_ROOT)
     payload = json.loads((output / "results.json").read_text())
     assert {(r["model"], r["family"], r["dataset"]) for r in payload["results"]} == smoke_result_keys(TINY, "tpl")
+    scores = {(r.model, r.dataset): (r.value, r.config_hash) for r in load_results(output / "results.json")}
+    expected = {(r.model, r.dataset): (r.value, r.config_hash) for r in load_results(sequential / "results.json")}
+    assert scores == expected  # the same numbers, not just the same keys
     assert [m["model"] for m in payload["models"]] == [TINY, "tpl"]  # the order given, not the finishing order
     assert payload["suite"]["command"].endswith("--workers 2") and payload["suite"]["previous_commands"] == []
     workers = output / "workers"

@@ -5,13 +5,7 @@ import pytest
 from mtpf.cli import merge_repeated
 from mtpf.evaluation.suite import SUITES, SuiteRun, merge_results, suite_settings, tc_column
 from mtpf.results import ResultRecord, load_results
-from tests.conftest import REPO_ROOT, SHARED_DIR, TINY, run_command
-
-ROOTS = ["--ner_data_root", str(SHARED_DIR / "data" / "ner"), "--tc_data_root", str(SHARED_DIR / "data" / "tc")]
-
-
-def eval_command(output, *args: str) -> list[str]:
-    return ["python", "-m", "mtpf", "eval", "--suite", "smoke", "--output", str(output), *ROOTS, *args]
+from tests.conftest import REPO_ROOT, TINY, eval_command, run_command
 
 
 def smoke_result_keys(*models: str) -> set[tuple[str, str, str]]:
@@ -20,10 +14,12 @@ def smoke_result_keys(*models: str) -> set[tuple[str, str, str]]:
     return {(model, family, dataset) for model in models for family, dataset in datasets}
 
 
-def test_smoke_suite_cli_writes_results_and_tables_then_resumes(slotted_release, tmp_path):
+def test_smoke_suite_cli_writes_results_and_tables_then_resumes(slotted_release, smoke_eval, tmp_path):
+    import shutil
+
     output = tmp_path / "eval"
-    models = ["--model", TINY, "--model", f"tpl={slotted_release}"]  # LABEL=PATH names a model in the tables
-    run_command(eval_command(output, *models), cwd=REPO_ROOT)
+    shutil.copytree(smoke_eval[0], output)
+    models = smoke_eval[1]
     records = load_results(output / "results.json")  # the schema the model cards read
     payload = json.loads((output / "results.json").read_text())
     assert payload["suite"]["name"] == "smoke" and payload["missing"] == []
@@ -122,3 +118,11 @@ def test_merge_refuses_unlike_scores(tmp_path):
         merge_results(tmp_path / "out", [tmp_path / "a", tmp_path / "other-protocol"])
     with pytest.raises(FileNotFoundError, match=r"nothing/results\.json: no results to merge"):
         merge_results(tmp_path / "out", [tmp_path / "a", tmp_path / "nothing"])
+
+
+def test_truncated_results_file_stops_the_run_with_its_name(tmp_path):
+    from mtpf.results import ResultsSchemaError
+
+    (tmp_path / "results.json").write_text('{"schema": "mtpf-results/1", "suite": {"name": "smoke"}, "resu')
+    with pytest.raises(ResultsSchemaError, match=r"results\.json: not a readable JSON results file"):
+        SuiteRun(SUITES["smoke"], tmp_path)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,30 @@ def test_tc_slot_changes_the_embeddings(slotted_release):
     with_slot = candidate.encoder_for("tc")(**inputs).pooler_output
     without = plain.encoder_for("tc")(**inputs).pooler_output  # a plain encoder has no slot: the backbone itself
     assert not np.allclose(with_slot.detach().numpy(), without.detach().numpy())
+
+
+# sentence-transformers/all-MiniLM-L6-v2 on the public MTEB leaderboard (mteb 1.12 results), EmotionClassification.
+PUBLIC_EMOTION_ACCURACY = 40.83
+
+
+def test_untouched_minilm_scores_its_public_mteb_emotion_number(tmp_path):
+    """`mtpf-eval --suite paper` on the untouched encoder = the public MTEB score = plain mteb with
+    SentenceTransformer on the same local files, experiment by experiment (same few-shot draws)."""
+    import mteb
+    from sentence_transformers import SentenceTransformer
+
+    from mtpf.weights import packaged_encoder_dir
+    from tests.conftest import REPO_ROOT, run_command
+
+    output = tmp_path / "parity"
+    command = ["mtpf-eval", "--model", "offline:minilm-l6", "--suite", "paper", "--skip_ner", "--tc_tasks", "Emo."]
+    result = run_command([*command, "--tc_data_root", str(TC_ROOT), "--output", str(output)], REPO_ROOT)
+    assert "Emo. test  accuracy 40.83" in result.stdout
+    (ours,) = json.loads((output / "results.json").read_text())["results"]
+    assert abs(ours["value"] - PUBLIC_EMOTION_ACCURACY) <= 0.05, ours["value"]
+
+    reference_model = SentenceTransformer(str(packaged_encoder_dir("minilm-l6")), device="cpu")
+    task = build_task(TC_TASKS["Emo."], TC_ROOT, TcProtocol())
+    (reference,) = mteb.evaluate(reference_model, [task], cache=None, show_progress_bar=False).task_results
+    experiments = [100 * e["accuracy"] for e in reference.scores["test"][0]["scores_per_experiment"]]
+    np.testing.assert_allclose(ours["experiments"], experiments, atol=1e-3)
