@@ -18,8 +18,9 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from bench.common import peak_rss_gb, write_report
+from mtpf.data.roots import PAIRS_DATA
 
-PAIRS = "../shared/data/pairs/flickr30k_captions"
+PAIRS = f"{PAIRS_DATA}/flickr30k_captions"
 
 
 def one_run(backbone: str, batch: int, mini: int, max_length: int) -> dict:

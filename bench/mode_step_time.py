@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from mtpf.args import parse_args
-from train_mtpf import build_trainer
+from mtpf.training import build_trainer
+from mtpf.training.args import parse_args
 
 MODES = [
     ("pf_ner", False),

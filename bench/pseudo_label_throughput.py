@@ -18,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from bench.common import peak_rss_gb, write_report
+from mtpf.data.roots import UNLABELED_DATA
 
-CORPUS = "../shared/data/unlabeled/wikipedia_en_sentences_altlex.txt"
+CORPUS = f"{UNLABELED_DATA}/wikipedia_en_sentences_altlex.txt"
 
 
 def one_run(variant: str, teacher: str, sentences: int, clusters: int) -> dict:

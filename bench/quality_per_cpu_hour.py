@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import write_report
 
-from mtpf.args import parse_args
-from mtpf.evaluation.suite import SuiteRun, suite_settings
+from mtpf.evaluation.suite import SuiteRun
+from mtpf.evaluation.suites import suite_settings
 from mtpf.evaluation.tables import family_averages
 from mtpf.results import ResultRecord
-from train_mtpf import build_trainer, export
+from mtpf.training import build_trainer, export
+from mtpf.training.args import parse_args
 
 MODES = ("pf_tc", "mtpf_tpl")
 

@@ -16,9 +16,10 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from bench.common import best_of, write_report
+from mtpf.data.roots import CONLL_TEST
 
 SLOTS = ["ner", "tc", "app3", "app4"]
-DATA = "../shared/data/ner/conll2003/iob2/test.txt"
+DATA = CONLL_TEST
 
 
 def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) -> dict:

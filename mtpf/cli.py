@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from configuration_mtpf import DEFAULT_TASKS
+from mtpf.data.roots import CONLL_TEST, NER_DATA, TC_DATA
 
 
 @dataclass
@@ -23,8 +24,8 @@ class InitArguments:
 
 
 def run_init(argv: list[str]) -> None:
-    from mtpf.args import SlotArguments
     from mtpf.release import init_release
+    from mtpf.training.args import SlotArguments
 
     args, slots = HfArgumentParser((InitArguments, SlotArguments)).parse_args_into_dataclasses(args=argv)
     path = init_release(args.backbone, args.output, tasks=args.tasks, overwrite=args.overwrite, **slots.slot_kwargs())
@@ -61,7 +62,7 @@ class AnalyzeArguments:
     output: str = field(metadata={"help": "Folder for analysis.json and the plot."})
     models: list[str] = field(default_factory=list, metadata={"help": "Release folders or encoders (folder/Hub id)."})
     curves: list[str] = field(default_factory=list, metadata={"help": "interference.json files of training runs."})
-    data: str = field(default="../shared/data/ner/conll2003/iob2/test.txt", metadata={"help": "BIO CoNLL file."})
+    data: str = field(default=CONLL_TEST, metadata={"help": "BIO CoNLL file."})
     sentences: int = field(default=2000, metadata={"help": "Sentences measured (paper: 2,000)."})
     variants: int = field(default=4, metadata={"help": "Perturbed variants per sentence (paper: 4)."})
     seed: int = field(default=0, metadata={"help": "Seed of the entity replacement."})
@@ -94,7 +95,7 @@ class ClusterArguments:
         default_factory=lambda: ["conll2003", "ontonotes5", "mit_restaurant", "jnlpba", "crossner"],
         metadata={"help": "Local NER datasets whose test split is clustered."},
     )
-    ner_data_root: str = field(default="../shared/data/ner", metadata={"help": "Local NER datasets."})
+    ner_data_root: str = field(default=NER_DATA, metadata={"help": "Local NER datasets."})
     sentences: int = field(default=2000, metadata={"help": "Test sentences per dataset (seeded subset)."})
     num_clusters: int = field(default=200, metadata={"help": "K of k-means (the paper's pseudo-labels: 200)."})
     seed: int = field(default=0, metadata={"help": "Seed of the subset and of k-means."})
@@ -146,8 +147,8 @@ class EvalArguments:
             "one TC job per model, merged into --output at the end."
         },
     )
-    ner_data_root: str = field(default="../shared/data/ner", metadata={"help": "Local NER datasets."})
-    tc_data_root: str = field(default="../shared/data/tc", metadata={"help": "Local TC datasets."})
+    ner_data_root: str = field(default=NER_DATA, metadata={"help": "Local NER datasets."})
+    tc_data_root: str = field(default=TC_DATA, metadata={"help": "Local TC datasets."})
 
 
 def merge_repeated(argv: list[str], flag: str) -> list[str]:
@@ -165,21 +166,11 @@ def merge_repeated(argv: list[str], flag: str) -> list[str]:
     return [flag, *values, *rest] if values else rest
 
 
-def without_options(argv: list[str], names: set[str]) -> list[str]:
-    """argv minus the options in `names` (`--name value...` or `--name=value`)."""
-    kept, skipping = [], False
-    for token in argv:
-        if token.startswith("--"):
-            skipping = token.partition("=")[0] in names
-        if not skipping:
-            kept.append(token)
-    return kept
-
-
 def run_eval(argv: list[str]) -> None:
     from huggingface_hub import constants
 
-    from mtpf.evaluation.suite import SuiteRun, suite_settings, tc_column
+    from mtpf.evaluation.suite import SuiteRun
+    from mtpf.evaluation.suites import suite_settings, tc_column
 
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=merge_repeated(argv, "--model"))
     settings = suite_settings(
@@ -200,9 +191,7 @@ def run_eval(argv: list[str]) -> None:
     if args.workers > 1:
         from mtpf.evaluation.parallel import evaluate_in_parallel
 
-        shared = without_options(merge_repeated(argv, "--model"), {"--model", "--output", "--workers"})
         path = evaluate_in_parallel(
-            shared,
             args.model,
             settings,
             args.output,
@@ -210,6 +199,7 @@ def run_eval(argv: list[str]) -> None:
             command,
             ner=not args.skip_ner,
             tc=not args.skip_tc,
+            ner_root=args.ner_data_root,
             tc_root=args.tc_data_root,
             hub_reachable=not constants.HF_HUB_OFFLINE,
         )
@@ -236,7 +226,7 @@ class MergeArguments:
 
 
 def run_merge(argv: list[str]) -> None:
-    from mtpf.evaluation.suite import merge_results
+    from mtpf.evaluation.store import merge_results
 
     (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses(args=argv)
     command = " ".join(["python -m mtpf merge", *argv])

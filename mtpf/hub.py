@@ -18,7 +18,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from mtpf.io import update_json
 from mtpf.release import ADAPTERS_DIR, BACKBONE_DIR, ReleaseError, release_hash, validate_release
-from mtpf.results import FAMILIES, ResultRecord, averaged
+from mtpf.results import ResultRecord, averaged
+from mtpf.tasks import result_families
 
 logger = logging.getLogger(__name__)
 DEFAULT_ADAPTER_PATTERN = "{repo_id}-{task}"
@@ -136,7 +137,7 @@ def eval_results(records: list[ResultRecord]) -> list[EvalResult]:
     """`model-index` entries, one per dataset/split/train fraction/metric (mean over seeds)."""
     out = []
     for record, _ in averaged(records):
-        task_type, task_name = FAMILIES[record.family]
+        task_type, task_name = result_families()[record.family]
         out.append(
             EvalResult(
                 task_type=task_type,
@@ -263,7 +264,7 @@ English only; lightweight encoders trade accuracy for size. Offline releases of 
 def adapter_card(
     task: str, config: dict, backbone_repo: str, repo_id: str, results: list[ResultRecord], revision: str | None
 ) -> ModelCard:
-    task_type, task_name = FAMILIES.get(task, ("feature-extraction", task))
+    task_type, task_name = result_families().get(task, ("feature-extraction", task))
     data = ModelCardData(
         license="apache-2.0",
         library_name="peft",

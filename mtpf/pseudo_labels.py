@@ -20,9 +20,10 @@ import torch
 from datasets import Dataset, load_from_disk
 from sklearn.cluster import MiniBatchKMeans
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from mtpf.data.corpus import CorpusError, read_corpus
+from mtpf.data.tokens import model_inputs
 from mtpf.io import atomic_directory, file_digest
 from mtpf.weights import resolve_model_path
 
@@ -84,11 +85,13 @@ def load_or_build_pseudo_labels(settings: PseudoLabelSettings) -> Dataset:
 
 
 def load_teacher(name_or_path: str) -> tuple[torch.nn.Module, AutoTokenizer]:
-    folder = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if not tokenizer.is_fast:
+    """The teacher's encoder (any model name, `mtpf.models.load_model`) and its fast tokenizer."""
+    from mtpf.models import load_model
+
+    teacher = load_model(name_or_path)
+    if not teacher.tokenizer.is_fast:
         raise ValueError(f"Teacher {name_or_path!r}: its tokenizer is not a fast tokenizer, so it gives no word ids.")
-    return AutoModel.from_pretrained(folder, use_safetensors=True).eval(), tokenizer
+    return teacher.backbone.eval(), teacher.tokenizer
 
 
 def cluster_teacher_embeddings(
@@ -159,9 +162,7 @@ def embed_words(
     encoded = tokenizer(
         sentences, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
     )
-    tokens = model(
-        **{k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    ).last_hidden_state
+    tokens = model(**model_inputs(encoded)).last_hidden_state
     offsets = np.cumsum([0] + [len(words) for words in sentences])
     num_words = int(offsets[-1])
     rows, positions = [], []

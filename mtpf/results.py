@@ -5,7 +5,8 @@
                   "dataset_name": "CoNLL-2003", "dataset_config": null, "split": "test", "fraction": 1.0,
                   "seed": 0, "metric": "f1", "value": 88.7, "config_hash": "..."}, ...]}
 
-`family` is `ner` (seqeval entity F1) or `tc` (MTEB classification accuracy); values are percentages.
+`family` is the result family of a registered task's downstream protocol (`mtpf.tasks.result_families`): `ner`
+(seqeval entity F1) or `tc` (MTEB classification accuracy); values are percentages.
 `config_hash` identifies the evaluated weights (backbone and slot files). TC records also keep `experiments`, the
 accuracy of each of MTEB's probe experiments (`value` is their mean): tables show the spread and whether two
 models differ by more than that noise. `mtpf-eval` adds top-level keys that
@@ -24,10 +25,6 @@ from pathlib import Path
 from statistics import mean
 
 SCHEMA = "mtpf-results/1"
-FAMILIES = {
-    "ner": ("token-classification", "Named entity recognition"),
-    "tc": ("text-classification", "Text classification"),
-}
 REQUIRED = ("model", "family", "dataset", "split", "metric", "value")
 
 
@@ -67,7 +64,10 @@ def read_results_file(path: str | os.PathLike) -> dict:
 
 def load_results(path: str | os.PathLike) -> list[ResultRecord]:
     path = Path(path)
+    from mtpf.tasks import result_families  # the registered tasks' downstream protocols
+
     data = read_results_file(path)
+    families = result_families()
     records = []
     for index, entry in enumerate(data.get("results", [])):
         missing = [key for key in REQUIRED if key not in entry]
@@ -76,9 +76,9 @@ def load_results(path: str | os.PathLike) -> list[ResultRecord]:
             raise ResultsSchemaError(
                 f"{path}: results[{index}] has missing fields {missing} / unknown fields {unknown}."
             )
-        if entry["family"] not in FAMILIES:
+        if entry["family"] not in families:
             raise ResultsSchemaError(
-                f"{path}: results[{index}].family is {entry['family']!r}; use one of {sorted(FAMILIES)}."
+                f"{path}: results[{index}].family is {entry['family']!r}; use one of {sorted(families)}."
             )
         numbers = [entry["value"], *(entry.get("experiments") or [])]
         if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):

@@ -25,12 +25,13 @@ from transformers import (
 )
 
 from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll
-from mtpf.data.tokens import first_subtoken_labels
+from mtpf.data.roots import NER_PRETRAIN_DATA
+from mtpf.data.tokens import IGNORE_INDEX, first_subtoken_labels
 from mtpf.io import atomic_directory
 from mtpf.weights import resolve_model_path
 
 logger = logging.getLogger(__name__)
-SHARED = "../shared/data/ner_pretrain"
+SHARED = NER_PRETRAIN_DATA
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _dev_f1(trainer: Trainer, dev_set: Dataset, dev: list[TaggedSentence], label
     predicted = predictions.predictions.argmax(-1)
     gold_tags, predicted_tags = [], []
     for row, sentence in enumerate(dev):
-        keep = np.asarray(dev_set[row]["labels"]) != -100
+        keep = np.asarray(dev_set[row]["labels"]) != IGNORE_INDEX
         tags = [labels[i] for i in predicted[row][: len(keep)][keep]]
         gold_tags.append(sentence.tags[: len(tags)])
         predicted_tags.append(tags)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtpf.evaluation.suite import SUITES, saved_protocol_of  # noqa: E402
+from mtpf.evaluation.suites import SUITES, saved_protocol_of  # noqa: E402
 from mtpf.evaluation.tables import results_markdown  # noqa: E402
 from mtpf.evaluation.tc import TC_TASKS  # noqa: E402
 from mtpf.io import atomic_write_text  # noqa: E402

@@ -159,8 +159,8 @@ def smoke_argv(output_dir: Path, pseudo_label_dir: Path, *overrides: str) -> lis
 
 
 def build_smoke_trainer(output_dir: Path, pseudo_label_dir: Path, *overrides: str):
-    from mtpf.args import parse_args
-    from train_mtpf import build_trainer
+    from mtpf.training import build_trainer
+    from mtpf.training.args import parse_args
 
     return build_trainer(*parse_args(smoke_argv(output_dir, pseudo_label_dir, *overrides)))
 

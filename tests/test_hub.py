@@ -30,7 +30,7 @@ TOKEN = "hf_testtoken_never_written_anywhere"
 @pytest.fixture(scope="module")
 def trained_release(tmp_path_factory):
     """A short real MTPF-TPL run (trained slots), exported."""
-    from train_mtpf import export
+    from mtpf.training import export
 
     workdir = tmp_path_factory.mktemp("hub-run")
     trainer = build_smoke_trainer(workdir, workdir / "pl", "--max_steps", "3", "--save_strategy", "no")
@@ -39,7 +39,7 @@ def trained_release(tmp_path_factory):
 
 
 def trainer_data_args(workdir: Path):
-    from mtpf.args import DataArguments
+    from mtpf.training.args import DataArguments
 
     return DataArguments(release_dir=str(workdir / "release"))
 

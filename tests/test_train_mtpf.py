@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtpf.args import parse_args
 from mtpf.release import load_release, validate_release
+from mtpf.training.args import parse_args
 from tests.conftest import REPO_ROOT, run_command, smoke_argv
 
 
@@ -39,8 +39,8 @@ def test_smoke_config_runs_end_to_end_and_exports_a_release(tmp_path, pseudo_lab
 
 
 def test_slotless_mode_exports_identity_slots(tmp_path, pseudo_label_cache):
-    from mtpf.args import parse_args as parse
-    from train_mtpf import build_trainer, export
+    from mtpf.training import build_trainer, export
+    from mtpf.training.args import parse_args as parse
 
     model_args, data_args, args = parse(
         smoke_argv(tmp_path, pseudo_label_cache, "--mode", "pf_tc", "--max_steps", "2", "--save_strategy", "no")

@@ -18,10 +18,10 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 from mtpf.data.conll import TaggedSentence
-from mtpf.evaluation.candidate import split_label
 from mtpf.evaluation.ner import subsample
 from mtpf.evaluation.ner_data import load_ner_dataset
 from mtpf.io import atomic_write_text
+from mtpf.models import split_label
 from mtpf.pseudo_labels import embed_words
 from mtpf.slots import activate_slot
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from mtpf.data.conll import TaggedSentence
+from mtpf.data.tokens import model_inputs
 
 Encoder = Callable[..., object]  # a model whose output has last_hidden_state and pooler_output
 
@@ -41,7 +42,7 @@ def encode_words(
             return_special_tokens_mask=True,
         )
         special = encoded.pop("special_tokens_mask").bool()
-        output = model(**{k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+        output = model(**model_inputs(encoded))
         pooled.append(output.pooler_output.float())
         keep = encoded["attention_mask"].bool() & ~special
         tokens += [output.last_hidden_state[i][keep[i]].float() for i in range(len(batch))]

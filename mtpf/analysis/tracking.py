@@ -18,7 +18,6 @@ from mtpf.io import atomic_write_text
 from mtpf.slots import activate_slot
 
 logger = logging.getLogger(__name__)
-DEFAULT_ANALYSIS_DATA = "../shared/data/ner/conll2003/iob2/test.txt"
 BASE = "base"
 
 
@@ -90,12 +89,11 @@ class InterferenceCallback(TrainerCallback):
 
 
 def load_for_analysis(name_or_path: str):
-    """A release (every slot attached) or a bare encoder (its own sentence-embedding definition), with its tokenizer."""
-    from mtpf.release import BACKBONE_DIR, load_mtpf_encoder, load_release
+    """Any model by name with every trained slot attached (`mtpf.models.load_model`), and its tokenizer."""
+    from mtpf.models import load_model
 
-    if (Path(name_or_path) / BACKBONE_DIR).is_dir():
-        return load_release(name_or_path)
-    return load_mtpf_encoder(name_or_path, tasks=())
+    loaded = load_model(name_or_path)
+    return loaded.with_slots(), loaded.tokenizer
 
 
 def analyze_models(models: list[str], output: str, data: str, sentences: int, variants: int, seed: int) -> Path:

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ class DuplicateBatchError(ValueError):
     """No dataset can fill a batch of distinct texts."""
 
 
-class HierarchicalBatchSampler(Sampler[list[int]]):
+class HierarchicalBatchSampler:
     """Batches of indices into the concatenation of several pair datasets.
 
     Args:
@@ -58,7 +57,6 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
         ]
         self.offsets = np.cumsum([0] + [len(rows) for rows in pairs])[:-1]
         self.usable = self._usable_datasets()
-        self.epoch = 0
         self._lengths: dict[int, int] = {}
 
     def _usable_datasets(self) -> list[int]:
@@ -82,19 +80,10 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
             )
         return usable
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.epoch_length(self.epoch)
-
     def epoch_length(self, epoch: int) -> int:
         if epoch not in self._lengths:
             self._lengths[epoch] = sum(1 for _ in self.epoch_batches(epoch))
         return self._lengths[epoch]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.epoch_batches(self.epoch)
 
     def epoch_batches(self, epoch: int) -> Iterator[list[int]]:
         """All batches of one epoch, deterministic in (seed, epoch)."""

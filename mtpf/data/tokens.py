@@ -6,6 +6,12 @@ import torch
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what an encoder's forward takes of a batch
+
+
+def model_inputs(features: dict) -> dict:
+    """The encoder's inputs of a batch (labels and other fields left out)."""
+    return {key: value for key, value in features.items() if key in MODEL_INPUTS}
 
 
 def tokenize_words(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from seqeval.metrics import f1_score
 from seqeval.scheme import IOB2
@@ -37,7 +37,9 @@ from transformers import (
 from configuration_mtpf import DEFAULT_TARGET_ROLES, make_slot
 from modeling_mtpf import MtpfForTokenClassification
 from mtpf.data.conll import TaggedSentence
-from mtpf.evaluation.candidate import EvalCandidate
+from mtpf.data.tokens import IGNORE_INDEX, first_subtoken_labels
+from mtpf.models import LoadedModel
+from mtpf.slots import lora_config_for_slot
 
 logger = logging.getLogger(__name__)
 DOWNSTREAM = "ner"  # adapter name of the downstream LoRA (it continues the `ner` slot where one exists)
@@ -116,17 +118,14 @@ def repeat_to_min_steps(sentences: list[TaggedSentence], batch_size: int, min_st
 def encode_sentences(
     sentences: list[TaggedSentence], tokenizer: PreTrainedTokenizerBase, label_ids: dict[str, int], max_length: int
 ) -> Dataset:
-    """Sub-token inputs with each word's label on its first sub-token and -100 elsewhere."""
+    """Sub-token inputs with each word's label on its first sub-token and IGNORE_INDEX elsewhere."""
     if not tokenizer.is_fast:
         raise ValueError("NER evaluation needs a fast tokenizer (word_ids) for first-sub-token labels.")
     encoded = tokenizer([s.tokens for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length)
-    labels = []
-    for row, sentence in enumerate(sentences):
-        previous, row_labels = None, []
-        for word in encoded.word_ids(row):
-            row_labels.append(-100 if word is None or word == previous else label_ids[sentence.tags[word]])
-            previous = word
-        labels.append(row_labels)
+    labels = [
+        first_subtoken_labels(encoded.word_ids(row), [label_ids[tag] for tag in sentence.tags])
+        for row, sentence in enumerate(sentences)
+    ]
     columns = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
     if "token_type_ids" in encoded:
         columns["token_type_ids"] = encoded["token_type_ids"]
@@ -147,7 +146,7 @@ def decode_tags(predictions: np.ndarray, label_rows: np.ndarray, id2label: dict[
     """Predicted tags per word: first-sub-token predictions, then `O` for words truncation cut off."""
     out = []
     for pred_row, label_row, sentence in zip(predictions, label_rows, gold, strict=True):
-        tags = [id2label[int(p)] for p, gold_id in zip(pred_row, label_row) if gold_id != -100]
+        tags = [id2label[int(p)] for p, gold_id in zip(pred_row, label_row) if gold_id != IGNORE_INDEX]
         out.append(tags + ["O"] * (len(sentence.tags) - len(tags)))
     return out
 
@@ -157,7 +156,7 @@ def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
     return 100.0 * f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0)
 
 
-def build_ner_model(candidate: EvalCandidate, labels: list[str], protocol: NerProtocol) -> PeftModel:
+def build_ner_model(candidate: LoadedModel, labels: list[str], protocol: NerProtocol) -> PeftModel:
     """The candidate's backbone + a fresh token head + downstream LoRA on every layer (ner slot as init)."""
     config = copy.deepcopy(candidate.backbone.config)
     config.num_labels = len(labels)
@@ -168,14 +167,7 @@ def build_ner_model(candidate: EvalCandidate, labels: list[str], protocol: NerPr
     }
     model = MtpfForTokenClassification(config)
     model.backbone.load_state_dict(candidate.backbone.backbone.state_dict(), strict=True)
-    lora = LoraConfig(
-        r=protocol.r,
-        lora_alpha=protocol.lora_alpha,
-        target_modules=config.slot_target_regex(DOWNSTREAM),
-        lora_dropout=0.0,
-        bias="none",
-    )
-    peft_model = get_peft_model(model, lora, adapter_name=DOWNSTREAM)
+    peft_model = get_peft_model(model, lora_config_for_slot(config, DOWNSTREAM), adapter_name=DOWNSTREAM)
     if DOWNSTREAM in candidate.adapters:
         init_from_slot(peft_model, candidate.adapters[DOWNSTREAM])
     return peft_model
@@ -253,7 +245,7 @@ class NerTrainer(Trainer):
 
 
 def finetune_ner(
-    candidate: EvalCandidate,
+    candidate: LoadedModel,
     dataset: str,
     splits: dict[str, list[TaggedSentence]],
     labels: list[str],

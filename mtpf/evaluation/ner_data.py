@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll, to_bio
+from mtpf.data.roots import NER_DATA
 
 logger = logging.getLogger(__name__)
-DEFAULT_DATA_ROOT = "../shared/data/ner"
+DEFAULT_DATA_ROOT = NER_DATA
 DEV_FRACTION = 0.1
 SPLITS = ("train", "dev", "test")
 
@@ -27,7 +28,6 @@ class NerDatasetSpec:
     files: dict[str, str]  # split -> file name inside the folder
     fmt: ConllFormat = field(default_factory=ConllFormat)
     folder: str | None = None  # default: the name
-    display_name: str | None = None
 
 
 TAB = ConllFormat(separator="\t")
@@ -38,29 +38,23 @@ LOCAL_NER_DATASETS = {
             "conll2003",
             {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"},
             ConllFormat(scheme="iob1"),
-            display_name="CoNLL-2003",
         ),
-        NerDatasetSpec(
-            "ontonotes5", {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"}, TAB, display_name="OntoNotes5"
-        ),
+        NerDatasetSpec("ontonotes5", {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"}, TAB),
         NerDatasetSpec(
             "mit_restaurant",
             {"train": "train.bio", "test": "test.bio"},
             ConllFormat(tag_first=True, separator="\t"),
-            display_name="MIT Restaurant",
         ),
         NerDatasetSpec(
             "jnlpba",
             {"train": "train.iob2", "dev": "dev.tsv", "test": "test.iob2"},
             TAB,
-            display_name="BioNLP (JNLPBA)",
         ),
         *[
             NerDatasetSpec(
                 f"crossner_{domain}",
                 {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"},
                 TAB,
-                display_name=f"CrossNER {domain}",
             )
             for domain in ("ai", "literature", "music", "politics", "science")
         ],
@@ -99,11 +93,24 @@ def load_ner_dataset(name: str, data_root: str | Path = DEFAULT_DATA_ROOT) -> di
     return _with_dev(splits, str(folder))
 
 
+HUB_PREFIX = "hf://"
+HUB_SPLITS = {"train": ("train",), "dev": ("validation", "dev"), "test": ("test",)}
+
+
+def ner_dataset_name(spec: str) -> str:
+    """The name a NER dataset spec is recorded under: a local name as is, `NAME=DIR` as NAME, `hf://ORG/ID:CONFIG`
+    as `ID-CONFIG` (the one rule, for loading, resuming and planning parallel work)."""
+    if spec.startswith(HUB_PREFIX):
+        dataset_id, _, config = spec.removeprefix(HUB_PREFIX).partition(":")
+        return dataset_id.split("/")[-1] + (f"-{config}" if config else "")
+    return spec.partition("=")[0]
+
+
 def load_user_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence]]]:
     """`NAME=DIR`: CoNLL column files in DIR whose names start with train / dev / test."""
     name, sep, directory = argument.partition("=")
     if not sep or not name or not directory:
-        raise NerDataError(f"--ner-data takes NAME=DIR, got {argument!r}.")
+        raise NerDataError(f"--ner_datasets takes NAME=DIR, got {argument!r}.")
     folder = Path(directory)
     splits = {}
     for split in SPLITS:
@@ -112,11 +119,7 @@ def load_user_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentenc
             raise NerDataError(f"{folder}: several {split} files {[m.name for m in matches]}; keep one.")
         if matches:
             splits[split] = read_conll(matches[0], ConllFormat())
-    return name, _with_dev(splits, str(folder))
-
-
-HUB_PREFIX = "hf://"
-HUB_SPLITS = {"train": ("train",), "dev": ("validation", "dev"), "test": ("test",)}
+    return ner_dataset_name(argument), _with_dev(splits, str(folder))
 
 
 def load_hub_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence]]]:
@@ -152,7 +155,7 @@ def load_hub_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence
             )
             for row, (tokens, tags) in enumerate(zip(data["tokens"], data[tag_column], strict=True))
         ]
-    return dataset_id.split("/")[-1] + (f"-{config}" if config else ""), _with_dev(splits, argument)
+    return ner_dataset_name(argument), _with_dev(splits, argument)
 
 
 def _with_dev(splits: dict[str, list[TaggedSentence]], where: str) -> dict[str, list[TaggedSentence]]:

@@ -3,12 +3,14 @@
 A model is not the unit of work: the MiniLM-class NER runs of one model take ~45 minutes on one core, so three models
 on two workers would leave one idle for half the time. The work is cut into one job per (model, NER dataset) and one
 TC job per model, only for what the output folder lacks, and dealt longest-first to the least-loaded worker. Each
-worker runs its jobs as ordinary `mtpf eval` processes into its own folder (seeded with the output's scores), and
-the folders are merged back with the same checks as `python -m mtpf merge`; a stopped run keeps them and resumes.
+worker is a process (`python -m mtpf.evaluation.parallel JOBS.json`) that gets its jobs as data — the suite's
+settings, its folder (seeded with the output's scores), the jobs — and runs them with `SuiteRun`; the folders are
+merged back with the same checks as `python -m mtpf merge`; a stopped run keeps them and resumes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,12 +19,16 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from mtpf.evaluation.candidate import candidate_hash, split_label
-from mtpf.evaluation.suite import SuiteRun, SuiteSettings, merge_results
+from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT, ner_dataset_name
+from mtpf.evaluation.store import ResultsStore, merge_results
+from mtpf.evaluation.suite import SuiteRun
+from mtpf.evaluation.suites import SuiteSettings, settings_from_dict
 from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, is_local_available
+from mtpf.io import atomic_write_text
+from mtpf.models import model_hash, split_label
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +41,6 @@ class EvalJob:
     model: str  # LABEL=PATH or PATH, as given to mtpf-eval
     ner_dataset: str | None  # None: the model's TC tasks
     cost: float  # relative: NER training runs still to do (TC tasks count TC_TASK_COST each)
-
-    def arguments(self) -> list[str]:
-        family = ["--skip_tc", "--ner_datasets", self.ner_dataset] if self.ner_dataset else ["--skip_ner"]
-        return ["--model", self.model, *family]
 
     def describe(self) -> str:
         return f"{split_label(self.model)[0]}: " + (f"NER {self.ner_dataset}" if self.ner_dataset else "TC")
@@ -60,7 +62,7 @@ def pending_jobs(
         config_hash = hashes[label]
         if ner:
             for dataset in settings.ner_datasets:
-                name = dataset.partition("=")[0]  # a user's NAME=DIR is recorded as NAME
+                name = ner_dataset_name(dataset)
                 runs = [(f, s) for f in settings.fractions for s in settings.seeds]
                 todo = sum(not has(label, config_hash, "ner", name, f, s) for f, s in runs)
                 if todo:
@@ -83,7 +85,6 @@ def deal(jobs: list[EvalJob], workers: int) -> list[list[EvalJob]]:
 
 
 def evaluate_in_parallel(
-    base_arguments: list[str],
     models: list[str],
     settings: SuiteSettings,
     output: str | os.PathLike,
@@ -91,19 +92,19 @@ def evaluate_in_parallel(
     command: str,
     ner: bool = True,
     tc: bool = True,
+    ner_root: str | os.PathLike = DEFAULT_DATA_ROOT,
     tc_root: str | os.PathLike = DEFAULT_TC_ROOT,
     hub_reachable: bool = False,
 ) -> Path:
     """Run the pending jobs in `workers` processes and merge their folders into `output`.
 
-    `base_arguments` are the mtpf-eval arguments every job shares (suite, overrides, data roots); `command` is
-    recorded in results.json in place of the per-job commands. TC tasks that cannot run here (no local copy, Hub
-    offline) are not planned as work; a job still lists them as not evaluated.
+    `command` is recorded in results.json in place of the per-job runs. TC tasks that cannot run here (no local copy,
+    Hub offline) are not planned as work; a job still lists them as not evaluated.
     """
     output = Path(output)
     results = output / "results.json"
-    previous = SuiteRun(settings, output)  # refuses an output of another suite or protocol, before any work
-    hashes = {label: candidate_hash(path) for label, path in map(split_label, models)}
+    previous = ResultsStore(settings, output)  # refuses an output of another suite or protocol, before any work
+    hashes = {label: model_hash(path) for label, path in map(split_label, models)}
     for record in previous.records:
         if hashes.get(record.model, record.config_hash) != record.config_hash:
             raise ValueError(
@@ -121,40 +122,56 @@ def evaluate_in_parallel(
         for folder in folders:
             merge_results(folder, [output], command=command)
     threads = max(1, len(os.sched_getaffinity(0)) // len(shares))
+    roots = {"ner_root": str(ner_root), "tc_root": str(tc_root), "hub_reachable": hub_reachable}
     for i, share in enumerate(shares):
         logger.info("worker %d (%d threads): %s", i, threads, "; ".join(job.describe() for job in share))
+        write_job_file(parts / f"worker-{i}.json", settings, folders[i], share, roots)
     with ThreadPoolExecutor(len(shares)) as pool:
-        failures = [
-            failure
-            for failure in pool.map(
-                lambda i: _run_share(i, shares[i], base_arguments, folders[i], threads), range(len(shares))
-            )
-            if failure
-        ]
+        failures = [failure for failure in pool.map(lambda i: _run_worker(i, parts, threads), range(len(shares)))]
+    failures = [failure for failure in failures if failure]
     if failures:
         raise SystemExit(f"mtpf-eval --workers: {'; '.join(failures)}. Rerun the same command to resume.")
     order = [split_label(spec)[0] for spec in models]
     path = merge_results(output, folders, command, order, keep_commands=False)
-    for folder in folders:
+    for i, folder in enumerate(folders):
         shutil.rmtree(folder)
+        (parts / f"worker-{i}.json").unlink(missing_ok=True)
     return path
 
 
-def _run_share(index: int, share: list[EvalJob], base_arguments: list[str], folder: Path, threads: int) -> str:
-    """Run one worker's jobs in turn; returns an error message, or '' when all succeeded."""
-    log_path = folder.parent / f"worker-{index}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+def write_job_file(path: Path, settings: SuiteSettings, folder: Path, jobs: list[EvalJob], roots: dict) -> None:
+    """A worker's whole assignment as data: the suite's settings, its results folder, its jobs, the data roots."""
+    payload = {"settings": asdict(settings), "output": str(folder), "jobs": [asdict(job) for job in jobs], **roots}
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def run_job_file(path: str | os.PathLike) -> None:
+    """A worker: each job is one `SuiteRun` over one model, restricted to one NER dataset or to TC."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    settings = settings_from_dict(data["settings"])
+    for job in (EvalJob(**job) for job in data["jobs"]):
+        start = time.monotonic()
+        only = replace(settings, ner_datasets=[job.ner_dataset] if job.ner_dataset else [])
+        run = SuiteRun(only, data["output"], data["ner_root"], data["tc_root"], data["hub_reachable"])
+        run.run([job.model], ner=job.ner_dataset is not None, tc=job.ner_dataset is None)
+        logger.info("%s done in %.0f s", job.describe(), time.monotonic() - start)
+
+
+def _run_worker(index: int, parts: Path, threads: int) -> str:
+    """Run one worker process over its job file; returns an error message, or '' when all succeeded."""
+    log_path = parts / f"worker-{index}.log"
+    command = [sys.executable, "-m", "mtpf.evaluation.parallel", str(parts / f"worker-{index}.json")]
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log_path.open("a", encoding="utf-8") as log:
-        for number, job in enumerate(share, 1):
-            arguments = [sys.executable, "-m", "mtpf", "eval", *base_arguments, "--output", str(folder)]
-            start = time.monotonic()
-            log.write(f"+ {' '.join([*arguments, *job.arguments()])}\n")
-            log.flush()
-            process = subprocess.run([*arguments, *job.arguments()], stdout=log, stderr=subprocess.STDOUT,
-                                     env=environment, check=False)  # fmt: skip
-            if process.returncode != 0:
-                return f"worker {index} failed on {job.describe()} (exit {process.returncode}, log {log_path})"
-            logger.info("worker %d: job %d/%d (%s) done in %.0f s", index, number, len(share), job.describe(),
-                        time.monotonic() - start)  # fmt: skip
+        log.write(f"+ {' '.join(command)}\n")
+        log.flush()
+        process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, check=False)
+    if process.returncode != 0:
+        return f"worker {index} failed (exit {process.returncode}, log {log_path})"
     return ""
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mteb").setLevel(logging.WARNING)
+    run_job_file(sys.argv[1])

@@ -24,12 +24,13 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta
 
 from modeling_mtpf import MtpfModel
-from mtpf.evaluation.candidate import EvalCandidate
+from mtpf.data.roots import TC_DATA
 from mtpf.io import read_json_lines
+from mtpf.models import LoadedModel
 from mtpf.results import ResultRecord
 
 logger = logging.getLogger(__name__)
-DEFAULT_TC_ROOT = "../shared/data/tc"
+DEFAULT_TC_ROOT = TC_DATA
 TC_SLOT = "tc"
 
 
@@ -261,7 +262,7 @@ class MtpfMtebEncoder(AbsEncoder):
 
 
 def evaluate_tc(
-    candidate: EvalCandidate,
+    candidate: LoadedModel,
     columns: list[str],
     protocol: TcProtocol,
     data_root: str | os.PathLike = DEFAULT_TC_ROOT,

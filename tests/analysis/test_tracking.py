@@ -49,8 +49,8 @@ def test_measuring_restores_the_active_slot_and_flags(tmp_path, pseudo_label_cac
 
 
 def test_analyze_cli_on_a_release_and_an_encoder(tmp_path, pseudo_label_cache):
-    from mtpf.args import DataArguments
-    from train_mtpf import export
+    from mtpf.training import export
+    from mtpf.training.args import DataArguments
 
     trainer = build_smoke_trainer(tmp_path / "run", pseudo_label_cache, "--max_steps", "1", "--save_strategy", "no")
     release = export(trainer, DataArguments(release_dir=str(tmp_path / "release")))

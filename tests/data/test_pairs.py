@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from mtpf.args import DataArguments
 from mtpf.data.pairs import PairFileError, load_pair_source, load_pair_sources
+from mtpf.training.args import DataArguments
 from tests.conftest import SHARED_DIR
 
 

@@ -20,7 +20,7 @@ def test_every_batch_from_one_dataset_without_duplicates():
     pairs[0][7] = (pairs[0][8][0], "other")  # a shared anchor
     sampler = HierarchicalBatchSampler(pairs, batch_size=10, seed=3)
     flat = [text for rows in pairs for text in rows]
-    batches = list(sampler)
+    batches = list(sampler.epoch_batches(0))
     for batch in batches:
         assert len({dataset_of(sampler, i) for i in batch}) == 1
         texts = [t for i in batch for t in flat[i]]
@@ -43,7 +43,7 @@ def test_temperature_flattens_the_dataset_draw():
     flat = HierarchicalBatchSampler(pairs, batch_size=10, seed=0, temperature=50.0)
 
     def small_share_of_first_20(sampler):
-        return sum(dataset_of(sampler, b[0]) == 1 for b in list(sampler)[:20])
+        return sum(dataset_of(sampler, b[0]) == 1 for b in list(sampler.epoch_batches(0))[:20])
 
     assert small_share_of_first_20(flat) > small_share_of_first_20(proportional)
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from mtpf.data.conll import TaggedSentence
-from mtpf.evaluation.candidate import load_candidate
 from mtpf.evaluation.ner import (
     DOWNSTREAM,
     NerProtocol,
@@ -18,6 +17,7 @@ from mtpf.evaluation.ner import (
     subsample,
 )
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
+from mtpf.models import load_model
 from tests.conftest import SHARED_DIR, TINY
 
 NER_ROOT = SHARED_DIR / "data" / "ner"
@@ -51,7 +51,7 @@ def test_small_training_sets_repeat_to_the_minimum_steps_per_epoch():
 
 
 def test_labels_on_first_subtokens_and_truncated_words_are_o():
-    candidate = load_candidate(TINY)
+    candidate = load_model(TINY)
     sentence = TaggedSentence(["Washington", "unbelievably", "rocks"], ["B-LOC", "O", "B-MISC"])
     ids = {"O": 0, "B-LOC": 1, "B-MISC": 2}
     row = encode_sentences([sentence], candidate.tokenizer, ids, max_length=64)[0]
@@ -65,7 +65,7 @@ def test_labels_on_first_subtokens_and_truncated_words_are_o():
 
 
 def test_prediction_rows_sorted_by_length_stay_aligned_with_their_gold_sentences():
-    candidate = load_candidate(TINY)
+    candidate = load_model(TINY)
     words = [["a"] * 9, ["b"], ["c"] * 4, ["d"] * 2]
     sentences = [TaggedSentence(w, ["B-X"] + ["O"] * (len(w) - 1)) for w in words]
     encoded = encode_sentences(sentences, candidate.tokenizer, {"O": 0, "B-X": 1}, max_length=64)
@@ -82,7 +82,7 @@ def lora_delta(module, adapter: str) -> torch.Tensor:
 
 
 def test_ner_slot_initialises_the_downstream_lora(slotted_release):
-    candidate = load_candidate(str(slotted_release))
+    candidate = load_model(str(slotted_release))
     protocol = NerProtocol()  # r=32, alpha=64 on every layer; the slot is r=8, alpha=32 on the last layer
     model = build_ner_model(candidate, ["O", "B-X", "I-X"], protocol)
     slot_model = candidate.fresh_backbone().load_task_adapters(["ner"])
@@ -101,7 +101,7 @@ def test_ner_slot_initialises_the_downstream_lora(slotted_release):
 
 
 def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
-    candidate = load_candidate(TINY)
+    candidate = load_model(TINY)
     splits = load_ner_dataset("crossner_ai", NER_ROOT)
     labels = check_label_sets(splits, "crossner_ai")
     before = {k: v.clone() for k, v in candidate.backbone.state_dict().items()}

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from mtpf.cli import without_options
-from mtpf.evaluation.candidate import candidate_hash
 from mtpf.evaluation.parallel import TC_TASK_COST, EvalJob, deal, evaluate_in_parallel, pending_jobs
-from mtpf.evaluation.suite import SUITES, SuiteRun, suite_settings
+from mtpf.evaluation.suite import SuiteRun
+from mtpf.evaluation.suites import SUITES, suite_settings
+from mtpf.models import model_hash
 from mtpf.results import ResultRecord, load_results
 from tests.conftest import REPO_ROOT, SHARED_DIR, TINY, eval_command, run_command
 from tests.evaluation.test_suite import smoke_result_keys
@@ -34,8 +34,8 @@ def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
         EvalJob("b=/m/b", "mine=/data/mine", 2.0),
         EvalJob("b=/m/b", None, TC_TASK_COST),
     ]
-    assert jobs[0].arguments() == ["--model", "a=/m/a", "--skip_tc", "--ner_datasets", "mine=/data/mine"]
-    assert jobs[3].arguments() == ["--model", "b=/m/b", "--skip_ner"]
+    hub = suite_settings("quick", ner_datasets=["hf://acme/ner-set:en"], tc_tasks=[])
+    assert pending_jobs(["a=/m/a"], {"a": "h1"}, hub, lambda *key: key[3] == "ner-set-en") == []  # one naming rule
     assert pending_jobs(["b=/m/b"], {"b": "h2"}, settings, has, ner=False) == [jobs[3]]
 
 
@@ -65,10 +65,8 @@ def test_parallel_cli_matches_the_sequential_suite_then_resumes(smoke_eval, tmp_
     assert payload["suite"]["command"].endswith("--workers 2") and payload["suite"]["previous_commands"] == []
     workers = output / "workers"
     assert sorted(p.name for p in workers.iterdir()) == ["worker-0.log", "worker-1.log"]  # folders merged, removed
-    assert (
-        "--skip_tc --ner_datasets crossner"
-        in (workers / "worker-0.log").read_text() + (workers / "worker-1.log").read_text()
-    )
+    logs = (workers / "worker-0.log").read_text() + (workers / "worker-1.log").read_text()
+    assert "-m mtpf.evaluation.parallel" in logs and "tpl: NER crossner done" in logs  # jobs as data, not flags
     result = run_command([*eval_command(output, *models), "--workers", "2"], cwd=REPO_ROOT)
     assert "every score is already there" in result.stderr and len(load_results(output / "results.json")) == 6
 
@@ -78,24 +76,19 @@ def test_parallel_refuses_other_weights_under_a_label_or_another_protocol_before
     run.records.append(ResultRecord(TINY, "ner", "crossner", "test", "f1", 1.0, config_hash="not-these-weights"))
     run.save()
     with pytest.raises(ValueError, match=rf"from other weights \(config hash not-these-weights, now "
-                       rf"{candidate_hash(TINY)}\)"):  # fmt: skip
-        evaluate_in_parallel([], [TINY], SUITES["smoke"], tmp_path, 2, "mtpf-eval")
+                       rf"{model_hash(TINY)}\)"):  # fmt: skip
+        evaluate_in_parallel([TINY], SUITES["smoke"], tmp_path, 2, "mtpf-eval")
     with pytest.raises(ValueError, match="its ner protocol has epochs=1, this run epochs=3"):
-        evaluate_in_parallel([], [TINY], suite_settings("smoke", ner={"epochs": 3}), tmp_path, 2, "mtpf-eval")
+        evaluate_in_parallel([TINY], suite_settings("smoke", ner={"epochs": 3}), tmp_path, 2, "mtpf-eval")
 
 
 def test_parallel_plans_no_job_for_scores_that_are_there_or_cannot_be_made_here(tmp_path, caplog):
     run = SuiteRun(SUITES["smoke"], tmp_path)
     for family, dataset in [("ner", "crossner"), ("tc", "EmotionClassification"),
                             ("tc", "FinancialPhrasebankClassification")]:  # fmt: skip
-        run.records.append(ResultRecord(TINY, family, dataset, "test", "f1", 1.0, config_hash=candidate_hash(TINY)))
+        run.records.append(ResultRecord(TINY, family, dataset, "test", "f1", 1.0, config_hash=model_hash(TINY)))
     run.save()
     settings = suite_settings("smoke", tc_tasks=["Emo.", "FPB", "Patent"])  # Patent: no local copy, Hub offline
     with caplog.at_level("INFO"):
-        evaluate_in_parallel([], [TINY], settings, tmp_path, 2, "mtpf-eval", tc_root=TC_ROOT)
+        evaluate_in_parallel([TINY], settings, tmp_path, 2, "mtpf-eval", tc_root=TC_ROOT)
     assert "every score is already there" in caplog.text and not (tmp_path / "workers").exists()
-
-
-def test_without_options_keeps_the_shared_arguments():
-    argv = ["--model", "a", "b", "--suite", "smoke", "--output=x", "--workers", "2", "--skip_tc"]
-    assert without_options(argv, {"--model", "--output", "--workers"}) == ["--suite", "smoke", "--skip_tc"]

@@ -3,7 +3,9 @@ import json
 import pytest
 
 from mtpf.cli import merge_repeated
-from mtpf.evaluation.suite import SUITES, SuiteRun, merge_results, suite_settings, tc_column
+from mtpf.evaluation.store import merge_results
+from mtpf.evaluation.suite import SuiteRun
+from mtpf.evaluation.suites import SUITES, suite_settings, tc_column
 from mtpf.results import ResultRecord, load_results
 from tests.conftest import REPO_ROOT, TINY, eval_command, run_command
 

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from mtpf.evaluation.candidate import load_candidate
 from mtpf.evaluation.tc import (
     TC_TASKS,
     TcDataError,
@@ -14,6 +13,7 @@ from mtpf.evaluation.tc import (
     proportional_rows,
     read_jsonl_split,
 )
+from mtpf.models import load_model
 from tests.conftest import SHARED_DIR, TINY
 
 TC_ROOT = SHARED_DIR / "data" / "tc"
@@ -54,7 +54,7 @@ def test_proportional_rows_keep_label_shares():
 def test_mteb_task_runs_offline_and_separates_random_from_real_encoder():
     scores = {}
     for name in (TINY, "offline:minilm-l6"):
-        records, missing = evaluate_tc(load_candidate(name), ["Emo.", "Patent"], FAST, TC_ROOT)
+        records, missing = evaluate_tc(load_model(name), ["Emo.", "Patent"], FAST, TC_ROOT)
         assert [m["dataset"] for m in missing] == ["PatentClassification"]  # not local, Hub offline: recorded
         (record,) = records
         assert record.dataset == "EmotionClassification" and record.split == "test" and record.metric == "accuracy"
@@ -63,8 +63,8 @@ def test_mteb_task_runs_offline_and_separates_random_from_real_encoder():
 
 
 def test_tc_slot_changes_the_embeddings(slotted_release):
-    candidate = load_candidate(str(slotted_release))
-    plain = load_candidate(TINY)
+    candidate = load_model(str(slotted_release))
+    plain = load_model(TINY)
     records = evaluate_tc(candidate, ["FPB"], FAST, TC_ROOT)[0]
     assert records[0].config_hash == candidate.config_hash != plain.config_hash
     inputs = candidate.tokenizer(["a tc slot is merged in"], return_tensors="pt")

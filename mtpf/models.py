@@ -1,7 +1,9 @@
-"""A model under evaluation: a release folder (backbone + trained slots) or any plain encoder.
+"""Load any model by name — one function, used by evaluation, analysis, serving and export.
 
-Every downstream run starts from a fresh copy of the LoRA-free backbone, so one loaded candidate serves all
-datasets, fractions and seeds without one run leaking into the next.
+A name is a release folder (backbone + trained slots), an encoder folder, a Hub id or `offline:NAME` (a packaged
+encoder), optionally as `LABEL=PATH`. A release is validated once; an encoder is wrapped as an MtpfModel with its own
+sentence-embedding definition. Every use starts from a fresh copy of the LoRA-free backbone, so one loaded model
+serves all datasets, fractions and seeds without one run leaking into the next.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from mtpf.weights import resolve_model_path
 
 
 @dataclass
-class EvalCandidate:
+class LoadedModel:
     name: str  # as the user named it; the `model` field of every result
     backbone: MtpfModel  # base weights only, never modified
     tokenizer: PreTrainedTokenizerBase
@@ -38,6 +40,16 @@ class EvalCandidate:
 
     def fresh_backbone(self) -> MtpfModel:
         return copy.deepcopy(self.backbone)
+
+    def with_slots(self) -> PeftModel | MtpfModel:
+        """A fresh backbone with every trained slot attached as a named PEFT adapter (the first active)."""
+        model = self.fresh_backbone()
+        for index, (task, folder) in enumerate(self.adapters.items()):
+            if index == 0:
+                model = PeftModel.from_pretrained(model, str(folder), adapter_name=task)
+            else:
+                model.load_adapter(str(folder), adapter_name=task)
+        return model.eval()
 
     def encoder_for(self, task: str) -> MtpfModel:
         """The backbone with `task`'s slot merged in (the plain backbone when the model has no such slot)."""
@@ -57,18 +69,18 @@ def split_label(spec: str) -> tuple[str, str]:
     return label, name_or_path
 
 
-def load_candidate(spec: str) -> EvalCandidate:
+def load_model(spec: str) -> LoadedModel:
     """Load a release (validated, slots found by name) or an encoder (folder, Hub id, `offline:NAME`).
 
     `LABEL=PATH` names the model LABEL in results and tables (the path is recorded beside it).
     """
     label, name_or_path = split_label(spec)
-    candidate = _load(name_or_path)
-    candidate.name, candidate.path = label, name_or_path
-    return candidate
+    loaded = _load(name_or_path)
+    loaded.name, loaded.path = label, name_or_path
+    return loaded
 
 
-def candidate_hash(name_or_path: str) -> str:
+def model_hash(name_or_path: str) -> str:
     """Which weights a model name stands for, from file digests only (no loading): results carry it, so a
     re-trained release under the same label is evaluated again instead of keeping the old scores."""
     if is_release(name_or_path):
@@ -78,13 +90,13 @@ def candidate_hash(name_or_path: str) -> str:
     return short_hash([backbone_digest(folder) if (folder / "model.safetensors").is_file() else name_or_path])
 
 
-def _load(name_or_path: str) -> EvalCandidate:
+def _load(name_or_path: str) -> LoadedModel:
     if is_release(name_or_path):
         release = Path(name_or_path)
         tasks = validate_release(release)
         backbone = MtpfModel.from_pretrained(str(release / BACKBONE_DIR))
         tokenizer = AutoTokenizer.from_pretrained(str(release / BACKBONE_DIR))
         adapters = {task: release / ADAPTERS_DIR / task for task in tasks}
-        return EvalCandidate(name_or_path, backbone.eval(), tokenizer, adapters, release_hash(release, tasks))
+        return LoadedModel(name_or_path, backbone.eval(), tokenizer, adapters, release_hash(release, tasks))
     model, tokenizer = load_mtpf_encoder(name_or_path, tasks=())
-    return EvalCandidate(name_or_path, model.eval(), tokenizer, {}, candidate_hash(name_or_path))
+    return LoadedModel(name_or_path, model.eval(), tokenizer, {}, model_hash(name_or_path))

@@ -7,7 +7,7 @@ import torch
 from transformers import TrainerCallback
 
 from mtpf.pcgrad import flat_grad, project_conflicting, smallest_cosine
-from mtpf.trainer import RUN_INFO_FILE
+from mtpf.training.trainer import RUN_INFO_FILE
 from tests.conftest import build_smoke_trainer
 
 
@@ -19,8 +19,8 @@ def part(params: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
     if kind in ("ner", "tc"):
         return {n: p for n, p in params.items() if "lora_" in n and f".{kind}." in n}
     if kind == "head":
-        return {n: p for n, p in params.items() if n.startswith("ner_head.")}
-    return {n: p for n, p in params.items() if "lora_" not in n and not n.startswith("ner_head.")}
+        return {n: p for n, p in params.items() if n.startswith("heads.ner.")}
+    return {n: p for n, p in params.items() if "lora_" not in n and not n.startswith("heads.ner.")}
 
 
 def identical(before: dict, after: dict) -> bool:
@@ -142,8 +142,9 @@ def test_pcgrad_step_projects_shared_gradients(tmp_path, pseudo_label_cache, dro
     ner_shared, ner_slot = task_grad("ner")
     tc_shared, tc_slot = task_grad("tc")
     if torch.dot(ner_shared, tc_shared) > 0:  # make the tasks conflict, so that the projection has to act
-        contrastive = trainer.tc_loss
-        trainer.tc_loss = lambda anchors, positives: -contrastive(anchors, positives)
+        tc = trainer.tasks["tc"]
+        contrastive = tc.loss
+        tc.loss = lambda anchors, positives: -contrastive(anchors, positives)
         tc_shared, tc_slot = task_grad("tc")
     assert torch.dot(ner_shared, tc_shared) < 0
     projected = project_conflicting([ner_shared, tc_shared])
@@ -164,7 +165,7 @@ def test_pcgrad_step_projects_shared_gradients(tmp_path, pseudo_label_cache, dro
 def test_ner_head_gets_its_own_learning_rate(tmp_path, pseudo_label_cache):
     trainer = build_smoke_trainer(tmp_path, pseudo_label_cache, "--ner_head_learning_rate", "0.5", "--max_steps", "1")
     optimizer = trainer.create_optimizer()
-    head = {id(p) for p in trainer.model.ner_head.parameters()}
+    head = {id(p) for p in trainer.model.heads["ner"].parameters()}
     rates = {group["lr"] for group in optimizer.param_groups if any(id(p) in head for p in group["params"])}
     others = {group["lr"] for group in optimizer.param_groups if not any(id(p) in head for p in group["params"])}
     assert rates == {0.5} and others == {trainer.args.learning_rate}
@@ -189,8 +190,8 @@ class FailDuringSave:
 def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path, pseudo_label_cache, caplog):
     """A kill inside the save of checkpoint-4 leaves a half folder: `last` takes checkpoint-2, says why, and the
     resumed run ends where an uninterrupted one does."""
-    from mtpf.args import MtpfTrainingArguments
-    from train_mtpf import resolve_resume
+    from mtpf.training import resolve_resume
+    from mtpf.training.args import MtpfTrainingArguments
 
     common = ("--max_steps", "6", "--save_steps", "2", "--save_total_limit", "1")
     straight = build_smoke_trainer(tmp_path / "straight", pseudo_label_cache, *common)
@@ -213,8 +214,8 @@ def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path, pseudo_label_
 
 
 def test_resume_last_without_a_checkpoint_says_so(tmp_path, caplog):
-    from mtpf.args import MtpfTrainingArguments
-    from train_mtpf import resolve_resume
+    from mtpf.training import resolve_resume
+    from mtpf.training.args import MtpfTrainingArguments
 
     args = MtpfTrainingArguments(output_dir=str(tmp_path / "new"), resume_from_checkpoint="last", use_cpu=True)
     assert resolve_resume(args) is None

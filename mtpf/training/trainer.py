@@ -23,29 +23,27 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mtpf.data.steps import single_item
 from mtpf.io import atomic_write_text
-from mtpf.losses.cached_info_nce import CachedInfoNCE
-from mtpf.losses.info_nce import InfoNCELoss
 from mtpf.pcgrad import flat_grad, project_conflicting, smallest_cosine, write_flat_grad
+from mtpf.tasks import Task, TaskStep
 
 logger = logging.getLogger(__name__)
 RUN_INFO_FILE = "mtpf_run.json"  # written last into every checkpoint: the run's identity and the completion marker
-# What must match to resume a checkpoint: a different mode or slot layout would load into the wrong modules.
-RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers", "num_clusters")
+# What must match to resume a checkpoint: a different mode or slot layout would load into the wrong modules
+# (plus each task's own `resume_keys`, e.g. the NER head's number of clusters).
+RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers")
 
 
 class MtpfTrainer(Trainer):
+    """The model is an `MtpfPretrainingModel`; its tasks say how each of their micro-steps runs."""
+
     def __init__(
         self,
         *args: Any,
-        tc_loss: InfoNCELoss | None = None,
-        tc_mini_batch_size: int = 0,
         pcgrad: bool = False,
         run_info: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.tc_loss = tc_loss or InfoNCELoss()
-        self.grad_cache = CachedInfoNCE(self.tc_loss, tc_mini_batch_size) if tc_mini_batch_size else None
         self.pcgrad = pcgrad
         self.run_info = run_info or {}
         self._task_losses: dict[str, list[float]] = defaultdict(list)
@@ -53,28 +51,20 @@ class MtpfTrainer(Trainer):
         if pcgrad and self.args.gradient_accumulation_steps != 1:
             raise ValueError("PCGrad needs whole task gradients per step: set gradient_accumulation_steps=1.")
 
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return self.accelerator.unwrap_model(self.model).tasks
+
     def create_optimizer(self, model: nn.Module | None = None):
-        """Trainer's AdamW over every trainable parameter (all slots included), the fresh NER head at its own rate."""
+        """Trainer's AdamW over every trainable parameter (all slots included); a task's head may have its own rate."""
         optimizer = super().create_optimizer(model)
-        head_learning_rate = getattr(self.args, "ner_head_learning_rate", None)
-        if head_learning_rate is None or getattr(optimizer, "_mtpf_head_split", False):
+        if getattr(optimizer, "_mtpf_head_split", False):
             return optimizer
-        ner_head = self.accelerator.unwrap_model(self.model).ner_head
-        head = {id(p) for p in ner_head.parameters()} if ner_head is not None else set()
-        new_groups = []
-        for group in optimizer.param_groups:
-            head_params = [p for p in group["params"] if id(p) in head]
-            if head_params:
-                group["params"] = [p for p in group["params"] if id(p) not in head]
-                new_groups.append(
-                    {
-                        **{k: v for k, v in group.items() if k != "params"},
-                        "params": head_params,
-                        "lr": head_learning_rate,
-                    }
-                )
-        for group in new_groups:
-            optimizer.add_param_group(group)
+        heads = self.accelerator.unwrap_model(self.model).heads
+        for name, head in heads.items():
+            rate = self.tasks[name].head_learning_rate(self.args)
+            if rate is not None:
+                move_to_own_group(optimizer, {id(p) for p in head.parameters()}, rate)
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         optimizer._mtpf_head_split = True
         return optimizer
@@ -116,30 +106,18 @@ class MtpfTrainer(Trainer):
         return total.detach()
 
     def task_backward(self, model: nn.Module, task: str, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
-        """Forward and backward of one task's batch; returns its scaled loss (detached)."""
-        if task == "ner":
-            with self.compute_loss_context_manager():
-                loss = model(task="ner", **batch) * scale
-            self.accelerator.backward(loss)
-            return loss.detach()
-        num_pairs = len(batch["input_ids"]) // 2
-        if self.grad_cache is not None:
-            return self.grad_cache(
-                embed=lambda features: self._embed(model, features),
-                texts=batch,
-                num_pairs=num_pairs,
-                backward=self.accelerator.backward,
-                no_sync=lambda: model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext(),
-                scale=scale,
-            )
-        embeddings = self._embed(model, batch)
-        loss = self.tc_loss(embeddings[:num_pairs], embeddings[num_pairs:]) * scale
-        self.accelerator.backward(loss)
-        return loss.detach()
+        """Forward and backward of one task's batch, as the task defines its step; returns its scaled loss."""
 
-    def _embed(self, model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        with self.compute_loss_context_manager():
-            return model(task="tc", **features)
+        def forward(features: dict[str, torch.Tensor]) -> torch.Tensor:
+            with self.compute_loss_context_manager():
+                return model(task=task, **features)
+
+        step = TaskStep(
+            forward=forward,
+            backward=self.accelerator.backward,
+            no_sync=lambda: model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext(),
+        )
+        return self.tasks[task].backward(step, batch, scale)
 
     # ----- logging and checkpoints --------------------------------------------------------------------
 
@@ -182,8 +160,19 @@ class MtpfTrainer(Trainer):
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        check_resume_compatible(resume_from_checkpoint, self.run_info)
+        task_keys = tuple(key for task in self.tasks.values() for key in task.resume_keys)
+        check_resume_compatible(resume_from_checkpoint, self.run_info, task_keys)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def move_to_own_group(optimizer: torch.optim.Optimizer, ids: set[int], learning_rate: float) -> None:
+    """Move the parameters with these ids out of their groups into new ones (same settings) at `learning_rate`."""
+    for group in list(optimizer.param_groups):
+        moved = [p for p in group["params"] if id(p) in ids]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": moved,
+                                       "lr": learning_rate})  # fmt: skip
 
 
 def newest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -207,15 +196,17 @@ def newest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def check_resume_compatible(checkpoint: str | os.PathLike, run_info: dict[str, Any]) -> None:
-    """Refuse a checkpoint written by a run of another mode or slot layout, naming what differs."""
+def check_resume_compatible(
+    checkpoint: str | os.PathLike, run_info: dict[str, Any], task_keys: tuple[str, ...] = ()
+) -> None:
+    """Refuse a checkpoint written by a run of another mode, slot layout or task setup, naming what differs."""
     path = Path(checkpoint) / RUN_INFO_FILE
     if not path.is_file():
         raise ValueError(f"{checkpoint}: not an mtpf checkpoint ({RUN_INFO_FILE} missing).")
     saved = json.loads(path.read_text(encoding="utf-8"))
     differences = {
         key: (saved.get(key), run_info.get(key))
-        for key in RESUME_KEYS
+        for key in (*RESUME_KEYS, *task_keys)
         if _normalise(saved.get(key)) != _normalise(run_info.get(key))
     }
     if differences:

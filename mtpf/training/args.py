@@ -10,16 +10,17 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from configuration_mtpf import DEFAULT_TARGET_ROLES
+from mtpf.data.roots import CONLL_TEST, PAIRS_DATA, UNLABELED_DATA
+from mtpf.tasks import DEFAULT_SLOTS, task_order
 
 MODES = {
-    # mode: (tasks, uses task-primary slots, trains the backbone)
+    # mode: (default tasks, uses task-primary slots, trains the backbone)
     "pf_ner": (("ner",), False, True),
     "pf_tc": (("tc",), False, True),
     "mtpf": (("ner", "tc"), False, True),
     "mtpf_tpl": (("ner", "tc"), True, True),
     "pf_lora": (("ner", "tc"), True, False),
 }
-SHARED_DATA = "../shared/data"
 
 
 @dataclass
@@ -54,14 +55,27 @@ class ModelArguments(SlotArguments):
     )
     mode: str = field(default="mtpf_tpl", metadata={"help": f"One of {sorted(MODES)}."})
     pcgrad: bool = field(default=False, metadata={"help": "Project conflicting task gradients on shared parameters."})
+    task_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Tasks to train (registered names, see mtpf.tasks); default the mode's (ner and/or tc).",
+            "aliases": ["--tasks"],
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}: choose one of {sorted(MODES)}.")
+        self.task_names = list(task_order(self.task_names or MODES[self.mode][0]))
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return MODES[self.mode][0]
+        return tuple(self.task_names)
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """Every release carries the ner and tc slots (trained or not), plus one per other task of the run."""
+        return task_order([*DEFAULT_SLOTS, *self.tasks])
 
     @property
     def uses_slots(self) -> bool:
@@ -75,7 +89,7 @@ class ModelArguments(SlotArguments):
 @dataclass
 class DataArguments:
     pairs: list[str] = field(
-        default_factory=lambda: [f"{SHARED_DATA}/pairs"],
+        default_factory=lambda: [PAIRS_DATA],
         metadata={"help": "Text-pair sources: .tsv/.csv/.jsonl, folders with pairs.tsv (or of such folders), hf://ID."},
     )
     tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per TC batch, over all processes."})
@@ -87,7 +101,7 @@ class DataArguments:
         default=1.0, metadata={"help": "Dataset draw ~ size**(1/T): 1 size-proportional, larger flatter."}
     )
     ner_corpus: list[str] = field(
-        default_factory=lambda: [f"{SHARED_DATA}/unlabeled/wikipedia_en_sentences_altlex.txt"],
+        default_factory=lambda: [f"{UNLABELED_DATA}/wikipedia_en_sentences_altlex.txt"],
         metadata={"help": "Unlabeled text files (one sentence per line) for NER distillation."},
     )
     teacher: str = field(default="numind/NuNER-v1.0", metadata={"help": "NER teacher encoder (folder or Hub id)."})
@@ -104,9 +118,7 @@ class DataArguments:
     analysis_steps: int = field(
         default=0, metadata={"help": "Record the interference metrics every N steps (0: never); see mtpf/analysis."}
     )
-    analysis_data: str = field(
-        default=f"{SHARED_DATA}/ner/conll2003/iob2/test.txt", metadata={"help": "BIO CoNLL file for the analysis."}
-    )
+    analysis_data: str = field(default=CONLL_TEST, metadata={"help": "BIO CoNLL file for the analysis."})
     analysis_sentences: int = field(default=2000, metadata={"help": "Sentences measured per analysis (paper: 2,000)."})
 
     def __post_init__(self) -> None:

@@ -1,0 +1,47 @@
+"""NER batches: step -> this rank's slice of a shuffled batch of pseudo-labelled sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from mtpf.data.steps import rank_slice
+from mtpf.data.tokens import tokenize_words
+
+
+class NerBatches:
+    """Step -> this rank's slice of a shuffled batch of pseudo-labelled sentences (labels on first sub-tokens)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int,
+        max_length: int = 128,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(dataset) < batch_size:
+            raise ValueError(
+                f"The pseudo-labelled corpus has {len(dataset)} sentences, fewer than one batch of {batch_size}."
+            )
+        self.words, self.labels = dataset["words"], dataset["labels"]
+        self.tokenizer, self.batch_size, self.max_length, self.seed = tokenizer, batch_size, max_length, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = len(dataset) // batch_size
+
+    def global_batch(self, index: int) -> list[int]:
+        epoch, position = divmod(index, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.words))
+        return order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
+
+    def __call__(self, index: int) -> dict[str, torch.Tensor]:
+        rows = rank_slice(self.global_batch(index), self.batch_size, self.rank, self.world_size)
+        return dict(
+            tokenize_words(
+                self.tokenizer, [self.words[r] for r in rows], [self.labels[r] for r in rows], self.max_length
+            )
+        )

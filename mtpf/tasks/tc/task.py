@@ -1,0 +1,87 @@
+"""TC pre-finetuning (paper Sec. 4): InfoNCE on text pairs with in-batch negatives, optionally gradient-cached."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtpf.data.pairs import describe_sources, load_pair_sources
+from mtpf.losses.cached_info_nce import CachedInfoNCE
+from mtpf.losses.info_nce import InfoNCELoss
+from mtpf.tasks.base import StepBatches, Task, TaskContext, TaskStep
+from mtpf.tasks.tc.batches import TcBatches
+
+logger = logging.getLogger(__name__)
+
+
+class TcTask(Task):
+    """Anchors then positives in one batch; the loss scores each anchor against every positive (all ranks')."""
+
+    name = "tc"
+    result_family = "tc"  # downstream: MTEB classification probes (mtpf/evaluation/tc.py)
+    family_tag = "text-classification"
+    family_title = "Text classification"
+
+    def __init__(
+        self,
+        pairs: list[str],
+        batch_size: int = 1024,
+        max_length: int = 128,
+        temperature: float = 0.05,
+        mini_batch_size: int = 0,
+        pair_sampling_temperature: float = 1.0,
+    ) -> None:
+        self.pairs, self.batch_size, self.max_length = list(pairs), batch_size, max_length
+        self.pair_sampling_temperature = pair_sampling_temperature
+        self.loss = InfoNCELoss(temperature)
+        self.grad_cache = CachedInfoNCE(self.loss, mini_batch_size) if mini_batch_size else None
+
+    @classmethod
+    def from_args(cls, data_args: Any) -> TcTask:
+        return cls(
+            pairs=data_args.pair_paths(),
+            batch_size=data_args.tc_batch_size,
+            max_length=data_args.max_seq_length,
+            temperature=data_args.temperature,
+            mini_batch_size=data_args.tc_mini_batch_size,
+            pair_sampling_temperature=data_args.pair_sampling_temperature,
+        )
+
+    def build_batches(self, context: TaskContext) -> StepBatches:
+        sources = load_pair_sources(self.pairs)
+        logger.info("Text pairs: %s", describe_sources(sources))
+        return TcBatches(
+            sources,
+            context.tokenizer,
+            self.batch_size,
+            self.max_length,
+            context.seed,
+            self.pair_sampling_temperature,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+
+    def compute(self, head: nn.Module | None, output: Any, labels: torch.Tensor | None) -> torch.Tensor:
+        return output.pooler_output  # the model's sentence embedding (one definition: MtpfModel.pool)
+
+    def backward(self, step: TaskStep, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        num_pairs = len(batch["input_ids"]) // 2
+        if self.grad_cache is not None:
+            return self.grad_cache(
+                embed=step.forward,
+                texts=batch,
+                num_pairs=num_pairs,
+                backward=step.backward,
+                no_sync=step.no_sync,
+                scale=scale,
+            )
+        embeddings = step.forward(batch)
+        loss = self.loss(embeddings[:num_pairs], embeddings[num_pairs:]) * scale
+        step.backward(loss)
+        return loss.detach()
+
+    def run_info(self, data_args: Any) -> dict[str, Any]:
+        return {"tc_batch_size": self.batch_size, "pairs": data_args.pairs}
