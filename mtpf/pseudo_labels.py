@@ -88,7 +88,8 @@ def load_teacher(name_or_path: str) -> tuple[torch.nn.Module, AutoTokenizer]:
     """The teacher's encoder (any model name, `mtpf.models.load_model`) and its fast tokenizer."""
     from mtpf.models import load_model
 
-    teacher = load_model(name_or_path)
+    with torch.random.fork_rng():  # building the wrapper draws init weights: keep the run's RNG where it was
+        teacher = load_model(name_or_path)
     if not teacher.tokenizer.is_fast:
         raise ValueError(f"Teacher {name_or_path!r}: its tokenizer is not a fast tokenizer, so it gives no word ids.")
     return teacher.backbone.eval(), teacher.tokenizer

@@ -122,3 +122,12 @@ def test_bad_corpora_and_settings_fail_cleanly(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr(pseudo_labels.AutoTokenizer, "from_pretrained", lambda *a, **k: SlowTokenizer())
     with pytest.raises(ValueError, match="not a fast tokenizer"):
         load_or_build_pseudo_labels(settings_for(corpus, tmp_path))
+
+
+def test_loading_the_teacher_leaves_the_training_rng_alone():
+    """The task heads are initialised after the pseudo-labels: a teacher load that drew random numbers would change
+    every run's initial weights (and break bit-for-bit reproduction of earlier runs)."""
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    pseudo_labels.load_teacher(str(tiny_encoder_dir()))
+    assert torch.equal(torch.random.get_rng_state(), before)
