@@ -215,6 +215,35 @@ def run_eval(argv: list[str]) -> None:
 
 
 @dataclass
+class FinetuneArguments:
+    """An app's own adapter from a release: `python -m mtpf finetune RELEASE --task ner --data D --output APP`."""
+
+    release: str = field(metadata={"help": "Release folder (backbone/ + adapters/): the backbone the app runs on."})
+    data: str = field(
+        metadata={
+            "help": "NER data: a local dataset name, a folder of CoNLL files (train*/dev*/test*), hf://ID[:CONFIG]."
+        }
+    )
+    output: str = field(metadata={"help": "App folder to write (a standard PEFT adapter repo)."})
+    task: str = field(default="ner", metadata={"help": "What the app does: ner."})
+    seed: int = field(default=0, metadata={"help": "Seed of the head, the LoRA init and the data order."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an app already at --output."})
+    ner_data_root: str = field(default=NER_DATA, metadata={"help": "Where local NER datasets live."})
+
+
+def run_finetune(argv: list[str]) -> None:
+    from mtpf.apps import finetune_app
+    from mtpf.evaluation.ner import NerProtocol
+
+    if argv and not argv[0].startswith("-"):  # the release may come first, positionally
+        argv = ["--release", argv[0], *argv[1:]]
+    args, protocol = HfArgumentParser((FinetuneArguments, NerProtocol)).parse_args_into_dataclasses(args=argv)
+    path = finetune_app(args.release, args.task, args.data, args.output, protocol, args.seed, args.overwrite,
+                        args.ner_data_root)  # fmt: skip
+    print(f"App written to {path}")
+
+
+@dataclass
 class MergeArguments:
     """Combine results folders of one suite, e.g. models evaluated by parallel processes or on other machines."""
 
@@ -249,6 +278,7 @@ COMMANDS = {
     "clusters": run_clusters,
     "eval": run_eval,
     "merge": run_merge,
+    "finetune": run_finetune,
 }
 
 

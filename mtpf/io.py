@@ -46,6 +46,30 @@ def give_default_modes(folder: Path) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def check_output_folder(
+    output: str | os.PathLike, overwrite: bool, marker: str, kind: str, error: type[Exception] = ValueError
+) -> Path:
+    """Where a result folder (a release, an app) may be written: a new or empty folder, or — with `overwrite` — one
+    of the same kind (it holds `marker`). A folder holding anything else is never replaced; refused before any work.
+    """
+    output = recover_directory(output)
+    if not output.exists():
+        return output
+    if not output.is_dir():
+        raise error(f"{output}: exists and is not a folder; choose another --output.")
+    if not any(output.iterdir()):
+        return output
+    if not (output / marker).is_file():
+        entries = sorted(entry.name for entry in output.iterdir())[:5]
+        raise error(
+            f"{output}: not empty and not {kind} (holds {entries}); refusing to replace it. "
+            "Choose a new or empty folder."
+        )
+    if not overwrite:
+        raise error(f"{output}: {kind} is already there; pass --overwrite to replace it.")
+    return output
+
+
 def replace_directory(source: Path, target: Path) -> None:
     """Move `source` onto `target`, keeping the old `target` until the new one is in place."""
     backup = None

@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS, MtpfConfig
 from modeling_mtpf import MtpfModel
-from mtpf.io import atomic_directory, file_digest, recover_directory, update_json
+from mtpf.io import atomic_directory, check_output_folder, file_digest, update_json
 from mtpf.sentence_embedding import read_sentence_embedding, write_sentence_transformers_files
 from mtpf.slots import attach_slots
 from mtpf.weights import resolve_model_path
@@ -118,26 +118,8 @@ def init_release(
 
 
 def check_release_target(output: str | os.PathLike, overwrite: bool) -> Path:
-    """Where a release may be written: a new or empty folder, or (with `overwrite`) an existing release.
-
-    Anything else is refused before any work, so a release never replaces a folder of the user's files.
-    """
-    output = recover_directory(output)
-    if not output.exists():
-        return output
-    if not output.is_dir():
-        raise ReleaseError(f"{output}: exists and is not a folder; choose another --output.")
-    if not any(output.iterdir()):
-        return output
-    if not (output / BACKBONE_DIR / "config.json").is_file():
-        entries = sorted(entry.name for entry in output.iterdir())[:5]
-        raise ReleaseError(
-            f"{output}: not empty and not a release (holds {entries}); refusing to replace it. "
-            "Choose a new or empty folder."
-        )
-    if not overwrite:
-        raise ReleaseError(f"{output}: a release is already there; pass --overwrite to replace it.")
-    return output
+    """Where a release may be written: a new or empty folder, or (with `overwrite`) an existing release."""
+    return check_output_folder(output, overwrite, f"{BACKBONE_DIR}/config.json", "a release", ReleaseError)
 
 
 def export_release(

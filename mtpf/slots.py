@@ -15,8 +15,9 @@ from configuration_mtpf import MtpfConfig
 LORA_MARKER = "lora_"
 
 
-def lora_config_for_slot(config: MtpfConfig, task: str) -> LoraConfig:
-    """The PEFT LoraConfig of one slot, targeting only the slot's layers and modules."""
+def lora_config_for_slot(config: MtpfConfig, task: str, modules_to_save: list[str] | None = None) -> LoraConfig:
+    """The PEFT LoraConfig of one slot, targeting only the slot's layers and modules (plus, for an app, its head
+    as `modules_to_save`, so the adapter folder carries it)."""
     slot = config.task_slots[task]
     return LoraConfig(
         r=int(slot["r"]),
@@ -24,6 +25,7 @@ def lora_config_for_slot(config: MtpfConfig, task: str) -> LoraConfig:
         lora_dropout=float(slot.get("lora_dropout", 0.0)),
         target_modules=config.slot_target_regex(task),
         bias="none",
+        modules_to_save=modules_to_save,
     )
 
 

@@ -167,7 +167,8 @@ def build_ner_model(candidate: LoadedModel, labels: list[str], protocol: NerProt
     }
     model = MtpfForTokenClassification(config)
     model.backbone.load_state_dict(candidate.backbone.backbone.state_dict(), strict=True)
-    peft_model = get_peft_model(model, lora_config_for_slot(config, DOWNSTREAM), adapter_name=DOWNSTREAM)
+    lora = lora_config_for_slot(config, DOWNSTREAM, modules_to_save=[HEAD])  # the head ships with the adapter
+    peft_model = get_peft_model(model, lora, adapter_name=DOWNSTREAM)
     if DOWNSTREAM in candidate.adapters:
         init_from_slot(peft_model, candidate.adapters[DOWNSTREAM])
     return peft_model
@@ -254,6 +255,19 @@ def finetune_ner(
     seed: int = 0,
 ) -> NerRun:
     """Adapt the candidate to one dataset and return test F1 at the best dev epoch."""
+    return train_ner(candidate, dataset, splits, labels, protocol, fraction, seed)[0]
+
+
+def train_ner(
+    candidate: LoadedModel,
+    dataset: str,
+    splits: dict[str, list[TaggedSentence]],
+    labels: list[str],
+    protocol: NerProtocol,
+    fraction: float = 1.0,
+    seed: int = 0,
+) -> tuple[NerRun, PeftModel]:
+    """The NER protocol (evaluation and apps alike): the run's scores and the tagger at its best dev epoch."""
     start = time.monotonic()
     # The cap first, then the fraction of what is left: a 10 % run trains on a tenth of the full run's sentences.
     train = subsample(subsample(splits["train"], 1.0, protocol.max_train_sentences), fraction)
@@ -317,7 +331,7 @@ def finetune_ner(
         dev_curve=keep_best.curve,
     )
     logger.info("%s", run)
-    return run
+    return run, model
 
 
 def _training_arguments(

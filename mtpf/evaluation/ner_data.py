@@ -193,3 +193,15 @@ def check_label_sets(splits: dict[str, list[TaggedSentence]], where: str) -> lis
                     f"train ({where})."
                 )
     return label_set(splits["train"])
+
+
+def load_ner_spec(spec: str, data_root: str | Path = DEFAULT_DATA_ROOT) -> tuple[str, dict[str, list[TaggedSentence]]]:
+    """Any NER dataset spec — a local name, a user's `NAME=DIR` (or a bare folder), `hf://ID[:CONFIG]` — as (recorded
+    name, splits)."""
+    if spec.startswith(HUB_PREFIX):
+        return load_hub_ner_data(spec)
+    if "=" in spec:
+        return load_user_ner_data(spec)
+    if Path(spec).is_dir() and spec not in LOCAL_NER_DATASETS and spec not in NER_GROUPS:
+        return load_user_ner_data(f"{Path(spec).resolve().name}={spec}")
+    return spec, load_ner_dataset(spec, data_root)

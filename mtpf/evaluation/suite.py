@@ -15,14 +15,7 @@ from pathlib import Path
 
 from mtpf.evaluation.ner import finetune_ner
 from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT as DEFAULT_NER_ROOT
-from mtpf.evaluation.ner_data import (
-    HUB_PREFIX,
-    PAPER_NER_DATASETS,
-    check_label_sets,
-    load_hub_ner_data,
-    load_ner_dataset,
-    load_user_ner_data,
-)
+from mtpf.evaluation.ner_data import PAPER_NER_DATASETS, check_label_sets, load_ner_spec
 from mtpf.evaluation.store import ResultsStore
 from mtpf.evaluation.suites import SuiteSettings
 from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, evaluate_tc
@@ -100,12 +93,7 @@ class SuiteRun(ResultsStore):
                     self.save()
 
     def _load_ner(self, dataset: str):
-        """A local dataset by name, a user's `NAME=DIR` folder, or `hf://ID[:CONFIG]`."""
-        if dataset.startswith(HUB_PREFIX):
-            return load_hub_ner_data(dataset)
-        if "=" in dataset:
-            return load_user_ner_data(dataset)
-        return dataset, load_ner_dataset(dataset, self.ner_root)
+        return load_ner_spec(dataset, self.ner_root)
 
     def run_tc(self, candidate: LoadedModel) -> None:
         todo = [
