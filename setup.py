@@ -29,7 +29,17 @@ setup(
     ],
     extras_require={
         "eval": ["mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
-        "dev": ["pytest>=8", "ruff>=0.6", "mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
+        "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"],
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "mteb>=2.0",
+            "sentence-transformers>=3.0",
+            "matplotlib",
+            "onnx>=1.17",
+            "onnxruntime>=1.20",
+            "onnxscript>=0.2",
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -1,6 +1,6 @@
 """Tag entities with an app made by `python -m mtpf finetune`, as the app would: transformers + PEFT, no mtpf.
 
-    python examples/app_ner_pipeline.py RELEASE/backbone APP ["Sentence one." ...] [--output entities.json]
+python examples/app_ner_pipeline.py RELEASE/backbone APP ["Sentence one." ...] [--output entities.json]
 """
 
 from __future__ import annotations

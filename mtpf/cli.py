@@ -244,6 +244,45 @@ def run_finetune(argv: list[str]) -> None:
 
 
 @dataclass
+class ExportArguments:
+    """Export an app or a release's slot as ONNX (fp32, optionally int8) with its measured fidelity."""
+
+    source: str = field(metadata={"help": "An app folder (mtpf finetune) or a release folder (with --slot)."})
+    output: str = field(metadata={"help": "Folder for model.onnx, model.int8.onnx, export_report.json, tokenizer/."})
+    slot: str | None = field(default=None, metadata={"help": "Release: the slot merged into the encoder (e.g. tc)."})
+    quantize: str | None = field(default=None, metadata={"help": "int8: also a dynamically quantised graph."})
+    backbone: str | None = field(
+        default=None, metadata={"help": "App: its backbone folder (default: the recorded one)."}
+    )
+    texts: str = field(
+        default=f"{TC_DATA}/banking77/test.jsonl",
+        metadata={"help": "Release: JSON-lines file with a 'text' field, the sentences the check embeds."},
+    )
+    sentences: int = field(default=200, metadata={"help": "Sentences compared against PyTorch."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an export already at --output."})
+
+
+def run_export(argv: list[str]) -> None:
+    from pathlib import Path
+
+    from mtpf.export import export, exportable_app, exportable_slot
+    from mtpf.io import read_json_lines
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--source", argv[0], *argv[1:]]
+    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+    if (Path(args.source) / "mtpf_app.json").is_file():
+        exportable = exportable_app(args.source, args.backbone, args.sentences)
+        layers = exportable.module.model.config.num_layers
+    else:
+        rows = [row for _, row in read_json_lines(Path(args.texts), ValueError)][: args.sentences]
+        exportable = exportable_slot(args.source, args.slot, [row["text"] for row in rows])
+        layers = exportable.module.model.config.num_layers
+    path = export(exportable, args.output, args.quantize, args.overwrite, layers - 1, args.source)
+    print(f"Export written to {path}")
+
+
+@dataclass
 class MergeArguments:
     """Combine results folders of one suite, e.g. models evaluated by parallel processes or on other machines."""
 
@@ -279,6 +318,7 @@ COMMANDS = {
     "eval": run_eval,
     "merge": run_merge,
     "finetune": run_finetune,
+    "export": run_export,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -209,3 +210,26 @@ def smoke_eval(slotted_release, tmp_path_factory) -> tuple[Path, list[str]]:
     models = ["--model", TINY, "--model", f"tpl={slotted_release}"]  # LABEL=PATH names a model in the tables
     run_command(eval_command(output, *models), cwd=REPO_ROOT)
     return output, models
+
+
+# ----- apps (mtpf finetune): a real 2-layer encoder, so the app finds entities -----------------------------------
+from mtpf.evaluation.ner import NerProtocol  # noqa: E402
+
+NER_ROOT = SHARED_DIR / "data" / "ner"
+# Small enough for CI, large enough that the real 2-layer encoder finds entities (test F1 > 0).
+APP_PROTOCOL = NerProtocol(warmup_epochs=1, epochs=3, batch_size=16, learning_rate=3e-3, max_length=48,
+                       max_train_sentences=200, max_dev_sentences=64, max_test_sentences=100,
+                       min_steps_per_epoch=2)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("app")
+    from mtpf.release import init_release
+
+    release = init_release(str(real_encoder_dir("splade-tiny")), folder / "release", tpl_layers=1)
+    protocol = [f"--{k}={v}" for k, v in vars(APP_PROTOCOL).items() if k != "target_modules" and v is not None]
+    cli = [sys.executable, "-m", "mtpf", "finetune", str(release), "--task", "ner", "--data", "crossner_ai",
+           "--output", str(folder / "app"), "--ner_data_root", str(NER_ROOT), "--seed", "1", *protocol]  # fmt: skip
+    run_command(cli, REPO_ROOT)
+    return release, folder / "app"

@@ -9,28 +9,12 @@ import pytest
 import torch
 
 from mtpf.apps import AppError, finetune_app, read_app
-from mtpf.evaluation.ner import NerProtocol, finetune_ner
+from mtpf.evaluation.ner import finetune_ner
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
 from mtpf.models import load_model
-from mtpf.release import init_release, validate_release
-from tests.conftest import REPO_ROOT, SHARED_DIR, real_encoder_dir, run_command
-
-NER_ROOT = SHARED_DIR / "data" / "ner"
-# Small enough for CI, large enough that the real 2-layer encoder finds entities (test F1 > 0).
-PROTOCOL = NerProtocol(warmup_epochs=1, epochs=3, batch_size=16, learning_rate=3e-3, max_length=48,
-                       max_train_sentences=200, max_dev_sentences=64, max_test_sentences=100,
-                       min_steps_per_epoch=2)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("app")
-    release = init_release(str(real_encoder_dir("splade-tiny")), folder / "release", tpl_layers=1)
-    cli = [sys.executable, "-m", "mtpf", "finetune", str(release), "--task", "ner", "--data", "crossner_ai",
-           "--output", str(folder / "app"), "--ner_data_root", str(NER_ROOT), "--seed", "1",
-           *[f"--{k}={v}" for k, v in vars(PROTOCOL).items() if k != "target_modules" and v is not None]]  # fmt: skip
-    run_command(cli, REPO_ROOT)
-    return release, folder / "app"
+from mtpf.release import validate_release
+from tests.conftest import APP_PROTOCOL as PROTOCOL
+from tests.conftest import NER_ROOT, REPO_ROOT, run_command
 
 
 def test_app_scores_what_the_evaluation_protocol_scores(app):

@@ -1,0 +1,263 @@
+"""Device export: one app (or a release's slot) as one ONNX graph, fp32 and int8, with its fidelity measured.
+
+    python -m mtpf export APP --output DIR [--quantize int8]                 # NER app: per-token logits
+    python -m mtpf export RELEASE --slot tc --output DIR [--quantize int8]   # sentence embeddings (normalised)
+
+The LoRA is merged in fp32 first (`merge_and_unload`), the head and pooling are inside the graph, so a device runs
+one session: `input_ids`, `attention_mask` in; `logits` [batch, tokens, labels] (decode: argmax per token, keep
+each word's first sub-token, map ids through `id2label` in `export_report.json`) or `sentence_embedding`
+[batch, hidden] out. Export is `torch.onnx.export(dynamo=True)`; int8 is onnxruntime's `quantize_dynamic`
+(per-channel QInt8 weights). Every artifact is compared with PyTorch on real sentences and the verdict is written
+to `DIR/export_report.json`: max |Δ|, and the entity F1 (NER) or the cosine to PyTorch's embedding (TC). An int8
+graph is accepted only within 1 F1 point / cosine ≥ 0.99; otherwise it is retried with the head and the last
+layer kept in fp32 (`nodes_to_exclude`), and the report says what was kept and whether that passed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
+
+logger = logging.getLogger(__name__)
+
+REPORT = "export_report.json"
+INT8_MAX_F1_DROP = 1.0  # points of entity F1
+INT8_MIN_COSINE = 0.99
+FP32_MAX_ABS_DIFF = 1e-3
+
+
+class ExportError(ValueError):
+    """Something that cannot be exported; the message names the folder or the option."""
+
+
+@dataclass
+class Exportable:
+    """A model in fp32 with its head and pooling inside, ready to trace, plus what checking it needs."""
+
+    module: nn.Module  # forward(input_ids, attention_mask) -> the one output
+    tokenizer: object
+    output_name: str  # "logits" (NER) or "sentence_embedding"
+    texts: list[str]  # real sentences to compare on (NER: the words of `gold` joined)
+    gold: list = field(default_factory=list)  # NER: TaggedSentence list with gold tags
+    id2label: dict[int, str] = field(default_factory=dict)
+    max_length: int = 128
+
+
+class _Outputs(nn.Module):
+    """input_ids, attention_mask -> one tensor: token logits of a tagger or the sentence embedding of an encoder."""
+
+    def __init__(self, model: nn.Module, output: str) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return outputs.logits if self.output == "logits" else outputs.pooler_output
+
+
+def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sentences: int = 200) -> Exportable:
+    """An NER app (from `mtpf finetune`) merged into its backbone's token-classification model."""
+    from peft import PeftModel
+
+    from modeling_mtpf import MtpfForTokenClassification
+    from mtpf.apps import read_app
+    from mtpf.evaluation.ner import subsample
+    from mtpf.evaluation.ner_data import load_ner_spec
+
+    app = read_app(app_dir)
+    backbone = backbone or app["backbone"]
+    labels = {int(i): label for i, label in app["id2label"].items()}
+    model = MtpfForTokenClassification.from_pretrained(
+        backbone, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
+    )
+    merged = PeftModel.from_pretrained(model, str(app_dir)).merge_and_unload().eval()
+    _, splits = load_ner_spec(app["data"])
+    gold = subsample(splits["test"], 1.0, sentences)
+    from transformers import AutoTokenizer
+
+    return Exportable(
+        _Outputs(merged, "logits").eval(),
+        AutoTokenizer.from_pretrained(backbone),
+        "logits",
+        [" ".join(s.tokens) for s in gold],
+        gold,
+        labels,
+        int(app["protocol"]["max_length"]),
+    )
+
+
+def exportable_slot(release: str, slot: str | None, texts: list[str]) -> Exportable:
+    """A release's backbone with `slot` merged (None: the backbone alone): its normalised sentence embedding."""
+    from mtpf.models import load_model
+
+    loaded = load_model(release)
+    if slot is not None and slot not in loaded.adapters:
+        raise ExportError(f"{release}: no trained slot {slot!r}; it has {sorted(loaded.adapters)}.")
+    encoder = loaded.encoder_for(slot) if slot else loaded.fresh_backbone()
+    encoder = encoder.to("cpu").eval()
+    length = encoder.sentence_max_length(loaded.tokenizer)
+    return Exportable(_Outputs(encoder, "sentence_embedding").eval(), loaded.tokenizer, "sentence_embedding", texts,
+                      max_length=length)  # fmt: skip
+
+
+def export_onnx(exportable: Exportable, path: Path) -> Path:
+    """Trace with the dynamo exporter, batch and sequence length dynamic."""
+    example = _encode(exportable, 0, 2)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=exportable.max_length)
+    dims = {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
+    with torch.no_grad():
+        torch.onnx.export(
+            exportable.module,
+            (example["input_ids"], example["attention_mask"]),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=[exportable.output_name],
+            dynamic_shapes=dims,
+            dynamo=True,
+            external_data=False,
+        )
+    return path
+
+
+def quantize_int8(source: Path, target: Path, nodes_to_exclude: list[str] | None = None) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                     nodes_to_exclude=nodes_to_exclude or [])  # fmt: skip
+    return target
+
+
+def nodes_of_modules(path: Path, prefixes: list[str]) -> list[str]:
+    """Names of the MatMul/Gemm nodes that the dynamo exporter traced inside modules whose path starts with one of
+    `prefixes` (from each node's `pkg.torch.onnx.name_scopes`)."""
+    import onnx
+
+    names = []
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
+        module = ast.literal_eval(scopes)[-2] if scopes else ""
+        if any(module.removeprefix("model.").startswith(prefix) for prefix in prefixes):
+            names.append(node.name)
+    return names
+
+
+def fidelity(exportable: Exportable, path: Path, batch_size: int = 32) -> dict:
+    """Compare the ONNX graph with PyTorch on the real sentences: max |Δ| and F1 (NER) or cosine (embeddings)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diffs, cosines, reference_rows, onnx_rows = [], [], [], []
+    for start in range(0, len(exportable.texts), batch_size):
+        batch = _encode(exportable, start, start + batch_size)
+        with torch.no_grad():
+            reference = exportable.module(batch["input_ids"], batch["attention_mask"]).numpy()
+        got = session.run(None, {k: batch[k].numpy() for k in ("input_ids", "attention_mask")})[0]
+        keep = batch["attention_mask"].numpy().astype(bool)
+        if exportable.output_name == "logits":
+            diffs.append(float(np.abs(got - reference)[keep].max()))
+            reference_rows += _first_subtoken_tags(reference, batch, exportable, start)
+            onnx_rows += _first_subtoken_tags(got, batch, exportable, start)
+        else:
+            diffs.append(float(np.abs(got - reference).max()))
+            norms = np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
+            cosines += list((got * reference).sum(axis=1) / np.maximum(norms, 1e-12))
+    report = {"max_abs_diff": max(diffs), "sentences": len(exportable.texts)}
+    if exportable.output_name == "logits":
+        from mtpf.evaluation.ner import entity_f1
+
+        gold = [s.tags for s in exportable.gold]
+        report |= {
+            "f1_pytorch": round(entity_f1(gold, reference_rows), 4),
+            "f1_onnx": round(entity_f1(gold, onnx_rows), 4),
+        }
+        report["f1_drop"] = round(report["f1_pytorch"] - report["f1_onnx"], 4)
+    else:
+        report |= {"min_cosine": float(min(cosines)), "mean_cosine": float(np.mean(cosines))}
+    return report
+
+
+def _encode(exportable: Exportable, start: int, end: int):
+    """A batch of the check sentences: NER by gold words (so word ids align with the tags), else plain texts."""
+    if exportable.gold:
+        words = [s.tokens for s in exportable.gold[start:end]]
+        return exportable.tokenizer(words, is_split_into_words=True, padding=True, truncation=True,
+                                    max_length=exportable.max_length, return_tensors="pt")  # fmt: skip
+    return exportable.tokenizer(exportable.texts[start:end], padding=True, truncation=True,
+                                max_length=exportable.max_length, return_tensors="pt")  # fmt: skip
+
+
+def _first_subtoken_tags(logits: np.ndarray, batch, exportable: Exportable, start: int) -> list[list[str]]:
+    """Word tags from token logits: each word's first sub-token, `O` for words the length limit cut off."""
+    rows = []
+    for row, sentence in enumerate(exportable.gold[start : start + len(logits)]):
+        tags, previous = [], None
+        for position, word in enumerate(batch.word_ids(row)):
+            if word is not None and word != previous:
+                tags.append(exportable.id2label[int(logits[row, position].argmax())])
+            previous = word
+        rows.append(tags + ["O"] * (len(sentence.tokens) - len(tags)))
+    return rows
+
+
+def accepted(report: dict, int8: bool) -> bool:
+    if not int8:
+        return bool(report["max_abs_diff"] < FP32_MAX_ABS_DIFF)
+    if "f1_drop" in report:
+        return bool(report["f1_drop"] <= INT8_MAX_F1_DROP)
+    return bool(report["min_cosine"] >= INT8_MIN_COSINE)
+
+
+def export(
+    exportable: Exportable, output: str | os.PathLike, quantize: str | None = None, overwrite: bool = False,
+    last_layer: int | None = None, source: str = "",
+) -> Path:  # fmt: skip
+    """Write DIR/model.onnx (fp32) and, with `quantize="int8"`, DIR/model.int8.onnx, plus DIR/export_report.json."""
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize {quantize!r}: only int8 is supported.")
+    output = check_output_folder(output, overwrite, REPORT, "an export", ExportError)
+    with atomic_directory(output) as staging:
+        fp32 = export_onnx(exportable, staging / "model.onnx")
+        artifacts = {"model.onnx": {"precision": "fp32", **fidelity(exportable, fp32)}}
+        artifacts["model.onnx"]["accepted"] = accepted(artifacts["model.onnx"], int8=False)
+        if quantize == "int8":
+            int8 = quantize_int8(fp32, staging / "model.int8.onnx")
+            entry = {"precision": "int8", "nodes_kept_fp32": [], **fidelity(exportable, int8)}
+            if not accepted(entry, int8=True):
+                kept = nodes_of_modules(fp32, ["classifier", *([f"backbone.encoder.layer.{last_layer}"]
+                                                                if last_layer is not None else [])])  # fmt: skip
+                quantize_int8(fp32, int8, nodes_to_exclude=kept)
+                entry = {"precision": "int8", "first_try": entry, "nodes_kept_fp32": kept, **fidelity(exportable, int8)}
+            entry["accepted"] = accepted(entry, int8=True)
+            artifacts["model.int8.onnx"] = entry
+        for name, entry in artifacts.items():
+            entry["megabytes"] = round((staging / name).stat().st_size / 2**20, 2)
+        report = {
+            "source": source,
+            "inputs": ["input_ids", "attention_mask"],
+            "output": exportable.output_name,
+            "max_length": exportable.max_length,
+            "id2label": {str(k): v for k, v in exportable.id2label.items()},
+            "thresholds": {
+                "fp32_max_abs_diff": FP32_MAX_ABS_DIFF,
+                "int8_max_f1_drop": INT8_MAX_F1_DROP,
+                "int8_min_cosine": INT8_MIN_COSINE,
+            },
+            "artifacts": artifacts,
+        }
+        atomic_write_text(staging / REPORT, json.dumps(report, indent=2) + "\n")
+        exportable.tokenizer.save_pretrained(str(staging / "tokenizer"))
+    for name, entry in artifacts.items():
+        logger.info("%s: %s (%s)", name, "accepted" if entry["accepted"] else "NOT accepted", entry)
+    return output

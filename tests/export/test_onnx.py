@@ -1,0 +1,52 @@
+"""`mtpf export`: one ONNX graph per app or slot, equal to PyTorch in fp32, int8 judged honestly."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from transformers import AutoTokenizer
+
+from mtpf.export import ExportError, export, exportable_slot
+from mtpf.export.onnx import INT8_MAX_F1_DROP, INT8_MIN_COSINE
+from tests.conftest import REPO_ROOT, SHARED_DIR, run_command
+
+TEXTS = [json.loads(line)["text"] for line in (SHARED_DIR / "data/tc/banking77/test.jsonl").open()][:40]
+
+
+def test_ner_app_exports_to_one_graph_that_matches_pytorch(app, tmp_path):
+    _, app_dir = app
+    out = tmp_path / "onnx"
+    run_command([sys.executable, "-m", "mtpf", "export", str(app_dir), "--output", str(out), "--quantize", "int8",
+                 "--sentences", "60"], REPO_ROOT)  # fmt: skip
+    report = json.loads((out / "export_report.json").read_text())
+    fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
+    assert fp32["accepted"] and fp32["max_abs_diff"] < 1e-3 and fp32["f1_onnx"] == fp32["f1_pytorch"]
+    assert int8["accepted"] == (int8["f1_drop"] <= INT8_MAX_F1_DROP)  # the verdict follows the measurement
+    assert int8["megabytes"] < fp32["megabytes"] / 2
+    assert report["output"] == "logits" and report["id2label"]["0"] == "O"
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    batch = tokenizer(["Geoffrey Hinton works at Google ."], return_tensors="np")
+    (logits,) = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    assert logits.shape == (1, batch["input_ids"].shape[1], len(report["id2label"]))
+
+
+def test_slot_exports_the_normalised_sentence_embedding(slotted_release, tmp_path):
+    exportable = exportable_slot(str(slotted_release), "tc", TEXTS)
+    out = export(exportable, tmp_path / "tc", quantize="int8", last_layer=0, source=str(slotted_release))
+    report = json.loads((out / "export_report.json").read_text())
+    fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
+    assert fp32["accepted"] and fp32["min_cosine"] > 0.99999
+    assert int8["accepted"] == (int8["min_cosine"] >= INT8_MIN_COSINE)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = exportable.tokenizer(TEXTS[:3], padding=True, return_tensors="np")
+    (embeddings,) = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)  # the model's own definition
+    with pytest.raises(ExportError, match="an export is already there"):
+        export(exportable, out)
+    with pytest.raises(ExportError, match="no trained slot 'qa'"):
+        exportable_slot(str(slotted_release), "qa", TEXTS)
