@@ -245,19 +245,6 @@ class NerTrainer(Trainer):
         return SequentialSampler(eval_dataset)
 
 
-def finetune_ner(
-    candidate: LoadedModel,
-    dataset: str,
-    splits: dict[str, list[TaggedSentence]],
-    labels: list[str],
-    protocol: NerProtocol,
-    fraction: float = 1.0,
-    seed: int = 0,
-) -> NerRun:
-    """Adapt the candidate to one dataset and return test F1 at the best dev epoch."""
-    return train_ner(candidate, dataset, splits, labels, protocol, fraction, seed)[0]
-
-
 def train_ner(
     candidate: LoadedModel,
     dataset: str,

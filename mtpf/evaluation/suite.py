@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mtpf.evaluation.ner import finetune_ner
+from mtpf.evaluation.ner import train_ner
 from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT as DEFAULT_NER_ROOT
 from mtpf.evaluation.ner_data import PAPER_NER_DATASETS, check_label_sets, load_ner_spec
 from mtpf.evaluation.store import ResultsStore
@@ -74,7 +74,7 @@ class SuiteRun(ResultsStore):
                     if self.has(candidate.name, candidate.config_hash, "ner", name, fraction, seed):
                         continue
                     logger.info("NER %s: %s, %.0f%% of train, seed %d", candidate.name, name, 100 * fraction, seed)
-                    run = finetune_ner(candidate, name, splits, labels, self.settings.ner, fraction, seed)
+                    run, _ = train_ner(candidate, name, splits, labels, self.settings.ner, fraction, seed)
                     self.records.append(
                         ResultRecord(
                             model=candidate.name,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtpf.apps import AppError, finetune_app, read_app
-from mtpf.evaluation.ner import finetune_ner
+from mtpf.evaluation.ner import train_ner
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
 from mtpf.models import load_model
 from mtpf.release import validate_release
@@ -21,7 +21,7 @@ def test_app_scores_what_the_evaluation_protocol_scores(app):
     release, app_dir = app
     description = read_app(app_dir)
     splits = load_ner_dataset("crossner_ai", NER_ROOT)
-    expected = finetune_ner(load_model(str(release)), "crossner_ai", splits, check_label_sets(splits, "x"),
+    expected, _ = train_ner(load_model(str(release)), "crossner_ai", splits, check_label_sets(splits, "x"),
                             PROTOCOL, seed=1)  # fmt: skip
     assert description["scores"]["test_f1"] == expected.test_f1 > 0
     assert description["run"]["dev_curve"] == expected.dev_curve

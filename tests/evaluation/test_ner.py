@@ -11,10 +11,10 @@ from mtpf.evaluation.ner import (
     decode_tags,
     encode_sentences,
     entity_f1,
-    finetune_ner,
     repeat_to_min_steps,
     sort_by_length,
     subsample,
+    train_ner,
 )
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
 from mtpf.models import load_model
@@ -116,7 +116,7 @@ def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
         max_test_sentences=24,
         min_steps_per_epoch=2,
     )
-    run = finetune_ner(candidate, "crossner_ai", splits, labels, protocol, fraction=0.5, seed=1)
+    run, _ = train_ner(candidate, "crossner_ai", splits, labels, protocol, fraction=0.5, seed=1)
     assert run.train_sentences == 16 and run.test_sentences == 24 and 0.0 <= run.test_f1 <= 100.0
     assert run.rows_per_epoch == 32  # 16 sentences twice: 2 batches of 16 per epoch
     assert len(run.dev_curve) == 3 and run.dev_f1 == max(run.dev_curve)  # selection over the joint epochs
