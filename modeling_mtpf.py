@@ -158,9 +158,15 @@ class MtpfModel(MtpfPreTrainedModel):
             batch = tokenizer(
                 [texts[i] for i in rows], padding=True, truncation=True, max_length=limit, return_tensors="pt"
             ).to(device)
-            embeddings[rows] = self(**batch).pooler_output.float().cpu()
+            embeddings[rows] = self._encoder_outputs(batch).pooler_output.float().cpu()
         self.train(was_training)
         return embeddings
+
+    def _encoder_outputs(self, batch: Any) -> BaseModelOutputWithPooling:
+        """The encoder's outputs, also for a head class (whose own forward returns logits)."""
+        if type(self).forward is MtpfModel.forward:
+            return self(**batch)  # through __call__, so hooks (device placement, ...) run
+        return MtpfModel.forward(self, **batch)
 
     def _own_tokenizer(self) -> Any:
         from transformers import AutoTokenizer

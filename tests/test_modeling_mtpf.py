@@ -143,3 +143,11 @@ def test_bad_sentence_embedding_settings_are_named():
         MtpfConfig.from_backbone(tiny_bert_config(), sentence_embedding={"pooling": "weightedmean"})
     with pytest.raises(ValueError, match="max_seq_length"):
         MtpfConfig.from_backbone(tiny_bert_config(), sentence_embedding={"max_seq_length": 0})
+
+
+def test_head_classes_encode_sentences_like_the_encoder(tiny_tokenizer, tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    head = MtpfForSequenceClassification.from_pretrained(tmp_path, num_labels=3).eval()
+    texts = ["john smith moved to paris .", "the river floods every spring ."]
+    torch.testing.assert_close(head.encode(texts, tiny_tokenizer), model.encode(texts, tiny_tokenizer))
