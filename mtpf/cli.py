@@ -273,12 +273,11 @@ def run_export(argv: list[str]) -> None:
     (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
     if (Path(args.source) / "mtpf_app.json").is_file():
         exportable = exportable_app(args.source, args.backbone, args.sentences)
-        layers = exportable.module.model.config.num_layers
     else:
         rows = [row for _, row in read_json_lines(Path(args.texts), ValueError)][: args.sentences]
         exportable = exportable_slot(args.source, args.slot, [row["text"] for row in rows])
-        layers = exportable.module.model.config.num_layers
-    path = export(exportable, args.output, args.quantize, args.overwrite, layers - 1, args.source)
+    last_layer = exportable.module.model.config.num_layers - 1
+    path = export(exportable, args.output, args.quantize, args.overwrite, last_layer, args.source)
     print(f"Export written to {path}")
 
 

@@ -69,6 +69,7 @@ def finetune_app(
         digest = backbone_digest(backbone_dir)
         (staging / BASE_MARKER).write_text(json.dumps({"backbone_sha256": digest}, indent=2) + "\n", encoding="utf-8")
         app = app_description(task, labels, name, data, run, protocol or NerProtocol(), str(backbone_dir))
+        app["data_root"] = str(Path(data_root).resolve())  # where a local dataset name was read (export re-reads it)
         (staging / APP_FILE).write_text(json.dumps(app, indent=2) + "\n", encoding="utf-8")
         app_card(app).save(staging / "README.md")
     logger.info("App written to %s: %s test F1 %.2f", output, name, run.test_f1)

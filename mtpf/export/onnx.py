@@ -72,7 +72,7 @@ def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sent
     from modeling_mtpf import MtpfForTokenClassification
     from mtpf.apps import read_app
     from mtpf.evaluation.ner import subsample
-    from mtpf.evaluation.ner_data import load_ner_spec
+    from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT, load_ner_spec
 
     app = read_app(app_dir)
     backbone = backbone or app["backbone"]
@@ -81,7 +81,7 @@ def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sent
         backbone, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
     )
     merged = PeftModel.from_pretrained(model, str(app_dir)).merge_and_unload().eval()
-    _, splits = load_ner_spec(app["data"])
+    _, splits = load_ner_spec(app["data"], app.get("data_root", DEFAULT_DATA_ROOT))
     gold = subsample(splits["test"], 1.0, sentences)
     from transformers import AutoTokenizer
 

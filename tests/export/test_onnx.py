@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from mtpf.export import ExportError, export, exportable_slot
 from mtpf.export.onnx import INT8_MAX_F1_DROP, INT8_MIN_COSINE
-from tests.conftest import REPO_ROOT, SHARED_DIR, run_command
+from tests.conftest import SHARED_DIR, run_command
 
 TEXTS = [json.loads(line)["text"] for line in (SHARED_DIR / "data/tc/banking77/test.jsonl").open()][:40]
 
@@ -20,8 +20,9 @@ TEXTS = [json.loads(line)["text"] for line in (SHARED_DIR / "data/tc/banking77/t
 def test_ner_app_exports_to_one_graph_that_matches_pytorch(app, tmp_path):
     _, app_dir = app
     out = tmp_path / "onnx"
+    # from another folder: the app's test set is found where finetune read it, not by a cwd-relative default
     run_command([sys.executable, "-m", "mtpf", "export", str(app_dir), "--output", str(out), "--quantize", "int8",
-                 "--sentences", "60"], REPO_ROOT)  # fmt: skip
+                 "--sentences", "60"], tmp_path)  # fmt: skip
     report = json.loads((out / "export_report.json").read_text())
     fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
     assert fp32["accepted"] and fp32["max_abs_diff"] < 1e-3 and fp32["f1_onnx"] == fp32["f1_pytorch"]
