@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -216,30 +217,39 @@ def run_eval(argv: list[str]) -> None:
 
 @dataclass
 class FinetuneArguments:
-    """An app's own adapter from a release: `python -m mtpf finetune RELEASE --task ner --data D --output APP`."""
+    """An app's own adapter from a release: `python -m mtpf finetune RELEASE --task ner|classification --data D
+    --output APP` (the protocol options after it depend on --task; see --help with a --task)."""
 
     release: str = field(metadata={"help": "Release folder (backbone/ + adapters/): the backbone the app runs on."})
     data: str = field(
         metadata={
-            "help": "NER data: a local dataset name, a folder of CoNLL files (train*/dev*/test*), hf://ID[:CONFIG]."
+            "help": "NER: a local dataset name, a folder of CoNLL files (train*/dev*/test*), hf://ID[:CONFIG]. "
+            "classification: a local task name, a folder of train/dev/test .jsonl or .csv (text, label), "
+            "hf://ID[:CONFIG]."
         }
     )
     output: str = field(metadata={"help": "App folder to write (a standard PEFT adapter repo)."})
-    task: str = field(default="ner", metadata={"help": "What the app does: ner."})
+    task: str = field(default="ner", metadata={"help": "What the app does: ner or classification."})
     seed: int = field(default=0, metadata={"help": "Seed of the head, the LoRA init and the data order."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an app already at --output."})
     ner_data_root: str = field(default=NER_DATA, metadata={"help": "Where local NER datasets live."})
+    tc_data_root: str = field(default=TC_DATA, metadata={"help": "Where local classification tasks live."})
 
 
 def run_finetune(argv: list[str]) -> None:
-    from mtpf.apps import finetune_app
-    from mtpf.evaluation.ner import NerProtocol
+    from mtpf.apps import APP_TASKS, PROTOCOLS, finetune_app
 
     if argv and not argv[0].startswith("-"):  # the release may come first, positionally
         argv = ["--release", argv[0], *argv[1:]]
-    args, protocol = HfArgumentParser((FinetuneArguments, NerProtocol)).parse_args_into_dataclasses(args=argv)
-    path = finetune_app(args.release, args.task, args.data, args.output, protocol, args.seed, args.overwrite,
-                        args.ner_data_root)  # fmt: skip
+    task_only = argparse.ArgumentParser(add_help=False)
+    task_only.add_argument("--task", default="ner")
+    task = task_only.parse_known_args(argv)[0].task  # it decides which protocol's options exist
+    if task not in APP_TASKS:
+        raise SystemExit(f"--task {task!r}: apps are built for {list(APP_TASKS)}.")
+    parser = HfArgumentParser((FinetuneArguments, PROTOCOLS[task]))
+    args, protocol = parser.parse_args_into_dataclasses(args=argv)
+    root = args.ner_data_root if task == "ner" else args.tc_data_root
+    path = finetune_app(args.release, task, args.data, args.output, protocol, args.seed, args.overwrite, root)
     print(f"App written to {path}")
 
 
@@ -247,9 +257,18 @@ def run_finetune(argv: list[str]) -> None:
 class ExportArguments:
     """Export an app or a release's slot as ONNX (fp32, optionally int8) with its measured fidelity."""
 
-    source: str = field(metadata={"help": "An app folder (mtpf finetune) or a release folder (with --slot)."})
+    source: str = field(metadata={"help": "An app folder (mtpf finetune) or a release folder (with --slot/--shared)."})
     output: str = field(metadata={"help": "Folder for model.onnx, model.int8.onnx, export_report.json, tokenizer/."})
-    slot: str | None = field(default=None, metadata={"help": "Release: the slot merged into the encoder (e.g. tc)."})
+    slot: str | None = field(
+        default=None, metadata={"help": "Release: the slot merged into the encoder (e.g. tc); with --shared, added."}
+    )
+    shared: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Release: app folders for one shared backbone.onnx + one onnxruntime adapter file per app "
+            "(and per --slot)."
+        },
+    )
     quantize: str | None = field(default=None, metadata={"help": "int8: also a dynamically quantised graph."})
     backbone: str | None = field(
         default=None, metadata={"help": "App: its backbone folder (default: the recorded one)."}
@@ -271,14 +290,37 @@ def run_export(argv: list[str]) -> None:
     if argv and not argv[0].startswith("-"):
         argv = ["--source", argv[0], *argv[1:]]
     (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+
+    def check_texts() -> list[str]:
+        rows = [row for _, row in read_json_lines(Path(args.texts), ValueError)][: args.sentences]
+        return [row["text"] for row in rows]
+
+    if args.shared:
+        from mtpf.export.shared import export_shared, shared_apps
+
+        slots = [args.slot] if args.slot else []
+        texts = check_texts() if slots else []
+        backbone, tokenizer, apps = shared_apps(args.source, args.shared, slots, texts, args.sentences)
+        length = max(app.reference.max_length for app in apps)
+        path = export_shared(backbone, tokenizer, apps, args.output, args.quantize, args.overwrite, args.source, length)
+        print(f"Shared export written to {path}")
+        return
     if (Path(args.source) / "mtpf_app.json").is_file():
         exportable = exportable_app(args.source, args.backbone, args.sentences)
     else:
-        rows = [row for _, row in read_json_lines(Path(args.texts), ValueError)][: args.sentences]
-        exportable = exportable_slot(args.source, args.slot, [row["text"] for row in rows])
+        exportable = exportable_slot(args.source, args.slot, check_texts())
     last_layer = exportable.module.model.config.num_layers - 1
     path = export(exportable, args.output, args.quantize, args.overwrite, last_layer, args.source)
     print(f"Export written to {path}")
+
+
+def run_serve(argv: list[str]) -> None:
+    from mtpf.serve.server import ServeArguments, serve
+
+    if argv and not argv[0].startswith("-"):  # the release may come first, positionally
+        argv = ["--release", argv[0], *argv[1:]]
+    (args,) = HfArgumentParser(ServeArguments).parse_args_into_dataclasses(args=argv)
+    serve(args)
 
 
 @dataclass
@@ -318,6 +360,7 @@ COMMANDS = {
     "merge": run_merge,
     "finetune": run_finetune,
     "export": run_export,
+    "serve": run_serve,
 }
 
 

@@ -233,3 +233,23 @@ def app(tmp_path_factory):
            "--output", str(folder / "app"), "--ner_data_root", str(NER_ROOT), "--seed", "1", *protocol]  # fmt: skip
     run_command(cli, REPO_ROOT)
     return release, folder / "app"
+
+
+from mtpf.apps.classification import ClassificationProtocol  # noqa: E402
+
+TC_ROOT = SHARED_DIR / "data" / "tc"
+CLASSIFIER_PROTOCOL = ClassificationProtocol(warmup_epochs=1, epochs=2, batch_size=16, max_length=48,
+                                             max_train_sentences=300, max_dev_sentences=64,
+                                             max_test_sentences=150)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def classifier_app(app):
+    """A sentence-classification app on the NER app's release (so both share one backbone), via the CLI."""
+    release, ner_app = app
+    protocol = [f"--{k}={v}" for k, v in vars(CLASSIFIER_PROTOCOL).items() if k != "target_modules" and v is not None]
+    output = ner_app.parent / "classifier"
+    cli = [sys.executable, "-m", "mtpf", "finetune", str(release), "--task", "classification", "--data", "emotion",
+           "--output", str(output), "--tc_data_root", str(TC_ROOT), *protocol]  # fmt: skip
+    run_command(cli, REPO_ROOT)
+    return release, output

@@ -1,5 +1,6 @@
-"""Apps on one backbone: an app's own adapter fine-tuned from a release (`finetune.py`)."""
+"""Apps on one backbone: an app's own adapter fine-tuned from a release (`finetune.py`), NER or sentence
+classification (`classification.py`)."""
 
-from mtpf.apps.finetune import APP_FILE, AppError, finetune_app, read_app
+from mtpf.apps.finetune import APP_FILE, APP_TASKS, PROTOCOLS, AppError, check_app_backbone, finetune_app, read_app
 
-__all__ = ["APP_FILE", "AppError", "finetune_app", "read_app"]
+__all__ = ["APP_FILE", "APP_TASKS", "PROTOCOLS", "AppError", "check_app_backbone", "finetune_app", "read_app"]

@@ -8,75 +8,33 @@ the score is seqeval's strict IOB2 entity F1 on test, at the epoch with the best
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
-from peft import PeftModel, get_peft_model
-from safetensors.torch import load_file
+from peft import PeftModel
 from seqeval.metrics import f1_score
 from seqeval.scheme import IOB2
-from torch.utils.data import SequentialSampler
-from transformers import (
-    DataCollatorForTokenClassification,
-    EvalPrediction,
-    PreTrainedTokenizerBase,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import DataCollatorForTokenClassification, EvalPrediction, PreTrainedTokenizerBase
 
-from configuration_mtpf import DEFAULT_TARGET_ROLES, make_slot
 from modeling_mtpf import MtpfForTokenClassification
 from mtpf.data.conll import TaggedSentence
 from mtpf.data.tokens import IGNORE_INDEX, first_subtoken_labels
 from mtpf.models import LoadedModel
-from mtpf.slots import lora_config_for_slot
+from mtpf.training.downstream import AdapterProtocol, build_adapter_model, train_two_phases
 
 logger = logging.getLogger(__name__)
 DOWNSTREAM = "ner"  # adapter name of the downstream LoRA (it continues the `ner` slot where one exists)
-HEAD = "classifier"
 
 
 @dataclass
-class NerProtocol:
+class NerProtocol(AdapterProtocol):
     """How one model is adapted to one NER dataset (defaults: the paper's appendix A)."""
-
-    r: int = field(default=32, metadata={"help": "Downstream LoRA rank (paper: 32)."})
-    lora_alpha: int = field(default=64, metadata={"help": "Downstream LoRA alpha (paper: 64)."})
-    target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_TARGET_ROLES), metadata={"help": "Roles on every layer."}
-    )
-    warmup_epochs: float = field(default=10, metadata={"help": "Head-only epochs, encoder frozen (paper: 10)."})
-    epochs: float = field(default=30, metadata={"help": "Joint LoRA + head epochs (paper: 30)."})
-    batch_size: int = field(default=64, metadata={"help": "Training batch size (paper: 64)."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (paper: 2e-5)."})
-    warmup_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the head-only phase (default: learning_rate)."}
-    )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
-    max_length: int = field(default=256, metadata={"help": "Sub-tokens per sentence; cut words count as O."})
-    max_train_sentences: int | None = field(
-        default=None, metadata={"help": "Cap on train (seeded), applied before the data fraction."}
-    )
-    max_dev_sentences: int | None = field(default=None, metadata={"help": "Cap on dev (seeded)."})
-    max_test_sentences: int | None = field(default=None, metadata={"help": "Cap on test (seeded)."})
-    eval_batch_size: int = field(default=128, metadata={"help": "Batch size for dev/test prediction."})
-    min_steps_per_epoch: int = field(
-        default=0,
-        metadata={
-            "help": "Repeat a small training set within each epoch until an epoch has at least this many optimizer "
-            "steps (0: off, the paper). Keeps low-resource runs from stopping after a handful of updates."
-        },
-    )
 
 
 @dataclass
@@ -158,91 +116,7 @@ def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
 
 def build_ner_model(candidate: LoadedModel, labels: list[str], protocol: NerProtocol) -> PeftModel:
     """The candidate's backbone + a fresh token head + downstream LoRA on every layer (ner slot as init)."""
-    config = copy.deepcopy(candidate.backbone.config)
-    config.num_labels = len(labels)
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {label: i for i, label in enumerate(labels)}
-    config.task_slots = {
-        DOWNSTREAM: make_slot(config.num_layers, 0, protocol.r, protocol.lora_alpha, 0.0, protocol.target_modules)
-    }
-    model = MtpfForTokenClassification(config)
-    model.backbone.load_state_dict(candidate.backbone.backbone.state_dict(), strict=True)
-    lora = lora_config_for_slot(config, DOWNSTREAM, modules_to_save=[HEAD])  # the head ships with the adapter
-    peft_model = get_peft_model(model, lora, adapter_name=DOWNSTREAM)
-    if DOWNSTREAM in candidate.adapters:
-        init_from_slot(peft_model, candidate.adapters[DOWNSTREAM])
-    return peft_model
-
-
-def init_from_slot(peft_model: PeftModel, adapter_dir: Path) -> int:
-    """Copy a trained slot into the downstream LoRA so that both give the same weight update.
-
-    With slot scale s1 = alpha1/r1 and downstream scale s2: A2[:r1] = A1, B2[:, :r1] = B1 * s1/s2 and
-    B2[:, r1:] = 0, so s2 B2 A2 = s1 B1 A1; the extra ranks keep their fresh init. Returns modules initialised.
-    """
-    adapter_dir = Path(adapter_dir)
-    slot = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    slot_scale = float(slot["lora_alpha"]) / float(slot["r"])
-    copied = 0
-    with torch.no_grad():
-        for key, lora_a in tensors.items():
-            if not key.endswith(".lora_A.weight"):
-                continue
-            module_name = key.removesuffix(".lora_A.weight")
-            module = peft_model.get_submodule(module_name)
-            target_a, target_b = module.lora_A[DOWNSTREAM].weight, module.lora_B[DOWNSTREAM].weight
-            rank = lora_a.shape[0]
-            if rank > target_a.shape[0]:
-                raise ValueError(
-                    f"{adapter_dir}: the ner slot has rank {rank}, above the downstream rank {target_a.shape[0]}; "
-                    "raise the NER protocol's r to at least the slot's."
-                )
-            scale = slot_scale / module.scaling[DOWNSTREAM]
-            target_a[:rank].copy_(lora_a)
-            target_b.zero_()
-            target_b[:, :rank].copy_(tensors[f"{module_name}.lora_B.weight"] * scale)
-            copied += 1
-    if copied == 0:
-        raise ValueError(f"{adapter_dir}: no LoRA tensors matched this model; was it made for another backbone?")
-    logger.info("Downstream LoRA initialised from the ner slot in %s (%d modules)", adapter_dir, copied)
-    return copied
-
-
-def set_phase(peft_model: PeftModel, joint: bool) -> None:
-    """Head-only warm-up (encoder frozen) or joint training of the downstream LoRA and the head."""
-    for name, param in peft_model.named_parameters():
-        param.requires_grad = HEAD in name or (joint and "lora_" in name)
-
-
-class KeepBestOnDev(TrainerCallback):
-    """Remember the trainable weights at the best dev F1, to restore them before testing."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.best_f1 = -1.0
-        self.best_epoch = 0.0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.curve: list[float] = []
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        f1 = (metrics or {}).get("eval_f1", -1.0)
-        logger.info("epoch %.1f: dev F1 %.2f", state.epoch or 0.0, f1)
-        self.curve.append(round(float(f1), 4))
-        if f1 > self.best_f1:
-            self.best_f1, self.best_epoch = f1, float(state.epoch or 0.0)
-            self.best_state = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
-
-    def restore(self) -> None:
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state, strict=False)
-
-
-class NerTrainer(Trainer):
-    """Length-grouped training batches; dev/test predicted in dataset order (rows align with their gold sentences)."""
-
-    def _get_eval_sampler(self, eval_dataset) -> SequentialSampler:
-        return SequentialSampler(eval_dataset)
+    return build_adapter_model(candidate, MtpfForTokenClassification, labels, protocol, DOWNSTREAM, DOWNSTREAM)
 
 
 def train_ner(
@@ -274,32 +148,10 @@ def train_ner(
         predicted = decode_tags(prediction.predictions, prediction.label_ids, id2label, dev)
         return {"f1": entity_f1([s.tags for s in dev], predicted)}
 
-    keep_best = KeepBestOnDev(model)
     with tempfile.TemporaryDirectory(prefix="mtpf-ner-") as scratch:
-        phases = [(False, protocol.warmup_epochs, protocol.warmup_learning_rate or protocol.learning_rate)]
-        phases.append((True, protocol.epochs, protocol.learning_rate))
-        trainer = None
-        for joint, epochs, learning_rate in phases:
-            if epochs <= 0:
-                continue
-            set_phase(model, joint)
-            # The warm-up picks no model: dev selection covers the joint epochs (or the warm-up if there are none).
-            selects = joint or protocol.epochs <= 0
-            trainer = NerTrainer(
-                model=model,
-                args=_training_arguments(scratch, protocol, epochs, learning_rate, seed, evaluate=selects),
-                train_dataset=train_set,
-                eval_dataset=dev_set,
-                data_collator=DataCollatorForTokenClassification(candidate.tokenizer),
-                compute_metrics=dev_metrics,
-                preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
-                callbacks=[keep_best] if selects else [],
-            )
-            trainer.train()
-        if trainer is None:
-            raise ValueError("The NER protocol trains for 0 epochs in both phases; give warmup_epochs or epochs.")
-        keep_best.restore()
-        trainer.compute_metrics = None  # dev metrics only; test is scored below against full gold sentences
+        collator = DataCollatorForTokenClassification(candidate.tokenizer)
+        trainer, keep_best = train_two_phases(model, protocol, train_set, dev_set, collator, dev_metrics, seed,
+                                              scratch, metric="eval_f1")  # fmt: skip
         prediction = trainer.predict(test_set)
     test_f1 = entity_f1(
         [s.tags for s in test], decode_tags(prediction.predictions, prediction.label_ids, id2label, test)
@@ -309,7 +161,7 @@ def train_ner(
         fraction=fraction,
         seed=seed,
         test_f1=round(float(test_f1), 4),
-        dev_f1=round(float(keep_best.best_f1), 4),
+        dev_f1=round(float(keep_best.best_score), 4),
         best_epoch=keep_best.best_epoch,
         train_sentences=len(train),
         rows_per_epoch=len(epoch_rows),
@@ -319,27 +171,3 @@ def train_ner(
     )
     logger.info("%s", run)
     return run, model
-
-
-def _training_arguments(
-    output_dir: str, protocol: NerProtocol, epochs: float, learning_rate: float, seed: int, evaluate: bool
-) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=output_dir,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=protocol.batch_size,
-        per_device_eval_batch_size=protocol.eval_batch_size,
-        learning_rate=learning_rate,
-        weight_decay=protocol.weight_decay,
-        eval_strategy="epoch" if evaluate else "no",
-        save_strategy="no",
-        logging_strategy="epoch",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_num_workers=0,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-    )

@@ -1,16 +1,19 @@
 """Device export: one app (or a release's slot) as one ONNX graph, fp32 and int8, with its fidelity measured.
 
-    python -m mtpf export APP --output DIR [--quantize int8]                 # NER app: per-token logits
+    python -m mtpf export APP --output DIR [--quantize int8]                 # app: token or class logits
     python -m mtpf export RELEASE --slot tc --output DIR [--quantize int8]   # sentence embeddings (normalised)
 
 The LoRA is merged in fp32 first (`merge_and_unload`), the head and pooling are inside the graph, so a device runs
-one session: `input_ids`, `attention_mask` in; `logits` [batch, tokens, labels] (decode: argmax per token, keep
-each word's first sub-token, map ids through `id2label` in `export_report.json`) or `sentence_embedding`
-[batch, hidden] out. Export is `torch.onnx.export(dynamo=True)`; int8 is onnxruntime's `quantize_dynamic`
-(per-channel QInt8 weights). Every artifact is compared with PyTorch on real sentences and the verdict is written
-to `DIR/export_report.json`: max |Δ|, and the entity F1 (NER) or the cosine to PyTorch's embedding (TC). An int8
-graph is accepted only within 1 F1 point / cosine ≥ 0.99; otherwise it is retried with the head and the last
-layer kept in fp32 (`nodes_to_exclude`), and the report says what was kept and whether that passed.
+one session: `input_ids`, `attention_mask` in; out come `logits` [batch, tokens, labels] for NER (decode: argmax
+per token, keep each word's first sub-token, map ids through `id2label` in `export_report.json`), `logits`
+[batch, classes] for a classification app, or `sentence_embedding` [batch, hidden] for a slot.
+
+Export is `torch.onnx.export(dynamo=True)`; int8 is onnxruntime's `quantize_dynamic` (per-channel QInt8 weights).
+Every artifact is compared with PyTorch on real sentences and the verdict is written to `DIR/export_report.json`:
+max |Δ|, and the entity F1 (NER), the accuracy (classification) or the cosine to PyTorch's embedding (slot). An
+int8 graph is accepted only within 1 point of F1 or accuracy / cosine ≥ 0.99; otherwise it is retried with the
+head and the last layer kept in fp32 (`nodes_to_exclude`), and the report says what was kept and whether that
+passed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import ast
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
 logger = logging.getLogger(__name__)
 
 REPORT = "export_report.json"
-INT8_MAX_F1_DROP = 1.0  # points of entity F1
+INT8_MAX_F1_DROP = 1.0  # points of entity F1 (NER) or of accuracy (classification)
 INT8_MIN_COSINE = 0.99
 FP32_MAX_ABS_DIFF = 1e-3
 
@@ -46,9 +50,9 @@ class Exportable:
 
     module: nn.Module  # forward(input_ids, attention_mask) -> the one output
     tokenizer: object
-    output_name: str  # "logits" (NER) or "sentence_embedding"
+    output_name: str  # "logits" (NER, classification) or "sentence_embedding"
     texts: list[str]  # real sentences to compare on (NER: the words of `gold` joined)
-    gold: list = field(default_factory=list)  # NER: TaggedSentence list with gold tags
+    gold: list = field(default_factory=list)  # NER: TaggedSentence list with gold tags; classification: class ids
     id2label: dict[int, str] = field(default_factory=dict)
     max_length: int = 128
 
@@ -66,34 +70,45 @@ class _Outputs(nn.Module):
 
 
 def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sentences: int = 200) -> Exportable:
-    """An NER app (from `mtpf finetune`) merged into its backbone's token-classification model."""
+    """An app (from `mtpf finetune`) merged into its backbone's head model: token logits (NER) or class logits."""
     from peft import PeftModel
+    from transformers import AutoTokenizer
 
-    from modeling_mtpf import MtpfForTokenClassification
     from mtpf.apps import read_app
-    from mtpf.evaluation.ner import subsample
-    from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT, load_ner_spec
 
     app = read_app(app_dir)
     backbone = backbone or app["backbone"]
     labels = {int(i): label for i, label in app["id2label"].items()}
-    model = MtpfForTokenClassification.from_pretrained(
+    model = app_head_class(app["task"]).from_pretrained(
         backbone, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
     )
     merged = PeftModel.from_pretrained(model, str(app_dir)).merge_and_unload().eval()
-    _, splits = load_ner_spec(app["data"], app.get("data_root", DEFAULT_DATA_ROOT))
-    gold = subsample(splits["test"], 1.0, sentences)
-    from transformers import AutoTokenizer
+    texts, gold = app_test_texts(app, sentences)
+    return Exportable(_Outputs(merged, "logits").eval(), AutoTokenizer.from_pretrained(backbone), "logits", texts,
+                      gold, labels, int(app["protocol"]["max_length"]))  # fmt: skip
 
-    return Exportable(
-        _Outputs(merged, "logits").eval(),
-        AutoTokenizer.from_pretrained(backbone),
-        "logits",
-        [" ".join(s.tokens) for s in gold],
-        gold,
-        labels,
-        int(app["protocol"]["max_length"]),
-    )
+
+def app_head_class(task: str) -> type:
+    from modeling_mtpf import MtpfForSequenceClassification, MtpfForTokenClassification
+
+    return MtpfForTokenClassification if task == "ner" else MtpfForSequenceClassification
+
+
+def app_test_texts(app: dict, sentences: int) -> tuple[list[str], list]:
+    """The first `sentences` (seeded) of the app's test split: texts and gold (tagged sentences, or class ids)."""
+    from mtpf.apps.finetune import DATA_ROOTS
+    from mtpf.evaluation.ner import subsample
+
+    data_root = app.get("data_root") or DATA_ROOTS[app["task"]]
+    if app["task"] == "ner":
+        from mtpf.evaluation.ner_data import load_ner_spec
+
+        gold = subsample(load_ner_spec(app["data"], data_root)[1]["test"], 1.0, sentences)
+        return [" ".join(s.tokens) for s in gold], gold
+    from mtpf.apps.classification import load_classification_spec
+
+    rows = subsample(load_classification_spec(app["data"], data_root)[1]["test"], 1.0, sentences)
+    return [row.text for row in rows], [int(app["label2id"][row.label]) for row in rows]
 
 
 def exportable_slot(release: str, slot: str | None, texts: list[str]) -> Exportable:
@@ -130,10 +145,21 @@ def export_onnx(exportable: Exportable, path: Path) -> Path:
 
 
 def quantize_int8(source: Path, target: Path, nodes_to_exclude: list[str] | None = None) -> Path:
+    """Dynamic int8 (per-channel QInt8 weights) of a copy of `source` without its `value_info`: the dynamo
+    exporter's recorded shapes can contradict onnx's own inference after a Gemm head (`Inferred shape and existing
+    shape differ`), which stops onnxruntime's quantizer; the shapes are re-inferred from the graph anyway."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                     nodes_to_exclude=nodes_to_exclude or [])  # fmt: skip
+    model = onnx.load(str(source))
+    del model.graph.value_info[:]
+    plain = target.with_name(f"{target.stem}.no-value-info.onnx")
+    onnx.save(model, str(plain))
+    try:
+        quantize_dynamic(str(plain), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=nodes_to_exclude or [])  # fmt: skip
+    finally:
+        plain.unlink(missing_ok=True)
     return target
 
 
@@ -153,28 +179,47 @@ def nodes_of_modules(path: Path, prefixes: list[str]) -> list[str]:
     return names
 
 
-def fidelity(exportable: Exportable, path: Path, batch_size: int = 32) -> dict:
-    """Compare the ONNX graph with PyTorch on the real sentences: max |Δ| and F1 (NER) or cosine (embeddings)."""
+def onnx_runner(path: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The graph's one output for `input_ids`, `attention_mask` feeds, on onnxruntime's CPU provider."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda feeds: session.run(None, feeds)[0]
+
+
+def fidelity(exportable: Exportable, path: Path | Callable, batch_size: int = 32) -> dict:
+    """Compare an ONNX graph (its path, or a runner of feeds -> output) with PyTorch on the real sentences: max |Δ|,
+    and F1 (NER), accuracy (classification) or cosine (embeddings)."""
+    run = onnx_runner(path) if isinstance(path, Path) else path
     diffs, cosines, reference_rows, onnx_rows = [], [], [], []
     for start in range(0, len(exportable.texts), batch_size):
         batch = _encode(exportable, start, start + batch_size)
         with torch.no_grad():
             reference = exportable.module(batch["input_ids"], batch["attention_mask"]).numpy()
-        got = session.run(None, {k: batch[k].numpy() for k in ("input_ids", "attention_mask")})[0]
+        got = run({k: batch[k].numpy() for k in ("input_ids", "attention_mask")})
         keep = batch["attention_mask"].numpy().astype(bool)
-        if exportable.output_name == "logits":
+        if is_tagger(exportable):
             diffs.append(float(np.abs(got - reference)[keep].max()))
             reference_rows += _first_subtoken_tags(reference, batch, exportable, start)
             onnx_rows += _first_subtoken_tags(got, batch, exportable, start)
+        elif exportable.output_name == "logits":  # class logits
+            diffs.append(float(np.abs(got - reference).max()))
+            reference_rows += reference.argmax(-1).tolist()
+            onnx_rows += got.argmax(-1).tolist()
         else:
             diffs.append(float(np.abs(got - reference).max()))
             norms = np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
             cosines += list((got * reference).sum(axis=1) / np.maximum(norms, 1e-12))
     report = {"max_abs_diff": max(diffs), "sentences": len(exportable.texts)}
-    if exportable.output_name == "logits":
+    if exportable.output_name == "logits" and not is_tagger(exportable):
+        gold = np.array(exportable.gold)
+        report |= {
+            "accuracy_pytorch": round(100 * float((np.array(reference_rows) == gold).mean()), 4),
+            "accuracy_onnx": round(100 * float((np.array(onnx_rows) == gold).mean()), 4),
+            "prediction_agreement": round(100 * float((np.array(reference_rows) == np.array(onnx_rows)).mean()), 4),
+        }
+        report["accuracy_drop"] = round(report["accuracy_pytorch"] - report["accuracy_onnx"], 4)
+    elif exportable.output_name == "logits":
         from mtpf.evaluation.ner import entity_f1
 
         gold = [s.tags for s in exportable.gold]
@@ -190,12 +235,17 @@ def fidelity(exportable: Exportable, path: Path, batch_size: int = 32) -> dict:
 
 def _encode(exportable: Exportable, start: int, end: int):
     """A batch of the check sentences: NER by gold words (so word ids align with the tags), else plain texts."""
-    if exportable.gold:
+    if is_tagger(exportable):
         words = [s.tokens for s in exportable.gold[start:end]]
         return exportable.tokenizer(words, is_split_into_words=True, padding=True, truncation=True,
                                     max_length=exportable.max_length, return_tensors="pt")  # fmt: skip
     return exportable.tokenizer(exportable.texts[start:end], padding=True, truncation=True,
                                 max_length=exportable.max_length, return_tensors="pt")  # fmt: skip
+
+
+def is_tagger(exportable: Exportable) -> bool:
+    """NER (gold tagged sentences, per-token logits) rather than classification or embeddings."""
+    return bool(exportable.gold) and not isinstance(exportable.gold[0], int)
 
 
 def _first_subtoken_tags(logits: np.ndarray, batch, exportable: Exportable, start: int) -> list[list[str]]:
@@ -216,6 +266,8 @@ def accepted(report: dict, int8: bool) -> bool:
         return bool(report["max_abs_diff"] < FP32_MAX_ABS_DIFF)
     if "f1_drop" in report:
         return bool(report["f1_drop"] <= INT8_MAX_F1_DROP)
+    if "accuracy_drop" in report:
+        return bool(report["accuracy_drop"] <= INT8_MAX_F1_DROP)
     return bool(report["min_cosine"] >= INT8_MIN_COSINE)
 
 

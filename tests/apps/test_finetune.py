@@ -1,4 +1,5 @@
-"""`mtpf finetune`: an app's adapter from a release; the evaluation protocol's numbers; loaded as a user would."""
+"""`mtpf finetune`: an app's adapter (NER or classification) from a release; the evaluation protocol's numbers;
+loaded as a user would."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import pytest
 import torch
 
 from mtpf.apps import AppError, finetune_app, read_app
+from mtpf.apps.classification import ClassificationDataError, check_classes, load_classification_spec
 from mtpf.evaluation.ner import train_ner
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
 from mtpf.models import load_model
 from mtpf.release import validate_release
 from tests.conftest import APP_PROTOCOL as PROTOCOL
-from tests.conftest import NER_ROOT, REPO_ROOT, run_command
+from tests.conftest import CLASSIFIER_PROTOCOL, NER_ROOT, REPO_ROOT, run_command
 
 
 def test_app_scores_what_the_evaluation_protocol_scores(app):
@@ -32,21 +34,63 @@ def test_app_scores_what_the_evaluation_protocol_scores(app):
     assert f"{expected.test_f1:.2f}" in (app_dir / "README.md").read_text()
 
 
-def test_app_tags_entities_through_a_pipeline_in_a_fresh_process(app, tmp_path):
-    from examples.app_ner_pipeline import load_app
+def run_app_pipeline(release, app_dir, text: str, tmp_path) -> tuple[dict, torch.Tensor]:
+    """examples/app_pipeline.py in a fresh process (transformers + PEFT only), and the same app's logits here."""
+    from examples.app_pipeline import load_app
 
-    release, app_dir = app
-    out = tmp_path / "entities.json"
-    text = "Deep learning was studied by Geoffrey Hinton at the University of Toronto and Google ."
-    result = run_command([sys.executable, str(REPO_ROOT / "examples" / "app_ner_pipeline.py"),
-                          str(release / "backbone"), str(app_dir), text, "--output", str(out)], tmp_path,
-                         HF_MODULES_CACHE=str(tmp_path / "modules"))  # fmt: skip
-    got = json.loads(out.read_text())
-    assert got["entities"][0], result.stdout  # the app finds entities
-    model, tokenizer = load_app(str(release / "backbone"), str(app_dir))  # in this process
+    out = tmp_path / "predictions.json"
+    run_command([sys.executable, str(REPO_ROOT / "examples" / "app_pipeline.py"), str(release / "backbone"),
+                 str(app_dir), text, "--output", str(out)], tmp_path,
+                HF_MODULES_CACHE=str(tmp_path / "modules"))  # fmt: skip
+    model, tokenizer, _ = load_app(str(release / "backbone"), str(app_dir))  # in this process
     with torch.no_grad():
         logits = model(**tokenizer([text], padding=True, return_tensors="pt")).logits
+    return json.loads(out.read_text()), logits
+
+
+def test_app_tags_entities_through_a_pipeline_in_a_fresh_process(app, tmp_path):
+    release, app_dir = app
+    text = "Deep learning was studied by Geoffrey Hinton at the University of Toronto and Google ."
+    got, logits = run_app_pipeline(release, app_dir, text, tmp_path)
+    assert got["task"] == "ner" and got["predictions"][0]  # the app finds entities
+    assert {p["entity_group"] for p in got["predictions"][0]} <= {t[2:] for t in read_app(app_dir)["label2id"]}
     torch.testing.assert_close(torch.tensor(got["logits"]), logits, atol=1e-5, rtol=0)
+
+
+def test_classifier_app_labels_texts_through_a_pipeline_in_a_fresh_process(classifier_app, tmp_path):
+    release, app_dir = classifier_app
+    description = read_app(app_dir)
+    assert description["task"] == "classification" and len(description["id2label"]) == 6  # emotion's classes
+    assert description["run"]["train_texts"] == CLASSIFIER_PROTOCOL.max_train_sentences
+    assert 0 <= description["scores"]["test_macro_f1"] <= 100 and 0 < description["scores"]["test_accuracy"] <= 100
+    adapter = json.loads((app_dir / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["classifier"]
+    assert adapter["auto_mapping"]["base_model_class"] == "MtpfForSequenceClassification"
+    assert f"{description['scores']['test_accuracy']:.2f}" in (app_dir / "README.md").read_text()
+    got, logits = run_app_pipeline(release, app_dir, "i feel so happy and grateful today", tmp_path)
+    (prediction,) = got["predictions"][0]
+    assert prediction["label"] in description["label2id"] and 0 < prediction["score"] <= 1
+    assert description["id2label"][str(int(logits.argmax()))] == prediction["label"]
+    torch.testing.assert_close(torch.tensor(got["logits"]), logits, atol=1e-5, rtol=0)
+
+
+def test_classification_data_errors_name_file_and_line(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\nhello there,a\nbye now,b\nsee you,a\nhi,b\nyo,a\n")
+    (folder / "test.jsonl").write_text('{"text": "hi", "label": "a"}\n{"text": "ok", "label": "c"}\n')
+    name, splits = load_classification_spec(str(folder), tmp_path)
+    assert name == "data" and len(splits["dev"]) == 1 and len(splits["train"]) == 4  # a seeded tenth became dev
+    with pytest.raises(ClassificationDataError, match=r"test.jsonl:2: test label 'c' never occurs in train"):
+        check_classes(splits)
+    (folder / "train.csv").write_text("sentence,label\nhello,a\n")
+    with pytest.raises(ClassificationDataError, match=r"train.csv:1: the header needs 'text' and 'label'"):
+        load_classification_spec(str(folder), tmp_path)
+    (folder / "train.csv").write_text("text,label\nhello,a\n   ,b\n")
+    with pytest.raises(ClassificationDataError, match=r"train.csv:3: the text is empty"):
+        load_classification_spec(str(folder), tmp_path)
+    with pytest.raises(ClassificationDataError, match="neither a folder nor a task"):
+        load_classification_spec("no-such-task", tmp_path)
 
 
 def test_app_output_rules(app, tmp_path):

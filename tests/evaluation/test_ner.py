@@ -129,7 +129,7 @@ def test_keep_best_on_dev_restores_the_weights_of_the_best_epoch():
     """Dev F1 10, 30, 20 while the weights keep changing: the weights of epoch 2 come back, not the last ones."""
     from types import SimpleNamespace
 
-    from mtpf.evaluation.ner import KeepBestOnDev
+    from mtpf.training.downstream import KeepBestOnDev
 
     model = torch.nn.Linear(2, 2)
     frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)

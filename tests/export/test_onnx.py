@@ -51,3 +51,19 @@ def test_slot_exports_the_normalised_sentence_embedding(slotted_release, tmp_pat
         export(exportable, out)
     with pytest.raises(ExportError, match="no trained slot 'qa'"):
         exportable_slot(str(slotted_release), "qa", TEXTS)
+
+
+def test_classifier_app_exports_its_class_logits(classifier_app, tmp_path):
+    _, app_dir = classifier_app
+    out = tmp_path / "onnx"
+    run_command([sys.executable, "-m", "mtpf", "export", str(app_dir), "--output", str(out), "--quantize", "int8",
+                 "--sentences", "60"], tmp_path)  # fmt: skip
+    report = json.loads((out / "export_report.json").read_text())
+    fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
+    assert fp32["accepted"] and fp32["max_abs_diff"] < 1e-3 and fp32["prediction_agreement"] == 100.0
+    assert int8["accepted"] == (int8["accuracy_drop"] <= INT8_MAX_F1_DROP)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = AutoTokenizer.from_pretrained(out / "tokenizer")(["i am so happy", "this is awful"], padding=True,
+                                                              return_tensors="np")  # fmt: skip
+    (logits,) = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    assert logits.shape == (2, len(report["id2label"]))

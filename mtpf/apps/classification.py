@@ -1,0 +1,251 @@
+"""A sentence-classification app: its data, its protocol and its training (`mtpf finetune --task classification`).
+
+The classifier is a linear head on the model's own sentence embedding (the pooling and normalisation of
+`MtpfModel.encode`, i.e. `MtpfForSequenceClassification`), with a downstream LoRA on every layer initialised from
+the release's `tc` slot. It trains like the NER protocol (`mtpf.training.downstream`: head warm-up, then LoRA +
+head, the epoch with the best dev accuracy restored) and reports test accuracy and macro-F1.
+
+Data: a local task folder name (`emotion`, under `--tc_data_root`), a folder of `train` / `dev` (or `validation`)
+/ `test` files in JSON lines or CSV with `text` and `label` fields, or `hf://ID[:CONFIG]` (a `datasets` dataset
+with `text` and `label` columns). Without a dev split, a seeded 10 % of train becomes dev.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import DataCollatorWithPadding, EvalPrediction
+
+from modeling_mtpf import MtpfForSequenceClassification
+from mtpf.io import read_json_lines, utf8_errors_named
+from mtpf.models import LoadedModel
+from mtpf.training.downstream import AdapterProtocol, build_adapter_model, train_two_phases
+
+CLASSIFICATION = "classification"  # adapter name of the downstream LoRA
+SLOT = "tc"  # the release slot that initialises it
+HUB_PREFIX = "hf://"
+SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}
+DEV_FRACTION = 0.1
+
+
+class ClassificationDataError(ValueError):
+    """Classification data that cannot be used; the message names the file and line, or the dataset."""
+
+
+@dataclass
+class LabeledText:
+    text: str
+    label: str
+    where: str  # "file:line" or "dataset [split] row N", for error messages
+
+
+@dataclass
+class ClassificationProtocol(AdapterProtocol):
+    """How a sentence classifier is trained on top of a release (our defaults; the paper has no such protocol)."""
+
+    warmup_epochs: float = field(default=2, metadata={"help": "Head-only epochs, encoder frozen."})
+    epochs: float = field(default=4, metadata={"help": "Joint LoRA + head epochs."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the joint phase."})
+    warmup_learning_rate: float | None = field(
+        default=5e-3, metadata={"help": "Head-only learning rate (the head reads a unit-length embedding)."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Sub-tokens per text."})
+
+
+@dataclass
+class ClassificationRun:
+    dataset: str
+    seed: int
+    test_accuracy: float  # percent
+    test_macro_f1: float
+    dev_accuracy: float
+    best_epoch: float
+    train_texts: int
+    test_texts: int
+    seconds: float
+    dev_curve: list[float] = field(default_factory=list)
+
+
+# ----- data ---------------------------------------------------------------------------------------------
+
+
+def classification_dataset_name(spec: str) -> str:
+    if spec.startswith(HUB_PREFIX):
+        dataset_id, _, config = spec.removeprefix(HUB_PREFIX).partition(":")
+        return dataset_id.split("/")[-1] + (f"-{config}" if config else "")
+    return Path(spec).name
+
+
+def load_classification_spec(spec: str, data_root: str | Path) -> tuple[str, dict[str, list[LabeledText]]]:
+    """(recorded name, splits train/dev/test) of a local task name, a folder, or `hf://ID[:CONFIG]`."""
+    if spec.startswith(HUB_PREFIX):
+        splits = _hub_splits(spec)
+    else:
+        folder = Path(spec) if Path(spec).is_dir() else Path(data_root) / spec
+        if not folder.is_dir():
+            raise ClassificationDataError(f"--data {spec!r}: neither a folder nor a task under {data_root}.")
+        splits = _folder_splits(folder)
+    return classification_dataset_name(spec), _with_dev(splits, spec)
+
+
+def _folder_splits(folder: Path) -> dict[str, list[LabeledText]]:
+    splits = {}
+    for split, names in SPLIT_NAMES.items():
+        files = sorted(p for name in names for p in folder.glob(f"{name}.*") if p.suffix in (".jsonl", ".csv"))
+        if len(files) > 1:
+            raise ClassificationDataError(f"{folder}: several {split} files {[f.name for f in files]}; keep one.")
+        if files:
+            splits[split] = _read_csv(files[0]) if files[0].suffix == ".csv" else _read_jsonl(files[0])
+    return splits
+
+
+def _read_jsonl(path: Path) -> list[LabeledText]:
+    rows = []
+    for number, row in read_json_lines(path, ClassificationDataError):
+        rows.append(_labeled(row, f"{path}:{number}"))
+    return rows
+
+
+def _read_csv(path: Path) -> list[LabeledText]:
+    with utf8_errors_named(path, ClassificationDataError), path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not {"text", "label"} <= set(reader.fieldnames or []):
+            raise ClassificationDataError(
+                f"{path}:1: the header needs 'text' and 'label' columns, has {reader.fieldnames}."
+            )
+        return [_labeled(row, f"{path}:{reader.line_num}") for row in reader]
+
+
+def _labeled(row: object, where: str) -> LabeledText:
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str) or row.get("label") in (None, ""):
+        raise ClassificationDataError(f'{where}: expected a string "text" and a non-empty "label".')
+    if not row["text"].strip():
+        raise ClassificationDataError(f"{where}: the text is empty.")
+    return LabeledText(row["text"], str(row["label"]), where)
+
+
+def _hub_splits(spec: str) -> dict[str, list[LabeledText]]:
+    from datasets import ClassLabel, load_dataset
+
+    dataset_id, _, config = spec.removeprefix(HUB_PREFIX).partition(":")
+    try:
+        dataset = load_dataset(dataset_id, config or None)
+    except Exception as err:  # offline, unknown id, bad config: say which and why
+        raise ClassificationDataError(f"{spec}: cannot load the dataset ({type(err).__name__}: {err}).") from err
+    splits = {}
+    for split, names in SPLIT_NAMES.items():
+        name = next((n for n in names if n in dataset), None)
+        if name is None:
+            continue
+        data = dataset[name]
+        if not {"text", "label"} <= set(data.column_names):
+            raise ClassificationDataError(
+                f"{spec} [{name}]: needs 'text' and 'label' columns, has {data.column_names}."
+            )
+        feature = data.features["label"]
+        names_of = feature.names if isinstance(feature, ClassLabel) else None
+        splits[split] = [
+            _labeled({"text": text, "label": names_of[label] if names_of else label}, f"{spec} [{name}] row {row}")
+            for row, (text, label) in enumerate(zip(data["text"], data["label"], strict=True))
+        ]
+    return splits
+
+
+def _with_dev(splits: dict[str, list[LabeledText]], where: str) -> dict[str, list[LabeledText]]:
+    for split in ("train", "test"):
+        if not splits.get(split):
+            raise ClassificationDataError(f"{where}: the {split} split is missing or empty.")
+    if "dev" not in splits:
+        train = splits["train"]
+        order = np.random.default_rng(0).permutation(len(train))
+        dev_rows = set(order[: max(1, int(len(train) * DEV_FRACTION))].tolist())
+        splits["dev"] = [row for i, row in enumerate(train) if i in dev_rows]
+        splits["train"] = [row for i, row in enumerate(train) if i not in dev_rows]
+    return splits
+
+
+def check_classes(splits: dict[str, list[LabeledText]]) -> list[str]:
+    """The training classes (sorted); a dev/test label never seen in train is an error naming file and line."""
+    classes = sorted({row.label for row in splits["train"]})
+    if len(classes) < 2:
+        raise ClassificationDataError(f"{splits['train'][0].where}: train has {len(classes)} class; need at least 2.")
+    for split in ("dev", "test"):
+        for row in splits[split]:
+            if row.label not in classes:
+                raise ClassificationDataError(f"{row.where}: {split} label {row.label!r} never occurs in train.")
+    return classes
+
+
+# ----- training ---------------------------------------------------------------------------------------------
+
+
+def _capped(rows: list[LabeledText], cap: int | None) -> list[LabeledText]:
+    if cap is None or cap >= len(rows):
+        return rows
+    keep = np.sort(np.random.default_rng(0).permutation(len(rows))[:cap])
+    return [rows[i] for i in keep]
+
+
+def _encode(rows: list[LabeledText], candidate: LoadedModel, label_ids: dict[str, int], max_length: int) -> Dataset:
+    encoded = candidate.tokenizer([row.text for row in rows], truncation=True, max_length=max_length)
+    return Dataset.from_dict({**encoded, "labels": [label_ids[row.label] for row in rows]})
+
+
+def build_classifier(candidate: LoadedModel, classes: list[str], protocol: ClassificationProtocol) -> PeftModel:
+    """The candidate's backbone + a sentence head + downstream LoRA on every layer (`tc` slot as init)."""
+    return build_adapter_model(candidate, MtpfForSequenceClassification, classes, protocol, CLASSIFICATION, SLOT)
+
+
+def train_classifier(
+    candidate: LoadedModel,
+    dataset: str,
+    splits: dict[str, list[LabeledText]],
+    classes: list[str],
+    protocol: ClassificationProtocol,
+    seed: int = 0,
+) -> tuple[ClassificationRun, PeftModel]:
+    """Train the app's classifier; its test accuracy / macro-F1 at the epoch with the best dev accuracy."""
+    start = time.monotonic()
+    train = _capped(splits["train"], protocol.max_train_sentences)
+    dev = _capped(splits["dev"], protocol.max_dev_sentences)
+    test = _capped(splits["test"], protocol.max_test_sentences)
+    label_ids = {label: i for i, label in enumerate(classes)}
+    copies = max(1, math.ceil(protocol.min_steps_per_epoch * protocol.batch_size / len(train)))
+    train_set = _encode(train * copies, candidate, label_ids, protocol.max_length)
+    dev_set, test_set = (_encode(rows, candidate, label_ids, protocol.max_length) for rows in (dev, test))
+    torch.manual_seed(seed)
+    model = build_classifier(candidate, classes, protocol)
+
+    def dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        return {"accuracy": 100.0 * accuracy_score(prediction.label_ids, prediction.predictions)}
+
+    with tempfile.TemporaryDirectory(prefix="mtpf-classification-") as scratch:
+        collator = DataCollatorWithPadding(candidate.tokenizer)
+        trainer, keep_best = train_two_phases(model, protocol, train_set, dev_set, collator, dev_metrics, seed,
+                                              scratch, metric="eval_accuracy")  # fmt: skip
+        predicted = trainer.predict(test_set).predictions  # class ids (the trainer argmaxes its logits)
+    gold = [label_ids[row.label] for row in test]
+    run = ClassificationRun(
+        dataset=dataset,
+        seed=seed,
+        test_accuracy=round(100.0 * accuracy_score(gold, predicted), 4),
+        test_macro_f1=round(100.0 * f1_score(gold, predicted, average="macro", zero_division=0), 4),
+        dev_accuracy=round(float(keep_best.best_score), 4),
+        best_epoch=keep_best.best_epoch,
+        train_texts=len(train),
+        test_texts=len(test),
+        seconds=round(time.monotonic() - start, 1),
+        dev_curve=keep_best.curve,
+    )
+    return run, model

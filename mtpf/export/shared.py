@@ -1,0 +1,276 @@
+"""One backbone ONNX for every app, each app one small onnxruntime LoRA adapter file (the paper's deployment).
+
+    python -m mtpf export RELEASE --shared APP [APP ...] [--slot tc] --output DIR [--quantize int8]
+
+`DIR/backbone.onnx` is the release's backbone with a LoRA branch on every module any app adapts, whose A and B
+matrices are graph inputs (`lora.<module>.A` [rank, in], `lora.<module>.B` [out, rank], the PEFT scale folded into
+B), and a linear head whose weight and bias are inputs too (`head.weight` [labels, hidden], `head.bias` [labels];
+the number of labels is dynamic). It has three outputs: `token_logits` (NER), `sentence_logits` (classification)
+and `sentence_embedding` (normalised, for a slot such as `tc`); an app reads the one of its task.
+
+`DIR/adapters/<name>.onnx_adapter` holds one app's LoRA and head in onnxruntime's adapter format
+(`onnxruntime.AdapterFormat`); a device loads it with `onnxruntime.LoraAdapter` and activates it per run with
+`RunOptions.add_active_adapter`, so N apps cost one backbone file + N small files. Modules an app does not adapt
+get zero matrices, and ranks are zero-padded to the largest, which changes nothing in the product.
+Every app is checked against its own merged PyTorch model on its test sentences (`export_report.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from mtpf.export.onnx import Exportable, ExportError, accepted, fidelity, quantize_int8
+from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
+
+logger = logging.getLogger(__name__)
+
+SHARED_REPORT = "export_report.json"
+PEFT_PREFIX = "base_model.model."
+HEAD_KEYS = ("classifier.weight", "classifier.bias")
+OUTPUTS = {"ner": "token_logits", "classification": "sentence_logits", "embedding": "sentence_embedding"}
+
+
+@dataclass
+class SharedApp:
+    """One app of the shared export: its LoRA (module -> A, scaled B), its head, and its PyTorch reference."""
+
+    name: str
+    task: str  # ner, classification or embedding
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    head: tuple[torch.Tensor, torch.Tensor] | None
+    reference: Exportable
+
+
+def read_lora(adapter_dir: str | os.PathLike) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple | None]:
+    """A PEFT LoRA folder as {module: (A, B * alpha / r)} plus its saved head (weight, bias) if it has one."""
+    folder = Path(adapter_dir)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("use_rslora") or config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora"):
+        raise ExportError(f"{folder}: rsLoRA, DoRA and per-module ranks are not supported by the shared export.")
+    scale = float(config["lora_alpha"]) / float(config["r"])
+    saved = load_file(str(folder / "adapter_model.safetensors"))
+    tensors = {key.removeprefix(PEFT_PREFIX): value for key, value in saved.items()}
+    lora = {}
+    for key, a in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            lora[module] = (a.float(), tensors[f"{module}.lora_B.weight"].float() * scale)
+    head_keys = [
+        next((k for k in tensors if k.startswith("classifier") and k.endswith(s)), None) for s in ("weight", "bias")
+    ]
+    head = (tensors[head_keys[0]].float(), tensors[head_keys[1]].float()) if all(head_keys) else None
+    return lora, head
+
+
+class _Feed:
+    """The LoRA matrices of the current call, handed from the graph's inputs to the modules that use them."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+class _LoraInput(nn.Module):
+    """A frozen linear plus a LoRA branch whose A and B come from the graph's inputs."""
+
+    def __init__(self, base: nn.Linear, name: str, feed: _Feed) -> None:
+        super().__init__()
+        self.base, self.name, self.feed = base, name, feed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.feed.tensors[self.name]
+        return self.base(x) + (x @ a.t()) @ b.t()
+
+
+class SharedGraph(nn.Module):
+    """Backbone + LoRA inputs on `modules` + a head given as inputs; three outputs (see the module docstring)."""
+
+    def __init__(self, backbone: nn.Module, modules: list[str]) -> None:
+        super().__init__()
+        self.backbone, self.modules_with_lora, self.feed = backbone, modules, _Feed()
+        for name in modules:
+            parent, _, child = name.rpartition(".")
+            owner = backbone.get_submodule(parent)
+            setattr(owner, child, _LoraInput(getattr(owner, child), name, self.feed))
+
+    def forward(self, input_ids, attention_mask, head_weight, head_bias, lora: list[torch.Tensor]):
+        self.feed.tensors = {name: (lora[2 * i], lora[2 * i + 1]) for i, name in enumerate(self.modules_with_lora)}
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        sentence = outputs.pooler_output
+        token_logits = outputs.last_hidden_state @ head_weight.t() + head_bias
+        return token_logits, sentence @ head_weight.t() + head_bias, sentence
+
+
+def input_names(modules: list[str]) -> list[str]:
+    return ["input_ids", "attention_mask", "head.weight", "head.bias",
+            *[f"lora.{m}.{part}" for m in modules for part in ("A", "B")]]  # fmt: skip
+
+
+def app_inputs(app: SharedApp, modules: list[str], graph: SharedGraph, rank: int) -> dict[str, np.ndarray]:
+    """The app's values of every LoRA and head input: zero where it adapts nothing, ranks zero-padded."""
+    values = {}
+    hidden = graph.backbone.config.hidden_size
+    weight, bias = app.head or (torch.zeros(1, hidden), torch.zeros(1))
+    values["head.weight"], values["head.bias"] = weight.numpy(), bias.numpy()
+    for module in modules:
+        linear = graph.backbone.get_submodule(module).base
+        a = torch.zeros(rank, linear.in_features)
+        b = torch.zeros(linear.out_features, rank)
+        if module in app.lora:
+            app_a, app_b = app.lora[module]
+            a[: app_a.shape[0]], b[:, : app_b.shape[1]] = app_a, app_b
+        values[f"lora.{module}.A"], values[f"lora.{module}.B"] = a.numpy(), b.numpy()
+    return values
+
+
+def export_graph(graph: SharedGraph, modules: list[str], rank: int, tokenizer, max_length: int, path: Path) -> None:
+    example = tokenizer(["a short example", "and a second, longer example sentence"], padding=True, return_tensors="pt")
+    hidden = graph.backbone.config.hidden_size
+    lora = []
+    for module in modules:
+        linear = graph.backbone.get_submodule(module).base
+        lora += [torch.zeros(rank, linear.in_features), torch.zeros(linear.out_features, rank)]
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=max_length)
+    labels = torch.export.Dim("labels")
+    dims = ({0: batch, 1: sequence}, {0: batch, 1: sequence}, {0: labels}, {0: labels}, [None] * len(lora))
+    args = (example["input_ids"], example["attention_mask"], torch.zeros(2, hidden), torch.zeros(2), lora)
+    with torch.no_grad():
+        torch.onnx.export(graph, args, str(path), input_names=input_names(modules),
+                          output_names=list(OUTPUTS.values()), dynamic_shapes=dims, dynamo=True,
+                          external_data=False)  # fmt: skip
+    give_defaults(
+        path, {"head.weight": args[2][:1], "head.bias": args[3][:1]} | dict(zip(input_names(modules)[4:], lora))
+    )
+
+
+def give_defaults(path: Path, defaults: dict[str, torch.Tensor]) -> None:
+    """Zero initializers for the LoRA and head inputs, which makes them optional: onnxruntime's Python API refuses
+    a run whose feeds lack a required input even when the active adapter supplies it, and without an adapter the
+    graph runs as the plain backbone."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    model.graph.initializer.extend(numpy_helper.from_array(v.numpy(), name) for name, v in defaults.items())
+    onnx.save(model, str(path))
+
+
+def write_adapter(values: dict[str, np.ndarray], path: Path) -> Path:
+    import onnxruntime as ort
+
+    adapter = ort.AdapterFormat()
+    adapter.set_adapter_version(1)
+    adapter.set_model_version(1)
+    adapter.set_parameters(
+        {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)) for name, value in values.items()}
+    )
+    adapter.export_adapter(str(path))
+    return path
+
+
+def adapter_runner(backbone: Path, adapter: Path, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Run the shared backbone with one app's adapter file active; returns the app's output."""
+    import onnxruntime as ort
+
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 3  # the LoRA inputs' default initializers are meant to be overridden: no warning
+    session = ort.InferenceSession(str(backbone), quiet, providers=["CPUExecutionProvider"])
+    lora = ort.LoraAdapter()
+    lora.Load(str(adapter))
+    options = ort.RunOptions()
+    options.add_active_adapter(lora)  # keeps a raw pointer: `lora` must outlive every run, hence `keep` below
+
+    def run(feeds: dict[str, np.ndarray], keep: object = lora) -> np.ndarray:
+        return session.run([output], feeds, options)[0]
+
+    return run
+
+
+def export_shared(
+    backbone: nn.Module, tokenizer, apps: list[SharedApp], output: str | os.PathLike, quantize: str | None = None,
+    overwrite: bool = False, source: str = "", max_length: int = 256,
+) -> Path:  # fmt: skip
+    """Write DIR/backbone.onnx (+ backbone.int8.onnx), DIR/adapters/<app>.onnx_adapter and the fidelity report."""
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize {quantize!r}: only int8 is supported.")
+    if not apps:
+        raise ExportError("--shared: name at least one app (or --slot).")
+    names = [app.name for app in apps]
+    if len(set(names)) != len(names):
+        raise ExportError(f"--shared: app names must differ, got {names}.")
+    output = check_output_folder(output, overwrite, SHARED_REPORT, "an export", ExportError)
+    modules = sorted({module for app in apps for module in app.lora})
+    rank = max(a.shape[0] for app in apps for a, _ in app.lora.values()) if modules else 1
+    graph = SharedGraph(backbone, modules).eval()
+    with atomic_directory(output) as staging:
+        export_graph(graph, modules, rank, tokenizer, max_length, staging / "backbone.onnx")
+        backbones = {"backbone.onnx": "fp32"}
+        if quantize == "int8":
+            quantize_int8(staging / "backbone.onnx", staging / "backbone.int8.onnx")
+            backbones["backbone.int8.onnx"] = "int8"
+        (staging / "adapters").mkdir()
+        report = {"source": source, "inputs": input_names(modules)[:2], "outputs": OUTPUTS, "rank": rank,
+                  "lora_modules": modules, "backbones": {}, "apps": {}}  # fmt: skip
+        for name, precision in backbones.items():
+            report["backbones"][name] = {"precision": precision, "megabytes": _megabytes(staging / name)}
+        for app in apps:
+            adapter = write_adapter(
+                app_inputs(app, modules, graph, rank), staging / "adapters" / f"{app.name}.onnx_adapter"
+            )
+            entry = {"task": app.task, "output": OUTPUTS[app.task], "adapter": f"adapters/{adapter.name}",
+                     "adapter_megabytes": _megabytes(adapter),
+                     "id2label": {str(k): v for k, v in app.reference.id2label.items()}}  # fmt: skip
+            for name, precision in backbones.items():
+                check = fidelity(app.reference, adapter_runner(staging / name, adapter, OUTPUTS[app.task]))
+                entry[name] = {**check, "accepted": accepted(check, int8=precision == "int8")}
+            report["apps"][app.name] = entry
+            logger.info("shared export, app %s: %s", app.name, entry)
+        atomic_write_text(staging / SHARED_REPORT, json.dumps(report, indent=2) + "\n")
+        tokenizer.save_pretrained(str(staging / "tokenizer"))
+    return output
+
+
+def _megabytes(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 3)
+
+
+def shared_apps(
+    release: str, app_dirs: list[str], slots: list[str], texts: list[str], sentences: int = 200
+) -> tuple[nn.Module, object, list[SharedApp]]:
+    """The release's plain backbone, its tokenizer, and each app (and slot) with its LoRA and PyTorch reference.
+
+    An app must have been trained on this very backbone (its `mtpf_base.json` digest), or its LoRA means nothing.
+    """
+    from mtpf.apps import AppError, check_app_backbone, read_app
+    from mtpf.export.onnx import exportable_app, exportable_slot
+    from mtpf.models import load_model
+    from mtpf.release import BACKBONE_DIR, backbone_digest
+
+    loaded = load_model(release)
+    backbone_dir = Path(release) / BACKBONE_DIR
+    digest = backbone_digest(backbone_dir)
+    apps = []
+    for app_dir in app_dirs:
+        app = read_app(app_dir)
+        try:
+            check_app_backbone(app_dir, digest, backbone_dir)
+        except AppError as err:
+            raise ExportError(str(err)) from err
+        lora, head = read_lora(app_dir)
+        reference = exportable_app(app_dir, str(backbone_dir), sentences)
+        apps.append(SharedApp(Path(app_dir).name, app["task"], lora, head, reference))
+    for slot in slots:
+        if slot not in loaded.adapters:
+            raise ExportError(f"{release}: no trained slot {slot!r}; it has {sorted(loaded.adapters)}.")
+        lora, _ = read_lora(loaded.adapters[slot])
+        apps.append(SharedApp(slot, "embedding", lora, None, exportable_slot(release, slot, texts)))
+    return loaded.fresh_backbone().eval(), loaded.tokenizer, apps

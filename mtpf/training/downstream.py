@@ -1,0 +1,219 @@
+"""Downstream adaptation shared by every app task: LoRA on every layer + a linear head, two phases, dev selection.
+
+The NER protocol (paper appendix A) and the sentence-classification app both train this way: a fresh head warmed
+up alone (encoder frozen), then the head and a downstream LoRA jointly; the weights of the epoch with the best dev
+metric are restored before testing. Where the release has a trained slot for the task (`ner`, `tc`), its weights
+initialise the downstream LoRA of the slot's layers, reproducing the slot's update exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+from torch.utils.data import SequentialSampler
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from configuration_mtpf import DEFAULT_TARGET_ROLES, make_slot
+from mtpf.models import LoadedModel
+from mtpf.slots import lora_config_for_slot
+
+logger = logging.getLogger(__name__)
+HEAD = "classifier"
+
+
+@dataclass
+class AdapterProtocol:
+    """How a downstream LoRA + head is trained (defaults: the paper's NER protocol, appendix A)."""
+
+    r: int = field(default=32, metadata={"help": "Downstream LoRA rank (paper: 32)."})
+    lora_alpha: int = field(default=64, metadata={"help": "Downstream LoRA alpha (paper: 64)."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_ROLES), metadata={"help": "Roles on every layer."}
+    )
+    warmup_epochs: float = field(default=10, metadata={"help": "Head-only epochs, encoder frozen (paper: 10)."})
+    epochs: float = field(default=30, metadata={"help": "Joint LoRA + head epochs (paper: 30)."})
+    batch_size: int = field(default=64, metadata={"help": "Training batch size (paper: 64)."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (paper: 2e-5)."})
+    warmup_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the head-only phase (default: learning_rate)."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
+    max_length: int = field(default=256, metadata={"help": "Sub-tokens per text; NER: cut words count as O."})
+    max_train_sentences: int | None = field(
+        default=None, metadata={"help": "Cap on train (seeded), applied before the data fraction."}
+    )
+    max_dev_sentences: int | None = field(default=None, metadata={"help": "Cap on dev (seeded)."})
+    max_test_sentences: int | None = field(default=None, metadata={"help": "Cap on test (seeded)."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Batch size for dev/test prediction."})
+    min_steps_per_epoch: int = field(
+        default=0,
+        metadata={
+            "help": "Repeat a small training set within each epoch until an epoch has at least this many optimizer "
+            "steps (0: off, the paper). Keeps low-resource runs from stopping after a handful of updates."
+        },
+    )
+
+
+def build_adapter_model(
+    candidate: LoadedModel, model_class: type, labels: list[str], protocol: AdapterProtocol, adapter: str, slot: str
+) -> PeftModel:
+    """The candidate's backbone + a fresh head (`model_class`) + a downstream LoRA `adapter` on every layer,
+    initialised from the candidate's trained `slot` where it has one."""
+    config = copy.deepcopy(candidate.backbone.config)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.task_slots = {
+        adapter: make_slot(config.num_layers, 0, protocol.r, protocol.lora_alpha, 0.0, protocol.target_modules)
+    }
+    model = model_class(config)
+    model.backbone.load_state_dict(candidate.backbone.backbone.state_dict(), strict=True)
+    lora = lora_config_for_slot(config, adapter, modules_to_save=[HEAD])  # the head ships with the adapter
+    peft_model = get_peft_model(model, lora, adapter_name=adapter)
+    if slot in candidate.adapters:
+        init_from_slot(peft_model, candidate.adapters[slot], adapter)
+    return peft_model
+
+
+def init_from_slot(peft_model: PeftModel, adapter_dir: Path, adapter: str) -> int:
+    """Copy a trained slot into the downstream LoRA `adapter` so that both give the same weight update.
+
+    With slot scale s1 = alpha1/r1 and downstream scale s2: A2[:r1] = A1, B2[:, :r1] = B1 * s1/s2 and
+    B2[:, r1:] = 0, so s2 B2 A2 = s1 B1 A1; the extra ranks keep their fresh init. Returns modules initialised.
+    """
+    adapter_dir = Path(adapter_dir)
+    slot = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    slot_scale = float(slot["lora_alpha"]) / float(slot["r"])
+    copied = 0
+    with torch.no_grad():
+        for key, lora_a in tensors.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module_name = key.removesuffix(".lora_A.weight")
+            module = peft_model.get_submodule(module_name)
+            target_a, target_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            rank = lora_a.shape[0]
+            if rank > target_a.shape[0]:
+                raise ValueError(
+                    f"{adapter_dir}: the slot has rank {rank}, above the downstream rank {target_a.shape[0]}; "
+                    "raise the protocol's r to at least the slot's."
+                )
+            scale = slot_scale / module.scaling[adapter]
+            target_a[:rank].copy_(lora_a)
+            target_b.zero_()
+            target_b[:, :rank].copy_(tensors[f"{module_name}.lora_B.weight"] * scale)
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"{adapter_dir}: no LoRA tensors matched this model; was it made for another backbone?")
+    logger.info("Downstream LoRA %r initialised from the slot in %s (%d modules)", adapter, adapter_dir, copied)
+    return copied
+
+
+def set_phase(peft_model: PeftModel, joint: bool) -> None:
+    """Head-only warm-up (encoder frozen) or joint training of the downstream LoRA and the head."""
+    for name, param in peft_model.named_parameters():
+        param.requires_grad = HEAD in name or (joint and "lora_" in name)
+
+
+class KeepBestOnDev(TrainerCallback):
+    """Remember the trainable weights at the best dev metric, to restore them before testing."""
+
+    def __init__(self, model: torch.nn.Module, metric: str = "eval_f1") -> None:
+        self.model, self.metric = model, metric
+        self.best_score = -1.0
+        self.best_epoch = 0.0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.curve: list[float] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        score = (metrics or {}).get(self.metric, -1.0)
+        logger.info("epoch %.1f: dev %s %.2f", state.epoch or 0.0, self.metric.removeprefix("eval_"), score)
+        self.curve.append(round(float(score), 4))
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, float(state.epoch or 0.0)
+            self.best_state = {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state, strict=False)
+
+
+class SequentialEvalTrainer(Trainer):
+    """Length-grouped training batches; dev/test predicted in dataset order (rows align with their gold)."""
+
+    def _get_eval_sampler(self, eval_dataset) -> SequentialSampler:
+        return SequentialSampler(eval_dataset)
+
+
+def train_two_phases(
+    model: PeftModel,
+    protocol: AdapterProtocol,
+    train_set: Dataset,
+    dev_set: Dataset,
+    collator: Callable,
+    dev_metrics: Callable,
+    seed: int,
+    scratch: str,
+    metric: str,
+) -> tuple[Trainer, KeepBestOnDev]:
+    """Warm the head up alone, then train LoRA + head; restore the epoch with the best dev `metric`."""
+    keep_best = KeepBestOnDev(model, metric)
+    phases = [(False, protocol.warmup_epochs, protocol.warmup_learning_rate or protocol.learning_rate)]
+    phases.append((True, protocol.epochs, protocol.learning_rate))
+    trainer = None
+    for joint, epochs, learning_rate in phases:
+        if epochs <= 0:
+            continue
+        set_phase(model, joint)
+        # The warm-up picks no model: dev selection covers the joint epochs (or the warm-up if there are none).
+        selects = joint or protocol.epochs <= 0
+        trainer = SequentialEvalTrainer(
+            model=model,
+            args=training_arguments(scratch, protocol, epochs, learning_rate, seed, evaluate=selects),
+            train_dataset=train_set,
+            eval_dataset=dev_set,
+            data_collator=collator,
+            compute_metrics=dev_metrics,
+            preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+            callbacks=[keep_best] if selects else [],
+        )
+        trainer.train()
+    if trainer is None:
+        raise ValueError("The protocol trains for 0 epochs in both phases; give warmup_epochs or epochs.")
+    keep_best.restore()
+    trainer.compute_metrics = None  # dev metrics only; the caller scores test against its full gold
+    return trainer, keep_best
+
+
+def training_arguments(
+    output_dir: str, protocol: AdapterProtocol, epochs: float, learning_rate: float, seed: int, evaluate: bool
+) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=protocol.batch_size,
+        per_device_eval_batch_size=protocol.eval_batch_size,
+        learning_rate=learning_rate,
+        weight_decay=protocol.weight_decay,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )

@@ -1,0 +1,67 @@
+"""`mtpf export RELEASE --shared APP ...`: one backbone graph, one onnxruntime adapter file per app."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from mtpf.export import ExportError, shared_apps
+from mtpf.models import load_model
+from tests.conftest import SHARED_DIR, run_command
+from tests.export.test_onnx import TEXTS
+
+
+def test_three_apps_run_from_one_backbone_file(app, classifier_app, tmp_path):
+    release, ner_app = app
+    _, classifier = classifier_app
+    out = tmp_path / "shared"
+    command = [
+        "--shared",
+        str(ner_app),
+        str(classifier),
+        "--slot",
+        "tc",
+        "--quantize",
+        "int8",
+        "--sentences",
+        "60",
+        "--texts",
+        str(SHARED_DIR / "data/tc/banking77/test.jsonl"),
+    ]
+    run_command([sys.executable, "-m", "mtpf", "export", str(release), "--output", str(out), *command], tmp_path)
+    report = json.loads((out / "export_report.json").read_text())
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["backbone.int8.onnx", "backbone.onnx"]
+    assert sorted(p.name for p in (out / "adapters").iterdir()) == ["app.onnx_adapter", "classifier.onnx_adapter",
+                                                                    "tc.onnx_adapter"]  # fmt: skip
+    assert {name: entry["task"] for name, entry in report["apps"].items()} == {
+        "app": "ner", "classifier": "classification", "tc": "embedding"}  # fmt: skip
+    for entry in report["apps"].values():  # every app equals its own merged PyTorch model through the shared graph
+        assert entry["backbone.onnx"]["accepted"] and entry["backbone.onnx"]["max_abs_diff"] < 1e-3
+        assert "accepted" in entry["backbone.int8.onnx"]
+        assert entry["adapter_megabytes"] < report["backbones"]["backbone.onnx"]["megabytes"] / 4
+    # Without an adapter the graph is the plain backbone: the release's own sentence embedding.
+    session = ort.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    encoded = AutoTokenizer.from_pretrained(out / "tokenizer")(TEXTS[:4], padding=True, return_tensors="np")
+    batch = {key: encoded[key] for key in ("input_ids", "attention_mask")}
+    (embedding,) = session.run(["sentence_embedding"], batch)
+    loaded = load_model(str(release))
+    expected = loaded.fresh_backbone().eval()(**{k: torch.from_numpy(v) for k, v in batch.items()}).pooler_output
+    np.testing.assert_allclose(embedding, expected.detach().numpy(), atol=1e-5)
+
+
+def test_an_app_of_another_backbone_is_refused(app, tmp_path):
+    release, ner_app = app
+    stranger = tmp_path / "stranger"
+    shutil.copytree(ner_app, stranger)
+    (stranger / "mtpf_base.json").write_text(json.dumps({"backbone_sha256": "0" * 64}))
+    with pytest.raises(ExportError, match="trained on another backbone"):
+        shared_apps(str(release), [str(stranger)], [], TEXTS)
+    with pytest.raises(ExportError, match="no trained slot 'qa'"):
+        shared_apps(str(release), [], ["qa"], TEXTS)
