@@ -1,7 +1,9 @@
-"""Publish a release folder: one backbone repo, one PEFT adapter repo per task, model cards with eval results.
+"""Publish a release folder (one backbone repo, one PEFT adapter repo per task, model cards with eval results) or
+an app folder from `mtpf finetune` (its own PEFT repo on top of a published backbone).
 
     python push_to_hub.py OUT --repo-id ORG/NAME [--results results.json] [--results-model NAME] [--private]
                           [--revision BRANCH] [--adapter-repo-pattern "{repo_id}-{task}"] [--dry-run DIR]
+    python push_to_hub.py APP --repo-id ORG/APP-NAME --base-repo-id ORG/NAME [--private] [--dry-run DIR]
 
 The token comes from HF_TOKEN or the login cache (`huggingface-cli login`); it is never printed or written.
 `--dry-run DIR` writes exactly what would be uploaded to DIR/ORG/NAME and DIR/ORG/NAME-<task> and uploads nothing.
@@ -13,11 +15,13 @@ import logging
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from huggingface_hub import HfApi
 from transformers import HfArgumentParser
 
-from mtpf.hub import DEFAULT_ADAPTER_PATTERN, publish, stage_release
+from mtpf.apps import APP_FILE
+from mtpf.hub import DEFAULT_ADAPTER_PATTERN, publish, stage_app, stage_release
 from mtpf.results import load_results, records_for_model
 
 
@@ -32,6 +36,9 @@ class PushArguments:
     adapter_repo_pattern: str = field(default=DEFAULT_ADAPTER_PATTERN, metadata={"help": "Adapter repo id pattern."})
     dry_run: str | None = field(default=None, metadata={"help": "Write the repo folders here and upload nothing."})
     endpoint: str | None = field(default=None, metadata={"help": "Hub endpoint (default: HF_ENDPOINT or the Hub)."})
+    base_repo_id: str | None = field(
+        default=None, metadata={"help": "App folders: the published backbone repo the app runs on."}
+    )
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -41,15 +48,21 @@ def main(argv: list[str] | None = None) -> list[str]:
         argv = ["--release", argv[0], *argv[1:]]
     (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
     records = records_for_model(load_results(args.results), args.results_model) if args.results else []
+
+    def stage(output: str) -> list:
+        if (Path(args.release) / APP_FILE).is_file():
+            if not args.base_repo_id:
+                raise SystemExit(f"{args.release} is an app: give --base-repo-id, the backbone repo it runs on.")
+            return stage_app(args.release, args.repo_id, output, args.base_repo_id, args.revision)
+        return stage_release(args.release, args.repo_id, output, records, args.revision, args.adapter_repo_pattern)
+
     if args.dry_run:
-        staged = stage_release(
-            args.release, args.repo_id, args.dry_run, records, args.revision, args.adapter_repo_pattern
-        )
+        staged = stage(args.dry_run)
         for repo in staged:
             print(f"[dry run] {repo.repo_id}: {repo.folder}")
         return [repo.repo_id for repo in staged]
     with tempfile.TemporaryDirectory(prefix="mtpf-push-") as staging:
-        staged = stage_release(args.release, args.repo_id, staging, records, args.revision, args.adapter_repo_pattern)
+        staged = stage(staging)
         published = publish(staged, HfApi(endpoint=args.endpoint), private=args.private, revision=args.revision)
     for repo_id in published:
         print(f"Published {repo_id}")

@@ -30,6 +30,7 @@ setup(
     extras_require={
         "eval": ["mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
         "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20"],
         "dev": [
             "pytest>=8",
             "ruff>=0.6",
@@ -39,6 +40,10 @@ setup(
             "onnx>=1.17",
             "onnxruntime>=1.20",
             "onnxscript>=0.2",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "prometheus_client>=0.20",
+            "httpx>=0.27",
         ],
     },
     entry_points={

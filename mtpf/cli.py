@@ -319,8 +319,9 @@ def run_serve(argv: list[str]) -> None:
 
     if argv and not argv[0].startswith("-"):  # the release may come first, positionally
         argv = ["--release", argv[0], *argv[1:]]
-    (args,) = HfArgumentParser(ServeArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(ServeArguments).parse_args_into_dataclasses(args=merge_repeated(argv, "--app"))
     serve(args)
+
 
 
 @dataclass

@@ -91,6 +91,25 @@ def stage_release(
     return staged
 
 
+def stage_app(app_dir: str | Path, repo_id: str, output: str | Path, base_repo_id: str,
+              revision: str | None = None) -> list[StagedRepo]:  # fmt: skip
+    """An app folder (`mtpf finetune`) as its own PEFT repo whose base is the published backbone `base_repo_id`."""
+    from mtpf.apps import read_app
+
+    app_dir, output = Path(app_dir), Path(output)
+    app = read_app(app_dir)
+    check_repo_ids([repo_id, base_repo_id])
+    folder = output / repo_id
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(app_dir, folder)
+    update_json(folder / "adapter_config.json",
+                lambda c: c.update(base_model_name_or_path=base_repo_id, revision=revision))  # fmt: skip
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    card = card.replace(f"`{app['backbone']}`", f"[{base_repo_id}](https://huggingface.co/{base_repo_id})")
+    (folder / "README.md").write_text(card.replace('"BACKBONE"', f'"{base_repo_id}"').replace('"APP', f'"{repo_id}'))
+    return [StagedRepo(repo_id, folder, app["task"])]
+
+
 def check_results_belong_to(results: list[ResultRecord], release: Path, tasks: list[str]) -> None:
     """Scores go on a card only if they were measured on these very weights (their config hash)."""
     expected = release_hash(release, tasks)

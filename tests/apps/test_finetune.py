@@ -104,3 +104,20 @@ def test_app_output_rules(app, tmp_path):
     with pytest.raises(AppError, match="not a release folder"):
         finetune_app(tmp_path, "ner", "crossner_ai", tmp_path / "x", PROTOCOL)
     assert validate_release(release) == ["ner", "tc"]  # the release is untouched
+
+
+def test_an_app_is_published_as_its_own_peft_repo_on_the_backbone_repo(app, tmp_path):
+    import push_to_hub
+
+    _, app_dir = app
+    with pytest.raises(SystemExit, match="--base-repo-id"):
+        push_to_hub.main([str(app_dir), "--repo-id", "org/ai-tagger", "--dry-run", str(tmp_path)])
+    staged = push_to_hub.main([str(app_dir), "--repo-id", "org/ai-tagger", "--base_repo_id", "org/mtpf-minilm",
+                               "--dry-run", str(tmp_path)])  # fmt: skip
+    assert staged == ["org/ai-tagger"]
+    folder = tmp_path / "org" / "ai-tagger"
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "org/mtpf-minilm" and adapter["modules_to_save"] == ["classifier"]
+    card = (folder / "README.md").read_text()
+    assert '"org/mtpf-minilm"' in card and '"org/ai-tagger"' in card and "BACKBONE" not in card
+    assert (folder / "adapter_model.safetensors").read_bytes() == (app_dir / "adapter_model.safetensors").read_bytes()

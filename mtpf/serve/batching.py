@@ -1,0 +1,123 @@
+"""Micro-batching across apps: requests queue, one worker forms length-sorted batches under a token budget.
+
+The worker waits at most `max_wait_ms` after the first queued row for more rows, sorts everything queued by
+length, and cuts it into batches whose padded size (rows x longest row) stays under `max_batch_tokens`; rows of
+different apps share a batch. The forward runs on one worker thread, off the event loop. A row whose request
+was abandoned (client gone) is dropped before it costs a forward; a batch that fails fails only its own rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """A queued row and the future its request awaits."""
+
+    row: object
+    tokens: int
+    future: asyncio.Future
+    queued: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatchStats:
+    """What one forward did, for /metrics."""
+
+    rows: int
+    padded_tokens: int
+    real_tokens: int
+    seconds: float
+    queue_seconds: list[float]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: Callable[[list], list],
+        max_batch_tokens: int = 8192,
+        max_wait_ms: float = 5.0,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.run_batch, self.max_batch_tokens, self.max_wait = run_batch, max_batch_tokens, max_wait_ms / 1000
+        self.on_batch = on_batch or (lambda stats: None)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtpf-forward")
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        """Finish every queued row, then stop the worker (graceful shutdown loses no accepted request)."""
+        await self.queue.join()
+        if self.worker is not None:
+            self.worker.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def call(self, function: Callable, *args):
+        """Run `function` on the forward thread (e.g. loading an adapter), between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    def submit(self, rows: list, tokens: list[int]) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        pending = [Pending(row, count, loop.create_future()) for row, count in zip(rows, tokens, strict=True)]
+        for item in pending:
+            self.queue.put_nowait(item)
+        return [item.future for item in pending]
+
+    async def _gather(self) -> list[Pending]:
+        items = [await self.queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                items.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        while not self.queue.empty():  # everything already waiting joins this round
+            items.append(self.queue.get_nowait())
+        return items
+
+    def _batches(self, items: list[Pending]) -> list[list[Pending]]:
+        """Length-sorted batches whose padded size stays under the token budget (a longer row goes alone)."""
+        batches: list[list[Pending]] = []
+        for item in sorted(items, key=lambda p: p.tokens):
+            current = batches[-1] if batches else None
+            if current and (len(current) + 1) * item.tokens <= self.max_batch_tokens:
+                current.append(item)
+            else:
+                batches.append([item])
+        return batches
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._gather()
+            live = [item for item in items if not item.future.done()]  # abandoned rows cost nothing
+            for batch in self._batches(live):
+                started = time.monotonic()
+                try:
+                    answers = await loop.run_in_executor(self.executor, self.run_batch, [p.row for p in batch])
+                except Exception as err:  # a failing batch fails its own rows only
+                    logger.exception("batch of %d rows failed", len(batch))
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(err)
+                else:
+                    for item, answer in zip(batch, answers, strict=True):
+                        if not item.future.done():
+                            item.future.set_result(answer)
+                seconds = time.monotonic() - started
+                self.on_batch(BatchStats(len(batch), len(batch) * max(p.tokens for p in batch),
+                                         sum(p.tokens for p in batch), seconds,
+                                         [started - p.queued for p in batch]))  # fmt: skip
+            for _ in items:
+                self.queue.task_done()

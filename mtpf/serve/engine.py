@@ -1,0 +1,208 @@
+"""The model side of `mtpf serve`: one backbone in memory, every slot and app a named PEFT adapter on it.
+
+A batch may mix rows of different apps: PEFT runs the base layers once and each LoRA on its own rows
+(`adapter_names=[...]`, `"__base__"` for none); each app's head (a plain linear from its `modules_to_save`) is then
+applied to its own rows. Served names: `base` (the backbone alone), every trained slot of the release (`tc`,
+`ner`: sentence embeddings), and every app (`ner` apps: entities; `classification` apps: label + score; both
+also give embeddings). Every call runs on one worker thread, so adapters can be added and removed between
+batches without locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from mtpf.apps import AppError, check_app_backbone, read_app
+from mtpf.models import load_model
+from mtpf.release import BACKBONE_DIR, backbone_digest
+
+logger = logging.getLogger(__name__)
+BASE = "base"
+KINDS = ("embedding", "ner", "classification")
+
+
+class ServeError(ValueError):
+    """A request or an app that cannot be served; `status` is the HTTP status the server answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Served:
+    """One name the server answers to."""
+
+    name: str
+    kind: str  # embedding (a slot or the base), ner or classification (an app)
+    adapter: str  # PEFT adapter name, "__base__" for the backbone alone
+    id2label: dict[int, str] = field(default_factory=dict)
+    head: tuple[torch.Tensor, torch.Tensor] | None = None
+    path: str = ""
+
+    def describe(self) -> dict:
+        tasks = ["embeddings", *({"ner": ["ner"], "classification": ["classify"]}.get(self.kind, []))]
+        return {"id": self.name, "object": "model", "kind": self.kind, "endpoints": tasks, "path": self.path,
+                "labels": list(self.id2label.values())}  # fmt: skip
+
+
+@dataclass
+class Row:
+    """One text of one request: what it asks for and, after the batch, its answer."""
+
+    served: Served
+    text: str
+    task: str  # embeddings, ner or classify
+    tokens: int
+
+
+class Engine:
+    """The backbone with its adapters, the tokenizer, and the batched forward."""
+
+    def __init__(self, release: str, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        loaded = load_model(release)
+        self.release, self.tokenizer = release, loaded.tokenizer
+        self.backbone_dir = Path(release) / BACKBONE_DIR
+        self.digest = backbone_digest(self.backbone_dir)
+        self.max_tokens = loaded.backbone.sentence_max_length(loaded.tokenizer)
+        model = loaded.with_slots()
+        self.model: PeftModel | torch.nn.Module = model.eval()
+        self.served: dict[str, Served] = {BASE: Served(BASE, "embedding", "__base__", path=str(self.backbone_dir))}
+        for slot, folder in loaded.adapters.items():
+            self.served[slot] = Served(slot, "embedding", slot, path=str(folder))
+
+    # ----- apps -----------------------------------------------------------------------------------------------
+
+    def add_app(self, name: str, app_dir: str) -> Served:
+        """Load an app (from `mtpf finetune`) as adapter `name`; it must be made for this very backbone."""
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ServeError(f"app name {name!r}: use letters, digits, '-' and '_'.", 422)
+        if name in self.served:
+            raise ServeError(f"{name!r} is already served; remove it first (DELETE /v1/apps/{name}).", 409)
+        try:
+            app = read_app(app_dir)
+            check_app_backbone(app_dir, self.digest, self.backbone_dir)
+        except AppError as err:
+            raise ServeError(str(err), 422) from err
+        config = LoraConfig.from_pretrained(app_dir)
+        config.modules_to_save, config.inference_mode = None, True  # the head is applied per row group, below
+        tensors = load_file(str(Path(app_dir) / "adapter_model.safetensors"))
+        lora = {key: value for key, value in tensors.items() if "lora_" in key}
+        head = [next((v for k, v in tensors.items() if k.startswith(f"base_model.model.classifier.{part}")
+                      or k.endswith(f"classifier.modules_to_save.{part}")), None)
+                for part in ("weight", "bias")]  # fmt: skip
+        if head[0] is None or head[1] is None:
+            raise ServeError(f"{app_dir}: the adapter has no saved head (classifier weight and bias).", 422)
+        self._attach(name, config, lora)
+        labels = {int(i): label for i, label in app["id2label"].items()}
+        served = Served(name, app["task"], name, labels, (head[0].float(), head[1].float()), str(app_dir))
+        self.served[name] = served
+        logger.info("serving app %s (%s, %d labels) from %s", name, app["task"], len(labels), app_dir)
+        return served
+
+    def _attach(self, name: str, config: LoraConfig, lora: dict[str, torch.Tensor]) -> None:
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(name, config)
+        else:
+            self.model = get_peft_model(self.model, config, adapter_name=name).eval()
+        result = set_peft_model_state_dict(self.model, lora, adapter_name=name)
+        if result.unexpected_keys:
+            self.model.delete_adapter(name)
+            raise ServeError(f"adapter {name!r}: weights for modules this backbone lacks {result.unexpected_keys[:3]}.")
+
+    def remove_app(self, name: str) -> None:
+        served = self.served.get(name)
+        if served is None:
+            raise ServeError(f"no app named {name!r}; served: {sorted(self.served)}.", 404)
+        if served.kind == "embedding":
+            raise ServeError(f"{name!r} is part of the release, not an app; it cannot be removed.", 409)
+        self.model.delete_adapter(name)
+        del self.served[name]
+
+    def lookup(self, name: str, task: str) -> Served:
+        served = self.served.get(name)
+        if served is None:
+            raise ServeError(f"model {name!r} is not served; served: {sorted(self.served)}.", 404)
+        needs = {"ner": "ner", "classify": "classification"}.get(task)
+        if needs is not None and served.kind != needs:
+            raise ServeError(f"model {name!r} is a {served.kind} model; it cannot answer /v1/{task}.", 400)
+        return served
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+
+    # ----- the batched forward -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run(self, rows: list[Row]) -> list[object]:
+        """Answers for `rows`, in order, from one forward pass (rows of any mix of served names)."""
+        batch = self.tokenizer([row.text for row in rows], padding=True, truncation=True, max_length=self.max_tokens,
+                               return_offsets_mapping=True, return_tensors="pt")  # fmt: skip
+        offsets = batch.pop("offset_mapping")
+        mixed = {"adapter_names": [row.served.adapter for row in rows]} if isinstance(self.model, PeftModel) else {}
+        outputs = self.model(**batch, **mixed)
+        answers: list[object] = []
+        for index, row in enumerate(rows):
+            if row.task == "embeddings":
+                answers.append(outputs.pooler_output[index].tolist())
+            elif row.task == "classify":
+                answers.append(self._classify(row.served, outputs.pooler_output[index]))
+            else:
+                hidden = outputs.last_hidden_state[index]
+                answers.append(self._entities(row, hidden, batch, offsets[index], index))
+        return answers
+
+    @staticmethod
+    def _classify(served: Served, embedding: torch.Tensor) -> dict:
+        weight, bias = served.head
+        probabilities = torch.softmax(embedding @ weight.t() + bias, dim=-1)
+        best = int(probabilities.argmax())
+        return {"label": served.id2label[best], "score": float(probabilities[best])}
+
+    def _entities(self, row: Row, hidden: torch.Tensor, batch, offsets: torch.Tensor, index: int) -> list[dict]:
+        """BIO entities with character offsets: each word tagged by its first sub-token (as the app was trained)."""
+        weight, bias = row.served.head
+        probabilities = torch.softmax(hidden @ weight.t() + bias, dim=-1)
+        words: list[tuple[str, float, int, int]] = []  # (tag, score, start, end) per word
+        previous = None
+        for position, word in enumerate(batch.word_ids(index)):
+            if word is None:
+                continue
+            start, end = (int(x) for x in offsets[position])
+            if word != previous:
+                best = int(probabilities[position].argmax())
+                words.append((row.served.id2label[best], float(probabilities[position, best]), start, end))
+            else:
+                words[-1] = (*words[-1][:3], end)
+            previous = word
+        return bio_entities(words, row.text)
+
+
+def bio_entities(words: list[tuple[str, float, int, int]], text: str) -> list[dict]:
+    """Group tagged words into entities: a B- starts one, an I- of the same type right after continues it (an I-
+    after anything else starts one, as transformers' `simple` aggregation does); the score is the words' mean."""
+    entities: list[dict] = []
+    current: dict | None = None
+    for tag, score, start, end in words:
+        prefix, _, kind = tag.partition("-")
+        if tag == "O" or not kind:
+            current = None
+        elif prefix == "I" and current is not None and current["entity_group"] == kind:
+            current["end"], current["scores"] = end, [*current["scores"], score]
+        else:
+            current = {"entity_group": kind, "start": start, "end": end, "scores": [score]}
+            entities.append(current)
+    return [
+        {"entity_group": e["entity_group"], "word": text[e["start"] : e["end"]], "start": e["start"], "end": e["end"],
+         "score": sum(e["scores"]) / len(e["scores"])}
+        for e in entities
+    ]  # fmt: skip

@@ -1,0 +1,68 @@
+"""`python -m mtpf serve RELEASE [--app NAME=APP_DIR ...] [--host 127.0.0.1 --port 8080]` with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from mtpf.serve.app import ServeOptions, create_app
+from mtpf.serve.engine import Engine, ServeError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeArguments:
+    """Serve a release and apps over HTTP (see mtpf/serve/app.py for the endpoints)."""
+
+    release: str = field(metadata={"help": "Release folder (backbone/ + adapters/): the one backbone in memory."})
+    app: list[str] = field(default_factory=list, metadata={"help": "NAME=APP_DIR of apps to serve (repeatable)."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; beyond loopback needs --api_key."})
+    port: int = field(default=8080, metadata={"help": "Port to bind."})
+    max_batch_tokens: int = field(default=8192, metadata={"help": "Padded tokens per forward (rows x longest)."})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "How long the first queued row waits for company."})
+    max_inputs: int = field(default=256, metadata={"help": "Texts per request."})
+    max_body_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body accepted."})
+    threads: int = field(default=0, metadata={"help": "torch threads for the forward (0: torch's default)."})
+    api_key: str | None = field(
+        default=None, metadata={"help": "Required header value (default: $MTPF_API_KEY); needed beyond loopback."}
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build(args: ServeArguments):
+    """The FastAPI app for `args` (the release and every --app loaded), or a clear refusal."""
+    api_key = args.api_key or os.environ.get("MTPF_API_KEY") or None
+    if not is_loopback(args.host) and not api_key:
+        raise SystemExit(f"--host {args.host} is reachable beyond this machine: give --api_key (or $MTPF_API_KEY).")
+    engine = Engine(args.release, args.threads or None)
+    for spec in args.app:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--app {spec!r}: use NAME=APP_DIR.")
+        try:
+            engine.add_app(name, path)
+        except ServeError as err:
+            raise SystemExit(f"--app {spec}: {err}") from err
+    options = ServeOptions(args.max_batch_tokens, args.max_wait_ms, args.max_inputs, args.max_body_bytes, api_key)
+    logger.info("serving %s with %d torch threads", sorted(engine.served), torch.get_num_threads())
+    return create_app(engine, options)
+
+
+def serve(args: ServeArguments) -> None:
+    import uvicorn
+
+    app = build(args)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)

@@ -1,0 +1,247 @@
+"""`mtpf serve` as users meet it: a real server in a subprocess on a free loopback port, a real HTTP client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from mtpf.models import load_model
+from tests.conftest import REPO_ROOT
+
+KEY = "s3cret-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m mtpf serve ...` in a subprocess; `url` once /health answers."""
+
+    def __init__(self, release: Path, *args: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)
+        self.log = log
+        command = [sys.executable, "-m", "mtpf", "serve", str(release), "--port", str(self.port), *args]
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError(f"server did not start: {log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(app, classifier_app, tmp_path_factory):
+    release, ner_app = app
+    _, classifier = classifier_app
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    running = Server(release, "--app", f"tagger={ner_app}", "--app", f"emotion={classifier}", "--max_wait_ms", "50",
+                     "--api_key", KEY, log=log)  # fmt: skip
+    client = httpx.Client(base_url=running.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    yield running, client, release, ner_app, classifier
+    client.close()
+    running.stop()
+
+
+def in_process_app(release: Path, app_dir: Path):
+    from examples.app_pipeline import load_app
+
+    return load_app(str(release / "backbone"), str(app_dir))
+
+
+def test_embeddings_equal_the_in_process_slot(server):
+    _, client, release, _, _ = server
+    texts = ["The bank approved my card.", "Where is my refund?", "a"]
+    response = client.post("/v1/embeddings", json={"model": "tc", "input": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert body["usage"]["prompt_tokens"] > 0
+    got = torch.tensor([d["embedding"] for d in body["data"]])
+    loaded = load_model(str(release))
+    expected = loaded.encoder_for("tc").encode(texts, loaded.tokenizer)
+    cosine = torch.nn.functional.cosine_similarity(got, expected)
+    assert bool((cosine > 1 - 1e-5).all()), cosine
+
+
+def test_classify_and_ner_equal_the_in_process_apps(server):
+    _, client, release, ner_app, classifier = server
+    text = "i feel wonderful and calm today"
+    response = client.post("/v1/classify", json={"model": "emotion", "input": text})
+    assert response.status_code == 200, response.text
+    (got,) = response.json()["data"]
+    model, tokenizer, _ = in_process_app(release, classifier)
+    with torch.no_grad():
+        probabilities = model(**tokenizer([text], return_tensors="pt")).logits.softmax(-1)[0]
+    assert got["label"] == model.config.id2label[int(probabilities.argmax())]
+    assert got["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+
+    sentence = "Geoffrey Hinton studied neural networks at the University of Toronto ."
+    response = client.post("/v1/ner", json={"model": "tagger", "input": [sentence]})
+    assert response.status_code == 200, response.text
+    entities = response.json()["data"][0]["entities"]
+    model, tokenizer, _ = in_process_app(release, ner_app)
+    encoded = tokenizer([sentence], return_offsets_mapping=True, return_tensors="pt")
+    offsets = encoded.pop("offset_mapping")[0].tolist()
+    with torch.no_grad():
+        tags = model(**encoded).logits[0].argmax(-1).tolist()
+    firsts = [p for p, w in enumerate(encoded.word_ids(0)) if w is not None and w != encoded.word_ids(0)[p - 1]]
+    expected = [model.config.id2label[tags[p]].partition("-")[2] or "O" for p in firsts]  # each word's entity type
+    served = ["O"] * len(firsts)
+    for entity in entities:
+        for word, position in enumerate(firsts):
+            if entity["start"] <= offsets[position][0] < entity["end"]:
+                served[word] = entity["entity_group"]
+    assert served == expected
+    for entity in entities:
+        assert sentence[entity["start"] : entity["end"]] == entity["word"]
+
+
+def test_concurrent_requests_of_three_models_share_batches_and_equal_single_answers(server):
+    _, client, _, _, _ = server
+    requests = [
+        ("/v1/embeddings", "tc", "where is my card"),
+        ("/v1/classify", "emotion", "i am so angry"),
+        ("/v1/ner", "tagger", "Alan Turing worked in Manchester ."),
+        ("/v1/embeddings", "base", "hello"),
+    ] * 3
+    ask = lambda request: client.post(request[0], json={"model": request[1], "input": request[2]})  # noqa: E731
+    single = [ask(request).json()["data"] for request in requests[:4]]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(ask, requests))
+    assert all(r.status_code == 200 for r in together)
+    for index, response in enumerate(together):
+        reference = single[index % 4][0]
+        got = response.json()["data"][0]
+        if "embedding" in got:
+            assert torch.allclose(torch.tensor(got["embedding"]), torch.tensor(reference["embedding"]), atol=1e-5)
+        elif "label" in got:
+            assert got["label"] == reference["label"] and got["score"] == pytest.approx(reference["score"], abs=1e-5)
+        else:
+            assert [(e["entity_group"], e["start"]) for e in got["entities"]] == [
+                (e["entity_group"], e["start"]) for e in reference["entities"]]  # fmt: skip
+    metrics = client.get("/metrics").text
+    lines = [line.split() for line in metrics.splitlines() if line.startswith("mtpf_batch_rows")]
+    rows = {name: float(value) for name, value in lines}
+    assert rows["mtpf_batch_rows_count"] < rows["mtpf_batch_rows_sum"]  # some forward held several rows
+    assert 'mtpf_request_seconds_bucket{endpoint="ner",le="+Inf",model="tagger"}' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"model": "nope", "input": "x"}, 404, "model 'nope' is not served"),
+        ({"model": "tc", "input": []}, 422, "input is empty"),
+        ({"model": "tc", "input": ["fine", "  "]}, 422, r"input\[1\] is empty"),
+        ({"model": "tc", "input": "word " * 2000}, 422, r"input\[0\] has \d+ tokens"),
+        ({"model": "tc", "input": ["x"] * 300}, 422, "at most 256 per request"),
+        ({"model": "tc", "input": 7}, 422, "input"),
+        ({"input": "x"}, 422, "model"),
+        ({"model": "tc", "input": "x", "encoding_format": "base64"}, 422, "only 'float'"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(server, body, status, message):
+    import re
+
+    _, client, _, _, _ = server
+    response = client.post("/v1/embeddings", json=body)
+    assert response.status_code == status and re.search(message, response.text), response.text
+
+
+def test_bad_bodies_wrong_endpoint_and_missing_key_are_4xx(server):
+    running, client, _, _, _ = server
+    headers = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    not_utf8 = client.post("/v1/embeddings", content=b'{"model": "tc", "input": "\xff\xfe"}', headers=headers)
+    assert not_utf8.status_code == 400 and "not UTF-8" in not_utf8.text
+    huge = client.post("/v1/embeddings", content=b"x" * (10 * 2**20), headers=headers)
+    assert huge.status_code == 413 and "over" in huge.text
+    broken = client.post("/v1/embeddings", content=b'{"model": "tc", "input": ', headers=headers)
+    assert broken.status_code == 422
+    wrong = client.post("/v1/ner", json={"model": "emotion", "input": "x"})
+    assert wrong.status_code == 400 and "cannot answer /v1/ner" in wrong.text
+    anonymous = httpx.post(f"{running.url}/v1/embeddings", json={"model": "tc", "input": "x"})
+    assert anonymous.status_code == 401 and "API key" in anonymous.text
+    assert httpx.get(f"{running.url}/health").status_code == 200  # liveness needs no key
+    assert "mtpf_requests_total" in client.get("/metrics").text
+    assert 'status="500"' not in client.get("/metrics").text
+
+
+def test_apps_load_and_unload_without_a_restart(server, tmp_path):
+    _, client, _, _, classifier = server
+    assert client.delete("/v1/apps/emotion").status_code == 200
+    gone = client.post("/v1/classify", json={"model": "emotion", "input": "x"})
+    assert gone.status_code == 404 and "'emotion' is not served" in gone.text
+    assert client.delete("/v1/apps/tc").status_code == 409  # a release slot is not an app
+    added = client.post("/v1/apps", json={"name": "emotion", "path": str(classifier)})
+    assert added.status_code == 201 and added.json()["kind"] == "classification"
+    assert client.post("/v1/apps", json={"name": "emotion", "path": str(classifier)}).status_code == 409
+    stranger = tmp_path / "stranger"
+    import shutil
+
+    shutil.copytree(classifier, stranger)
+    (stranger / "mtpf_base.json").write_text(json.dumps({"backbone_sha256": "0" * 64}))
+    refused = client.post("/v1/apps", json={"name": "stranger", "path": str(stranger)})
+    assert refused.status_code == 422 and "another backbone" in refused.text
+    missing = client.post("/v1/apps", json={"name": "ghost", "path": str(tmp_path / "none")})
+    assert missing.status_code == 422 and "mtpf_app.json" in missing.text
+    assert client.post("/v1/classify", json={"model": "emotion", "input": "i am happy"}).status_code == 200
+    names = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert sorted(names) == ["base", "emotion", "ner", "tagger", "tc"]
+
+
+def test_a_client_that_leaves_frees_its_rows(server):
+    running, client, _, _, _ = server
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{running.url}/v1/embeddings", json={"model": "tc", "input": ["x"] * 200},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=0.02)  # fmt: skip
+    time.sleep(1.0)
+    assert client.get("/health").status_code == 200
+    assert client.post("/v1/embeddings", json={"model": "tc", "input": "still here"}).status_code == 200
+
+
+def test_refuses_to_bind_beyond_loopback_without_a_key(app, tmp_path):
+    release, _ = app
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("MTPF_API_KEY", None)
+    result = subprocess.run([sys.executable, "-m", "mtpf", "serve", str(release), "--host", "0.0.0.0"], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0 and "--api_key" in result.stderr
+
+
+def test_graceful_shutdown_answers_every_accepted_request(app, tmp_path):
+    release, _ = app
+    running = Server(release, "--max_wait_ms", "400", log=tmp_path / "server.log")
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(httpx.post, f"{running.url}/v1/embeddings", json={"model": "tc", "input": f"text {i}"},
+                               timeout=60) for i in range(6)]  # fmt: skip
+        time.sleep(0.2)  # accepted and queued, the batch not yet formed
+        code = running.stop()
+        statuses = [f.result().status_code for f in futures]
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is the signal's
+    assert statuses == [200] * 6 and code in (0, -signal.SIGTERM), running.log.read_text()[-2000:]
+    assert "Application shutdown complete" in running.log.read_text()
