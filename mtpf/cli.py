@@ -323,7 +323,6 @@ def run_serve(argv: list[str]) -> None:
     serve(args)
 
 
-
 @dataclass
 class MergeArguments:
     """Combine results folders of one suite, e.g. models evaluated by parallel processes or on other machines."""
