@@ -48,3 +48,43 @@ def write_report(path: str | Path, command: str, results: object) -> None:
     report = {"command": command, "machine": machine(), "results": results}
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
+    """This process's `torch.matmul` rate on size x size matrices: the roofline the other figures are read against."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def roofline() -> dict:
+    """fp32 (and, on a CPU with native bf16, bf16) matmul GFLOP/s, with the CPU's bf16 capability."""
+    from mtpf.training.precision import cpu_bf16_capability
+
+    capability = cpu_bf16_capability()
+    rates = {"fp32": round(matmul_gflops(torch.float32), 1)}
+    rates["bf16"] = round(matmul_gflops(torch.bfloat16), 1) if capability["native"] else None
+    return {"cpu": {"capability": torch.backends.cpu.get_cpu_capability(), **capability}, "matmul_gflops": rates}
+
+
+def encoder_forward_flops(config, rows: int, length: int) -> float:
+    """FLOPs of one encoder forward on a padded [rows, length] batch: every linear (2 per multiply-add) plus the
+    attention scores and their weighted sum. A training step's forward + backward is about 3x this."""
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    tokens = rows * length
+    linear = 2 * tokens * layers * (4 * hidden * hidden + 2 * hidden * inner)
+    attention = 2 * 2 * rows * layers * length * length * hidden
+    return float(linear + attention)
+
+
+def masks_of(inputs) -> list[torch.Tensor]:
+    """Every `attention_mask` in a (nested) batch: one per encoder pass of a training step."""
+    if isinstance(inputs, dict):
+        found = [inputs["attention_mask"]] if "attention_mask" in inputs else []
+        return found + [m for key, value in inputs.items() if key != "attention_mask" for m in masks_of(value)]
+    if isinstance(inputs, list | tuple):
+        return [m for value in inputs for m in masks_of(value)]
+    return []

@@ -4,7 +4,8 @@ Fine-tunes three apps on the release (`mtpf finetune`, a CPU-sized protocol: two
 classifier), exports each as its own merged graph (fp32, int8) and all three on one shared backbone graph with an
 onnxruntime adapter file per app (fp32, int8), then measures, on each app's own test sentences:
 MB on disk, ms per sentence at batch 1 and at batch 32 (the same sentences, in the same order), and the task score
-of the exported graph next to PyTorch's (entity F1 / accuracy), from each export's `export_report.json`.
+of the exported graph next to PyTorch's (entity F1 / accuracy), from each export's `export_report.json`. The 64
+timed sentences are sorted by length before batching (as a server batches), the same for every form.
 
     python bench/export.py [--release outputs/demo-release] [--threads 2]
 """
@@ -59,16 +60,19 @@ def ms_per_sentence(run, batches: list[dict[str, np.ndarray]], sentences: int, r
 
 
 def batches_of(reference: Exportable, size: int) -> list[dict[str, np.ndarray]]:
+    """The first TIMED_SENTENCES test sentences, shortest first (as a server would batch them), in batches."""
+    from dataclasses import replace
+
     from mtpf.export.onnx import _encode
 
-    return [
-        {
-            k: v.numpy()
-            for k, v in _encode(reference, start, start + size).items()
-            if k in ("input_ids", "attention_mask")
-        }
-        for start in range(0, TIMED_SENTENCES, size)
-    ]
+    count = min(TIMED_SENTENCES, len(reference.texts))
+    lengths = [len(reference.tokenizer(text)["input_ids"]) for text in reference.texts[:count]]
+    order = sorted(range(count), key=lengths.__getitem__)
+    ordered = replace(reference, texts=[reference.texts[i] for i in order],
+                      gold=[reference.gold[i] for i in order] if reference.gold else [])  # fmt: skip
+    keys = ("input_ids", "attention_mask")
+    return [{k: v.numpy() for k, v in _encode(ordered, start, start + size).items() if k in keys}
+            for start in range(0, count, size)]  # fmt: skip
 
 
 def latency(run, reference: Exportable) -> dict[str, float]:
@@ -164,11 +168,14 @@ def main() -> None:
     parser.add_argument("--workdir", default="outputs/bench-export")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="bench/results/export.json")
+    parser.add_argument("--train_only", action="store_true", help="Fine-tune the apps and stop (time the rest later).")
     options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(options.threads)
     workdir = Path(options.workdir)
     app_dirs = train_apps(options.release, workdir)
+    if options.train_only:
+        return
     rows = [row for name, d in app_dirs.items() for row in per_app_rows(name, d, workdir, options.threads)]
     shared, shared_report = shared_rows(options.release, app_dirs, workdir)
     rows += shared

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import write_report
+from common import encoder_forward_flops, roofline, write_report
 
 from mtpf.data.conll import ConllFormat, read_conll
 from mtpf.data.roots import CONLL_TEST
@@ -42,30 +42,9 @@ from mtpf.serve.engine import Engine, Row
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_capability() -> dict:
-    cpu = torch.backends.cpu
-    return {"capability": cpu.get_cpu_capability(), "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
-            "amx": bool(torch.cpu._is_amx_tile_supported())}  # fmt: skip
-
-
-def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
 def forward_flops(engine: Engine, rows: list[Row]) -> float:
-    """Multiply-adds x 2 of one forward: every linear of the encoder on the padded batch, plus attention scores."""
     config = engine.model.get_base_model().config.backbone_config
-    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    length = max(row.tokens for row in rows)
-    tokens = len(rows) * length
-    linear = 2 * tokens * layers * (4 * hidden * hidden + 2 * hidden * inner)
-    attention = 2 * 2 * len(rows) * layers * length * length * hidden
-    return float(linear + attention)
+    return encoder_forward_flops(config, len(rows), max(row.tokens for row in rows))
 
 
 def time_batches(engine: Engine, batches: list[list[Row]], repeats: int = 3) -> float:
@@ -169,12 +148,11 @@ def main() -> None:
     engine = Engine(options.release, options.threads)
     for name, folder in app_dirs.items():
         engine.add_app(name, str(folder))
-    results = {"cpu": cpu_capability(), "matmul_gflops": {"fp32": round(matmul_gflops(torch.float32), 1)}}
-    if results["cpu"]["avx512_bf16"] or results["cpu"]["amx"]:
-        results["matmul_gflops"]["bf16"] = round(matmul_gflops(torch.bfloat16), 1)
-    else:
-        results["matmul_gflops"]["bf16"] = "not measured: no native bf16 on this CPU (emulated bf16 is slower)"
+    results = roofline()
     results["engine_fp32"] = engine_part(engine, list(app_dirs), conll)
+    if results["cpu"]["native"]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results["engine_bf16"] = engine_part(engine, list(app_dirs), conll)
     del engine
     threads = ["--threads", str(options.threads)]
     results["http_batched"] = http_part(options.release, app_dirs, conll, options.seconds, options.clients, threads)

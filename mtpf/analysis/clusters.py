@@ -18,12 +18,12 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 from mtpf.data.conll import TaggedSentence
-from mtpf.evaluation.ner import subsample
 from mtpf.evaluation.ner_data import load_ner_dataset
 from mtpf.io import atomic_write_text
 from mtpf.models import split_label
 from mtpf.pseudo_labels import embed_words
 from mtpf.slots import activate_slot
+from mtpf.training.downstream import subsample
 
 logger = logging.getLogger(__name__)
 OUTSIDE = "O"

@@ -13,13 +13,11 @@ with `text` and `label` columns). Without a dev split, a seeded 10 % of train be
 from __future__ import annotations
 
 import csv
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import Dataset
 from peft import PeftModel
@@ -27,15 +25,20 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import DataCollatorWithPadding, EvalPrediction
 
 from modeling_mtpf import MtpfForSequenceClassification
+from mtpf.data.splits import HUB_PREFIX, hub_dataset_name, hub_splits, with_dev
 from mtpf.io import read_json_lines, utf8_errors_named
 from mtpf.models import LoadedModel
-from mtpf.training.downstream import AdapterProtocol, build_adapter_model, train_two_phases
+from mtpf.training.downstream import (
+    AdapterProtocol,
+    build_adapter_model,
+    capped_splits,
+    repeat_to_min_steps,
+    train_two_phases,
+)
 
 CLASSIFICATION = "classification"  # adapter name of the downstream LoRA
 SLOT = "tc"  # the release slot that initialises it
-HUB_PREFIX = "hf://"
-SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}
-DEV_FRACTION = 0.1
+FILE_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}  # file stems in a folder
 
 
 class ClassificationDataError(ValueError):
@@ -80,28 +83,19 @@ class ClassificationRun:
 # ----- data ---------------------------------------------------------------------------------------------
 
 
-def classification_dataset_name(spec: str) -> str:
-    if spec.startswith(HUB_PREFIX):
-        dataset_id, _, config = spec.removeprefix(HUB_PREFIX).partition(":")
-        return dataset_id.split("/")[-1] + (f"-{config}" if config else "")
-    return Path(spec).name
-
-
 def load_classification_spec(spec: str, data_root: str | Path) -> tuple[str, dict[str, list[LabeledText]]]:
     """(recorded name, splits train/dev/test) of a local task name, a folder, or `hf://ID[:CONFIG]`."""
     if spec.startswith(HUB_PREFIX):
-        splits = _hub_splits(spec)
-    else:
-        folder = Path(spec) if Path(spec).is_dir() else Path(data_root) / spec
-        if not folder.is_dir():
-            raise ClassificationDataError(f"--data {spec!r}: neither a folder nor a task under {data_root}.")
-        splits = _folder_splits(folder)
-    return classification_dataset_name(spec), _with_dev(splits, spec)
+        return hub_dataset_name(spec), with_dev(_hub_splits(spec), spec, ClassificationDataError)
+    folder = Path(spec) if Path(spec).is_dir() else Path(data_root) / spec
+    if not folder.is_dir():
+        raise ClassificationDataError(f"--data {spec!r}: neither a folder nor a task under {data_root}.")
+    return folder.name, with_dev(_folder_splits(folder), spec, ClassificationDataError)
 
 
 def _folder_splits(folder: Path) -> dict[str, list[LabeledText]]:
     splits = {}
-    for split, names in SPLIT_NAMES.items():
+    for split, names in FILE_SPLITS.items():
         files = sorted(p for name in names for p in folder.glob(f"{name}.*") if p.suffix in (".jsonl", ".csv"))
         if len(files) > 1:
             raise ClassificationDataError(f"{folder}: several {split} files {[f.name for f in files]}; keep one.")
@@ -136,19 +130,10 @@ def _labeled(row: object, where: str) -> LabeledText:
 
 
 def _hub_splits(spec: str) -> dict[str, list[LabeledText]]:
-    from datasets import ClassLabel, load_dataset
+    from datasets import ClassLabel
 
-    dataset_id, _, config = spec.removeprefix(HUB_PREFIX).partition(":")
-    try:
-        dataset = load_dataset(dataset_id, config or None)
-    except Exception as err:  # offline, unknown id, bad config: say which and why
-        raise ClassificationDataError(f"{spec}: cannot load the dataset ({type(err).__name__}: {err}).") from err
     splits = {}
-    for split, names in SPLIT_NAMES.items():
-        name = next((n for n in names if n in dataset), None)
-        if name is None:
-            continue
-        data = dataset[name]
+    for split, (name, data) in hub_splits(spec, ClassificationDataError).items():
         if not {"text", "label"} <= set(data.column_names):
             raise ClassificationDataError(
                 f"{spec} [{name}]: needs 'text' and 'label' columns, has {data.column_names}."
@@ -159,19 +144,6 @@ def _hub_splits(spec: str) -> dict[str, list[LabeledText]]:
             _labeled({"text": text, "label": names_of[label] if names_of else label}, f"{spec} [{name}] row {row}")
             for row, (text, label) in enumerate(zip(data["text"], data["label"], strict=True))
         ]
-    return splits
-
-
-def _with_dev(splits: dict[str, list[LabeledText]], where: str) -> dict[str, list[LabeledText]]:
-    for split in ("train", "test"):
-        if not splits.get(split):
-            raise ClassificationDataError(f"{where}: the {split} split is missing or empty.")
-    if "dev" not in splits:
-        train = splits["train"]
-        order = np.random.default_rng(0).permutation(len(train))
-        dev_rows = set(order[: max(1, int(len(train) * DEV_FRACTION))].tolist())
-        splits["dev"] = [row for i, row in enumerate(train) if i in dev_rows]
-        splits["train"] = [row for i, row in enumerate(train) if i not in dev_rows]
     return splits
 
 
@@ -188,13 +160,6 @@ def check_classes(splits: dict[str, list[LabeledText]]) -> list[str]:
 
 
 # ----- training ---------------------------------------------------------------------------------------------
-
-
-def _capped(rows: list[LabeledText], cap: int | None) -> list[LabeledText]:
-    if cap is None or cap >= len(rows):
-        return rows
-    keep = np.sort(np.random.default_rng(0).permutation(len(rows))[:cap])
-    return [rows[i] for i in keep]
 
 
 def _encode(rows: list[LabeledText], candidate: LoadedModel, label_ids: dict[str, int], max_length: int) -> Dataset:
@@ -217,12 +182,10 @@ def train_classifier(
 ) -> tuple[ClassificationRun, PeftModel]:
     """Train the app's classifier; its test accuracy / macro-F1 at the epoch with the best dev accuracy."""
     start = time.monotonic()
-    train = _capped(splits["train"], protocol.max_train_sentences)
-    dev = _capped(splits["dev"], protocol.max_dev_sentences)
-    test = _capped(splits["test"], protocol.max_test_sentences)
+    train, dev, test = capped_splits(splits, protocol)
     label_ids = {label: i for i, label in enumerate(classes)}
-    copies = max(1, math.ceil(protocol.min_steps_per_epoch * protocol.batch_size / len(train)))
-    train_set = _encode(train * copies, candidate, label_ids, protocol.max_length)
+    epoch_rows = repeat_to_min_steps(train, protocol.batch_size, protocol.min_steps_per_epoch)
+    train_set = _encode(epoch_rows, candidate, label_ids, protocol.max_length)
     dev_set, test_set = (_encode(rows, candidate, label_ids, protocol.max_length) for rows in (dev, test))
     torch.manual_seed(seed)
     model = build_classifier(candidate, classes, protocol)

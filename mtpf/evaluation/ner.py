@@ -9,7 +9,6 @@ the score is seqeval's strict IOB2 entity F1 on test, at the epoch with the best
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,13 @@ from modeling_mtpf import MtpfForTokenClassification
 from mtpf.data.conll import TaggedSentence
 from mtpf.data.tokens import IGNORE_INDEX, first_subtoken_labels
 from mtpf.models import LoadedModel
-from mtpf.training.downstream import AdapterProtocol, build_adapter_model, train_two_phases
+from mtpf.training.downstream import (
+    AdapterProtocol,
+    build_adapter_model,
+    capped_splits,
+    repeat_to_min_steps,
+    train_two_phases,
+)
 
 logger = logging.getLogger(__name__)
 DOWNSTREAM = "ner"  # adapter name of the downstream LoRA (it continues the `ner` slot where one exists)
@@ -50,27 +55,6 @@ class NerRun:
     test_sentences: int
     seconds: float
     dev_curve: list[float] = field(default_factory=list)  # dev F1 after each selecting epoch
-
-
-def subsample(sentences: list[TaggedSentence], fraction: float = 1.0, cap: int | None = None, seed: int = 0):
-    """A fixed seeded subset: the same sentences for every model and training seed."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"The data fraction must be in (0, 1], got {fraction}.")
-    count = max(1, math.ceil(len(sentences) * fraction))
-    if cap is not None:
-        count = min(count, cap)
-    if count >= len(sentences):
-        return list(sentences)
-    keep = np.sort(np.random.default_rng(seed).permutation(len(sentences))[:count])
-    return [sentences[i] for i in keep]
-
-
-def repeat_to_min_steps(sentences: list[TaggedSentence], batch_size: int, min_steps: int) -> list[TaggedSentence]:
-    """Whole copies of a small training set, enough for `min_steps` batches per epoch (unchanged when it has them)."""
-    if min_steps <= 0 or not sentences:
-        return sentences
-    copies = math.ceil(min_steps * batch_size / len(sentences))
-    return sentences * max(1, copies)
 
 
 def encode_sentences(
@@ -130,10 +114,7 @@ def train_ner(
 ) -> tuple[NerRun, PeftModel]:
     """The NER protocol (evaluation and apps alike): the run's scores and the tagger at its best dev epoch."""
     start = time.monotonic()
-    # The cap first, then the fraction of what is left: a 10 % run trains on a tenth of the full run's sentences.
-    train = subsample(subsample(splits["train"], 1.0, protocol.max_train_sentences), fraction)
-    dev = subsample(splits["dev"], 1.0, protocol.max_dev_sentences)
-    test = subsample(splits["test"], 1.0, protocol.max_test_sentences)
+    train, dev, test = capped_splits(splits, protocol, fraction)
     label_ids = {label: i for i, label in enumerate(labels)}
     id2label = dict(enumerate(labels))
     encode = lambda rows: encode_sentences(rows, candidate.tokenizer, label_ids, protocol.max_length)  # noqa: E731

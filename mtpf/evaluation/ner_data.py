@@ -11,14 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll, to_bio
 from mtpf.data.roots import NER_DATA
+from mtpf.data.splits import HUB_PREFIX, hub_dataset_name, hub_splits, with_dev
 
 logger = logging.getLogger(__name__)
 DEFAULT_DATA_ROOT = NER_DATA
-DEV_FRACTION = 0.1
 SPLITS = ("train", "dev", "test")
 
 
@@ -90,20 +88,13 @@ def load_ner_dataset(name: str, data_root: str | Path = DEFAULT_DATA_ROOT) -> di
     spec = LOCAL_NER_DATASETS[name]
     folder = Path(data_root) / (spec.folder or spec.name)
     splits = {split: read_conll(folder / file, spec.fmt) for split, file in spec.files.items()}
-    return _with_dev(splits, str(folder))
-
-
-HUB_PREFIX = "hf://"
-HUB_SPLITS = {"train": ("train",), "dev": ("validation", "dev"), "test": ("test",)}
+    return with_dev(splits, str(folder), NerDataError)
 
 
 def ner_dataset_name(spec: str) -> str:
     """The name a NER dataset spec is recorded under: a local name as is, `NAME=DIR` as NAME, `hf://ORG/ID:CONFIG`
     as `ID-CONFIG` (the one rule, for loading, resuming and planning parallel work)."""
-    if spec.startswith(HUB_PREFIX):
-        dataset_id, _, config = spec.removeprefix(HUB_PREFIX).partition(":")
-        return dataset_id.split("/")[-1] + (f"-{config}" if config else "")
-    return spec.partition("=")[0]
+    return hub_dataset_name(spec) if spec.startswith(HUB_PREFIX) else spec.partition("=")[0]
 
 
 def load_user_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence]]]:
@@ -119,7 +110,7 @@ def load_user_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentenc
             raise NerDataError(f"{folder}: several {split} files {[m.name for m in matches]}; keep one.")
         if matches:
             splits[split] = read_conll(matches[0], ConllFormat())
-    return ner_dataset_name(argument), _with_dev(splits, str(folder))
+    return ner_dataset_name(argument), with_dev(splits, str(folder), NerDataError)
 
 
 def load_hub_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence]]]:
@@ -127,19 +118,10 @@ def load_hub_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence
 
     Tags may be ClassLabel ids or strings; they are read as BIO (an I- after O is repaired and logged).
     """
-    from datasets import ClassLabel, Sequence, load_dataset
+    from datasets import ClassLabel, Sequence
 
-    dataset_id, _, config = argument.removeprefix(HUB_PREFIX).partition(":")
-    try:
-        dataset = load_dataset(dataset_id, config or None)
-    except Exception as err:  # offline, unknown id, bad config: say which and why
-        raise NerDataError(f"{argument}: cannot load the dataset ({type(err).__name__}: {err}).") from err
     splits = {}
-    for split, names in HUB_SPLITS.items():
-        name = next((n for n in names if n in dataset), None)
-        if name is None:
-            continue
-        data = dataset[name]
+    for split, (name, data) in hub_splits(argument, NerDataError).items():
         tag_column = next((c for c in ("ner_tags", "tags") if c in data.column_names), None)
         if "tokens" not in data.column_names or tag_column is None:
             raise NerDataError(f"{argument} [{name}]: needs a 'tokens' and a 'ner_tags' (or 'tags') column.")
@@ -155,23 +137,7 @@ def load_hub_ner_data(argument: str) -> tuple[str, dict[str, list[TaggedSentence
             )
             for row, (tokens, tags) in enumerate(zip(data["tokens"], data[tag_column], strict=True))
         ]
-    return ner_dataset_name(argument), _with_dev(splits, argument)
-
-
-def _with_dev(splits: dict[str, list[TaggedSentence]], where: str) -> dict[str, list[TaggedSentence]]:
-    for split in ("train", "test"):
-        if not splits.get(split):
-            raise NerDataError(f"{where}: the {split} split is missing or empty.")
-    if "dev" in splits and not splits["dev"]:
-        raise NerDataError(f"{where}: the dev split is empty.")
-    if "dev" not in splits:
-        train = splits["train"]
-        order = np.random.default_rng(0).permutation(len(train))
-        dev_rows = set(order[: max(1, int(len(train) * DEV_FRACTION))].tolist())
-        splits["dev"] = [s for i, s in enumerate(train) if i in dev_rows]
-        splits["train"] = [s for i, s in enumerate(train) if i not in dev_rows]
-        logger.info("%s: no dev split; %d of %d train sentences (seed 0) became dev", where, len(dev_rows), len(train))
-    return splits
+    return ner_dataset_name(argument), with_dev(splits, argument, NerDataError)
 
 
 def label_set(sentences: list[TaggedSentence]) -> list[str]:

@@ -97,7 +97,7 @@ def app_head_class(task: str) -> type:
 def app_test_texts(app: dict, sentences: int) -> tuple[list[str], list]:
     """The first `sentences` (seeded) of the app's test split: texts and gold (tagged sentences, or class ids)."""
     from mtpf.apps.finetune import DATA_ROOTS
-    from mtpf.evaluation.ner import subsample
+    from mtpf.training.downstream import subsample
 
     data_root = app.get("data_root") or DATA_ROOTS[app["task"]]
     if app["task"] == "ner":

@@ -10,6 +10,7 @@ batches without locks.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ class Engine:
             torch.set_num_threads(threads)
         loaded = load_model(release)
         self.release, self.tokenizer = release, loaded.tokenizer
+        # Counting runs on the event loop while the forward thread tokenizes: a fast tokenizer changes its
+        # truncation/padding state per call and fails ("Already borrowed") when two threads share it.
+        self.counter = copy.deepcopy(loaded.tokenizer)
         self.backbone_dir = Path(release) / BACKBONE_DIR
         self.digest = backbone_digest(self.backbone_dir)
         self.max_tokens = loaded.backbone.sentence_max_length(loaded.tokenizer)
@@ -138,7 +142,7 @@ class Engine:
         return served
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+        return [len(ids) for ids in self.counter(texts, truncation=False)["input_ids"]]
 
     # ----- the batched forward -------------------------------------------------------------------------------
 

@@ -6,12 +6,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from configuration_mtpf import DEFAULT_TARGET_ROLES
 from mtpf.data.roots import CONLL_TEST, PAIRS_DATA, UNLABELED_DATA
 from mtpf.tasks import DEFAULT_SLOTS, task_order
+from mtpf.training.precision import use_cpu_bf16
 
 MODES = {
     # mode: (default tasks, uses task-primary slots, trains the backbone)
@@ -165,6 +167,13 @@ class MtpfTrainingArguments(TrainingArguments):
     )
     average_tokens_across_devices: bool = field(default=False, metadata={"help": "Else DDP doubles the loss."})
     save_safetensors: bool = field(default=True, metadata={"help": "Checkpoint weights as safetensors."})
+
+    def __post_init__(self) -> None:
+        """`--bf16 true` on a machine without CUDA: autocast on the CPU where it has native bf16, else fp32."""
+        if self.bf16 and not torch.cuda.is_available():
+            self.bf16 = use_cpu_bf16()
+            self.use_cpu = self.use_cpu or self.bf16
+        super().__post_init__()
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, MtpfTrainingArguments]:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 import torch
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
@@ -25,9 +28,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from configuration_mtpf import DEFAULT_TARGET_ROLES, make_slot
 from mtpf.models import LoadedModel
 from mtpf.slots import lora_config_for_slot
+from mtpf.training.precision import use_cpu_bf16
 
 logger = logging.getLogger(__name__)
 HEAD = "classifier"
+Row = TypeVar("Row")
 
 
 @dataclass
@@ -54,6 +59,10 @@ class AdapterProtocol:
     max_dev_sentences: int | None = field(default=None, metadata={"help": "Cap on dev (seeded)."})
     max_test_sentences: int | None = field(default=None, metadata={"help": "Cap on test (seeded)."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size for dev/test prediction."})
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "bf16 autocast on a CPU with native bf16 (else fp32, with a warning); on by itself on CUDA."},
+    )
     min_steps_per_epoch: int = field(
         default=0,
         metadata={
@@ -61,6 +70,36 @@ class AdapterProtocol:
             "steps (0: off, the paper). Keeps low-resource runs from stopping after a handful of updates."
         },
     )
+
+
+def subsample(rows: list[Row], fraction: float = 1.0, cap: int | None = None, seed: int = 0) -> list[Row]:
+    """A fixed seeded subset: the same rows for every model and training seed."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"The data fraction must be in (0, 1], got {fraction}.")
+    count = max(1, math.ceil(len(rows) * fraction))
+    if cap is not None:
+        count = min(count, cap)
+    if count >= len(rows):
+        return list(rows)
+    keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:count])
+    return [rows[i] for i in keep]
+
+
+def repeat_to_min_steps(rows: list[Row], batch_size: int, min_steps: int) -> list[Row]:
+    """Whole copies of a small training set, enough for `min_steps` batches per epoch (unchanged when it has them)."""
+    if min_steps <= 0 or not rows:
+        return rows
+    copies = math.ceil(min_steps * batch_size / len(rows))
+    return rows * max(1, copies)
+
+
+def capped_splits(splits: dict[str, list[Row]], protocol: AdapterProtocol, fraction: float = 1.0):
+    """Train, dev and test under the protocol's caps (seeded); the cap first, then the fraction of what is left,
+    so a 10 % run trains on a tenth of the full run's rows."""
+    train = subsample(subsample(splits["train"], 1.0, protocol.max_train_sentences), fraction)
+    dev = subsample(splits["dev"], 1.0, protocol.max_dev_sentences)
+    test = subsample(splits["test"], 1.0, protocol.max_test_sentences)
+    return train, dev, test
 
 
 def build_adapter_model(
@@ -215,5 +254,13 @@ def training_arguments(
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        **precision(protocol),
     )
+
+
+def precision(protocol: AdapterProtocol) -> dict[str, bool]:
+    """bf16 on a CUDA GPU that has it (as before); on a CPU only when asked and native (`use_cpu_bf16`)."""
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported()}
+    cpu_bf16 = protocol.bf16 and use_cpu_bf16()
+    return {"bf16": cpu_bf16, "use_cpu": cpu_bf16}

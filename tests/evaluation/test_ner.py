@@ -11,13 +11,12 @@ from mtpf.evaluation.ner import (
     decode_tags,
     encode_sentences,
     entity_f1,
-    repeat_to_min_steps,
     sort_by_length,
-    subsample,
     train_ner,
 )
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
 from mtpf.models import load_model
+from mtpf.training.downstream import repeat_to_min_steps, subsample
 from tests.conftest import SHARED_DIR, TINY
 
 NER_ROOT = SHARED_DIR / "data" / "ner"

@@ -17,14 +17,20 @@ from tests.conftest import SHARED_DIR, run_command
 TEXTS = [json.loads(line)["text"] for line in (SHARED_DIR / "data/tc/banking77/test.jsonl").open()][:40]
 
 
-def test_ner_app_exports_to_one_graph_that_matches_pytorch(app, tmp_path):
-    _, app_dir = app
+def export_app(app_dir, tmp_path) -> tuple[dict, dict, dict]:
+    """`python -m mtpf export APP --quantize int8`, run from another folder (the app's test set is found where
+    finetune read it, not by a cwd-relative default): the report and its fp32 and int8 entries."""
     out = tmp_path / "onnx"
-    # from another folder: the app's test set is found where finetune read it, not by a cwd-relative default
     run_command([sys.executable, "-m", "mtpf", "export", str(app_dir), "--output", str(out), "--quantize", "int8",
                  "--sentences", "60"], tmp_path)  # fmt: skip
     report = json.loads((out / "export_report.json").read_text())
-    fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
+    return report, report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
+
+
+def test_ner_app_exports_to_one_graph_that_matches_pytorch(app, tmp_path):
+    _, app_dir = app
+    out = tmp_path / "onnx"
+    report, fp32, int8 = export_app(app_dir, tmp_path)
     assert fp32["accepted"] and fp32["max_abs_diff"] < 1e-3 and fp32["f1_onnx"] == fp32["f1_pytorch"]
     assert int8["accepted"] == (int8["f1_drop"] <= INT8_MAX_F1_DROP)  # the verdict follows the measurement
     assert int8["megabytes"] < fp32["megabytes"] / 2
@@ -56,10 +62,7 @@ def test_slot_exports_the_normalised_sentence_embedding(slotted_release, tmp_pat
 def test_classifier_app_exports_its_class_logits(classifier_app, tmp_path):
     _, app_dir = classifier_app
     out = tmp_path / "onnx"
-    run_command([sys.executable, "-m", "mtpf", "export", str(app_dir), "--output", str(out), "--quantize", "int8",
-                 "--sentences", "60"], tmp_path)  # fmt: skip
-    report = json.loads((out / "export_report.json").read_text())
-    fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
+    report, fp32, int8 = export_app(app_dir, tmp_path)
     assert fp32["accepted"] and fp32["max_abs_diff"] < 1e-3 and fp32["prediction_agreement"] == 100.0
     assert int8["accepted"] == (int8["accuracy_drop"] <= INT8_MAX_F1_DROP)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -1,0 +1,140 @@
+"""Benchmark 8: our contrastive step and encoder against the peer users would pick, sentence-transformers.
+
+Same model (all-MiniLM-L6-v2), same pairs, batch size and length limit, same process:
+  - training: our `pf_tc` step (`MtpfTrainer.training_step` + `optimizer.step()`, InfoNCE at temperature 0.05)
+    vs `SentenceTransformerTrainer.training_step` + `optimizer.step()` with `MultipleNegativesRankingLoss`
+    (scale 20 = 1 / 0.05); real (unpadded) tokens/s and the ratio ours / theirs (target >= 1.0);
+  - encoding: `MtpfModel.encode` vs `SentenceTransformer.encode` on the same CoNLL-2003 sentences (target >= 1.0),
+    and the largest difference between the two embeddings (they must be the same function).
+
+    python bench/peer_step.py [--steps 6] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import masks_of, roofline, write_report
+
+from mtpf.data.conll import ConllFormat, read_conll
+from mtpf.data.roots import CONLL_TEST
+from mtpf.models import load_model
+from mtpf.training import build_trainer
+from mtpf.training.args import parse_args
+from mtpf.weights import resolve_model_path
+
+
+def ours(config: str, steps: int, workdir: str) -> tuple[float, list[list[str]], int]:
+    """Seconds per timed pf_tc step, the texts of each step's pairs (for the peer), and real tokens per step."""
+    argv = [config, "--mode", "pf_tc", "--output_dir", workdir, "--max_steps", str(steps + 1), "--report_to", "none",
+            "--save_strategy", "no", "--analysis_steps", "0"]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    trainer.create_optimizer_and_scheduler(steps + 1)
+    tokenizer = trainer.processing_class
+    texts, durations, tokens = [], [], 0
+    for step in range(steps + 1):
+        inputs = trainer.train_dataset[step]
+        texts.append(tokenizer.batch_decode(inputs["tc"]["input_ids"], skip_special_tokens=True))
+        start = time.perf_counter()
+        trainer.training_step(trainer.model, inputs)
+        trainer.optimizer.step()
+        trainer.model.zero_grad(set_to_none=True)
+        durations.append(time.perf_counter() - start)
+        tokens += sum(int(m.sum()) for m in masks_of(inputs)) if step else 0
+    return sum(durations[1:]) / steps, texts, tokens // steps
+
+
+def peer(step_texts: list[list[str]], max_length: int, workdir: str) -> float:
+    """Seconds per timed step of SentenceTransformerTrainer + MultipleNegativesRankingLoss on the same pairs."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(str(resolve_model_path("offline:minilm-l6")), device="cpu")
+    model.max_seq_length = max_length
+    half = len(step_texts[0]) // 2  # our TC batch is anchors then positives
+    rows = {"anchor": [t for texts in step_texts for t in texts[:half]],
+            "positive": [t for texts in step_texts for t in texts[half:]]}  # fmt: skip
+    args = SentenceTransformerTrainingArguments(
+        output_dir=workdir, per_device_train_batch_size=half, use_cpu=True, report_to=[],
+        max_steps=len(step_texts), learning_rate=5e-5,
+    )  # fmt: skip
+    loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss)
+    trainer.create_optimizer_and_scheduler(len(step_texts))
+    trainer.current_gradient_accumulation_steps = 1  # set by `train()`, which this loop replaces
+    durations = []
+    for inputs in trainer.get_train_dataloader():
+        start = time.perf_counter()
+        trainer.training_step(trainer.model, inputs)
+        trainer.optimizer.step()
+        trainer.model.zero_grad(set_to_none=True)
+        durations.append(time.perf_counter() - start)
+    return sum(durations[1:]) / (len(durations) - 1)
+
+
+def encoders(sentences: list[str], repeats: int) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    loaded = load_model("offline:minilm-l6")
+    mine = loaded.fresh_backbone().eval()
+    theirs = SentenceTransformer(str(resolve_model_path("offline:minilm-l6")), device="cpu")
+
+    def timed(function) -> float:
+        function()
+        return statistics.median(_seconds(function) for _ in range(repeats))
+
+    ours_s = timed(lambda: mine.encode(sentences, loaded.tokenizer, batch_size=32))
+    peer_s = timed(lambda: theirs.encode(sentences, batch_size=32, convert_to_tensor=True))
+    difference = (
+        (mine.encode(sentences[:64], loaded.tokenizer) - theirs.encode(sentences[:64], convert_to_tensor=True))
+        .abs()
+        .max()
+    )
+    return {"sentences": len(sentences), "ours_sentences_per_s": round(len(sentences) / ours_s, 1),
+            "peer_sentences_per_s": round(len(sentences) / peer_s, 1), "ratio": round(peer_s / ours_s, 3),
+            "max_abs_difference": float(difference)}  # fmt: skip
+
+
+def _seconds(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default="bench/results/peer_step.json")
+    options = parser.parse_args()
+    max_length = parse_args([options.config])[1].max_seq_length
+    training = []
+    for _ in range(options.repeats):
+        with tempfile.TemporaryDirectory() as workdir:
+            seconds, texts, tokens = ours(options.config, options.steps, workdir)
+            peer_seconds = peer(texts, max_length, workdir)
+        training.append({"ours_s_per_step": seconds, "peer_s_per_step": peer_seconds, "real_tokens_per_step": tokens})
+    ratio = statistics.median(t["peer_s_per_step"] / t["ours_s_per_step"] for t in training)
+    sentences = [" ".join(s.tokens) for s in read_conll(Path(CONLL_TEST), ConllFormat())][:512]
+    results = {**roofline(), "training": training, "training_ratio_ours_over_peer_tokens_per_s": round(ratio, 3),
+               "encoding": encoders(sentences, options.repeats)}  # fmt: skip
+    print(results)
+    write_report(options.output, " ".join(["python", *sys.argv]), results)
+
+
+if __name__ == "__main__":
+    main()
