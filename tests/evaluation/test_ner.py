@@ -95,7 +95,7 @@ def test_ner_slot_initialises_the_downstream_lora(slotted_release):
             torch.testing.assert_close(delta, expected)
         else:  # no slot here: fresh LoRA, no update
             assert delta.abs().max() == 0
-    with pytest.raises(ValueError, match="raise the NER protocol's r"):
+    with pytest.raises(ValueError, match="raise the protocol's r"):
         build_ner_model(candidate, ["O"], NerProtocol(r=4, lora_alpha=8))
 
 
