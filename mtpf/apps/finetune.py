@@ -172,6 +172,13 @@ def check_app_backbone(app_dir: str | os.PathLike, digest: str, backbone_dir: st
         raise AppError(f"{app_dir}: trained on another backbone than {backbone_dir} ({BASE_MARKER} differs).")
 
 
+def saved_head(tensors: dict) -> tuple | None:
+    """The (weight, bias) of the head an app's adapter file carries in `modules_to_save`, or None."""
+    weights = {key.removeprefix("base_model.model."): value for key, value in tensors.items()}
+    weight, bias = weights.get("classifier.weight"), weights.get("classifier.bias")
+    return (weight.float(), bias.float()) if weight is not None and bias is not None else None
+
+
 def app_card(app: dict) -> ModelCard:
     """The app's model card: what it does, its scores, and how to load it with transformers + PEFT alone."""
     pipeline_tag, head_class, label_kind, slot, rows = CARD_KINDS[app["task"]]

@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 SHARED_REPORT = "export_report.json"
 PEFT_PREFIX = "base_model.model."
-HEAD_KEYS = ("classifier.weight", "classifier.bias")
 OUTPUTS = {"ner": "token_logits", "classification": "sentence_logits", "embedding": "sentence_embedding"}
 
 
@@ -53,6 +52,8 @@ class SharedApp:
 
 def read_lora(adapter_dir: str | os.PathLike) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple | None]:
     """A PEFT LoRA folder as {module: (A, B * alpha / r)} plus its saved head (weight, bias) if it has one."""
+    from mtpf.apps import saved_head
+
     folder = Path(adapter_dir)
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if config.get("use_rslora") or config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora"):
@@ -65,11 +66,7 @@ def read_lora(adapter_dir: str | os.PathLike) -> tuple[dict[str, tuple[torch.Ten
         if key.endswith(".lora_A.weight"):
             module = key.removesuffix(".lora_A.weight")
             lora[module] = (a.float(), tensors[f"{module}.lora_B.weight"].float() * scale)
-    head_keys = [
-        next((k for k in tensors if k.startswith("classifier") and k.endswith(s)), None) for s in ("weight", "bias")
-    ]
-    head = (tensors[head_keys[0]].float(), tensors[head_keys[1]].float()) if all(head_keys) else None
-    return lora, head
+    return lora, saved_head(saved)
 
 
 class _Feed:

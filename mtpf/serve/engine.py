@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from mtpf.apps import AppError, check_app_backbone, read_app
+from mtpf.apps import AppError, check_app_backbone, read_app, saved_head
 from mtpf.models import load_model
 from mtpf.release import BACKBONE_DIR, backbone_digest
 
@@ -97,18 +97,19 @@ class Engine:
             check_app_backbone(app_dir, self.digest, self.backbone_dir)
         except AppError as err:
             raise ServeError(str(err), 422) from err
-        config = LoraConfig.from_pretrained(app_dir)
+        try:
+            config = LoraConfig.from_pretrained(app_dir)
+            tensors = load_file(str(Path(app_dir) / "adapter_model.safetensors"))
+        except (OSError, ValueError, TypeError) as err:  # missing or broken adapter files: the client's input
+            raise ServeError(f"{app_dir}: not a readable PEFT adapter ({type(err).__name__}: {err}).", 422) from err
         config.modules_to_save, config.inference_mode = None, True  # the head is applied per row group, below
-        tensors = load_file(str(Path(app_dir) / "adapter_model.safetensors"))
         lora = {key: value for key, value in tensors.items() if "lora_" in key}
-        head = [next((v for k, v in tensors.items() if k.startswith(f"base_model.model.classifier.{part}")
-                      or k.endswith(f"classifier.modules_to_save.{part}")), None)
-                for part in ("weight", "bias")]  # fmt: skip
-        if head[0] is None or head[1] is None:
+        head = saved_head(tensors)
+        if head is None:
             raise ServeError(f"{app_dir}: the adapter has no saved head (classifier weight and bias).", 422)
         self._attach(name, config, lora)
         labels = {int(i): label for i, label in app["id2label"].items()}
-        served = Served(name, app["task"], name, labels, (head[0].float(), head[1].float()), str(app_dir))
+        served = Served(name, app["task"], name, labels, head, str(app_dir))
         self.served[name] = served
         logger.info("serving app %s (%s, %d labels) from %s", name, app["task"], len(labels), app_dir)
         return served

@@ -207,6 +207,10 @@ def test_apps_load_and_unload_without_a_restart(server, tmp_path):
     (stranger / "mtpf_base.json").write_text(json.dumps({"backbone_sha256": "0" * 64}))
     refused = client.post("/v1/apps", json={"name": "stranger", "path": str(stranger)})
     assert refused.status_code == 422 and "another backbone" in refused.text
+    (stranger / "mtpf_base.json").write_text((classifier / "mtpf_base.json").read_text())
+    (stranger / "adapter_config.json").unlink()
+    broken = client.post("/v1/apps", json={"name": "broken", "path": str(stranger)})
+    assert broken.status_code == 422 and "not a readable PEFT adapter" in broken.text
     missing = client.post("/v1/apps", json={"name": "ghost", "path": str(tmp_path / "none")})
     assert missing.status_code == 422 and "mtpf_app.json" in missing.text
     assert client.post("/v1/classify", json={"model": "emotion", "input": "i am happy"}).status_code == 200
