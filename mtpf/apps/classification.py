@@ -167,11 +167,6 @@ def _encode(rows: list[LabeledText], candidate: LoadedModel, label_ids: dict[str
     return Dataset.from_dict({**encoded, "labels": [label_ids[row.label] for row in rows]})
 
 
-def build_classifier(candidate: LoadedModel, classes: list[str], protocol: ClassificationProtocol) -> PeftModel:
-    """The candidate's backbone + a sentence head + downstream LoRA on every layer (`tc` slot as init)."""
-    return build_adapter_model(candidate, MtpfForSequenceClassification, classes, protocol, CLASSIFICATION, SLOT)
-
-
 def train_classifier(
     candidate: LoadedModel,
     dataset: str,
@@ -188,7 +183,8 @@ def train_classifier(
     train_set = _encode(epoch_rows, candidate, label_ids, protocol.max_length)
     dev_set, test_set = (_encode(rows, candidate, label_ids, protocol.max_length) for rows in (dev, test))
     torch.manual_seed(seed)
-    model = build_classifier(candidate, classes, protocol)
+    # the backbone + a sentence head + a downstream LoRA on every layer, the `tc` slot as its init
+    model = build_adapter_model(candidate, MtpfForSequenceClassification, classes, protocol, CLASSIFICATION, SLOT)
 
     def dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
         return {"accuracy": 100.0 * accuracy_score(prediction.label_ids, prediction.predictions)}
