@@ -1,9 +1,13 @@
 """Contrastive batch scaling: peak RSS and time per pair, batch 64..1024, with and without gradient caching.
 
     python bench/contrastive_scaling.py [--backbone offline:minilm-l6] [--sizes 64 128 256 512 1024] [--mini 64]
+                                        [--bf16]
 
 Each (batch, mode) runs in its own process so its peak RSS is its own. One forward+backward of InfoNCE on real
-pairs (the offline flickr30k captions, max 48 sub-tokens), after one warm-up step.
+pairs (the offline flickr30k captions, max 48 sub-tokens), after one warm-up step. Beside time and memory: real
+(unpadded) tokens/s and achieved GFLOP/s of the work done (3x the encoder's forward FLOPs; 4x with gradient
+caching, which runs the forward twice) against `torch.matmul`'s rate measured in the main process; `--bf16` runs
+the step under bf16 autocast (a CPU with native bf16 only).
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ import time
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from bench.common import peak_rss_gb, write_report
+from bench.common import encoder_forward_flops, peak_rss_gb, roofline, write_report
 from mtpf.data.roots import PAIRS_DATA
 
 PAIRS = f"{PAIRS_DATA}/flickr30k_captions"
 
 
-def one_run(backbone: str, batch: int, mini: int, max_length: int) -> dict:
+def one_run(backbone: str, batch: int, mini: int, max_length: int, bf16: bool = False) -> dict:
     from mtpf.data.pairs import load_pair_source
     from mtpf.losses.cached_info_nce import CachedInfoNCE
     from mtpf.losses.info_nce import InfoNCELoss
@@ -46,21 +50,27 @@ def one_run(backbone: str, batch: int, mini: int, max_length: int) -> dict:
         )
         texts = dict(texts)
         model.zero_grad(set_to_none=True)
-        if cached is None:
-            embeddings = model(**texts).pooler_output
-            loss(embeddings[:batch], embeddings[batch:]).backward()
-        else:
-            cached(lambda f: model(**f).pooler_output, texts, batch, backward=lambda t: t.backward())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if cached is None:
+                embeddings = model(**texts).pooler_output
+                loss(embeddings[:batch], embeddings[batch:]).backward()
+            else:
+                cached(lambda f: model(**f).pooler_output, texts, batch, backward=lambda t: t.backward())
+        return texts["attention_mask"]
 
     step(0)  # warm-up
     start = time.perf_counter()
-    step(batch)
+    mask = step(batch)
     seconds = time.perf_counter() - start
+    flops = (4 if mini else 3) * encoder_forward_flops(model.config.backbone_config, *mask.shape)
     return {
         "batch": batch,
         "grad_cache_mini_batch": mini,
+        "bf16": bf16,
         "seconds": round(seconds, 3),
         "ms_per_pair": round(1000 * seconds / batch, 2),
+        "real_tokens_per_s": round(int(mask.sum()) / seconds),
+        "gflops_per_s": round(flops / seconds / 1e9, 1),
         "peak_rss_gb": round(peak_rss_gb(), 2),
     }
 
@@ -74,12 +84,13 @@ def main() -> None:
         "--plain-max", type=int, default=512, help="largest uncached batch to run (1024 plain needs ~25 GB here)"
     )
     parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (native-bf16 CPUs only).")
     parser.add_argument("--one", nargs=2, type=int, metavar=("BATCH", "MINI"), help=argparse.SUPPRESS)
     parser.add_argument("--output", default="bench/results/contrastive_scaling.json")
     args = parser.parse_args()
     if args.one:
         torch.manual_seed(0)
-        print(json.dumps(one_run(args.backbone, args.one[0], args.one[1], args.max_length)))
+        print(json.dumps(one_run(args.backbone, args.one[0], args.one[1], args.max_length, args.bf16)))
         return
     results = []
     for batch in args.sizes:
@@ -100,19 +111,21 @@ def main() -> None:
                 "--one",
                 str(batch),
                 str(mini),
+                *(["--bf16"] if args.bf16 else []),
             ]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             results.append(result)
             print(
                 f"batch {batch:5d} {'cached' if mini else 'plain '}: {result['ms_per_pair']:7.2f} ms/pair, "
-                f"peak RSS {result['peak_rss_gb']:.2f} GB",
+                f"peak RSS {result['peak_rss_gb']:.2f} GB, {result['real_tokens_per_s']} tok/s, "
+                f"{result['gflops_per_s']} GFLOP/s",
                 flush=True,
             )
     base = next(r for r in results if r["batch"] == min(args.sizes) and not r["grad_cache_mini_batch"])
     for result in (r for r in results if "ms_per_pair" in r):
         result["time_per_pair_vs_plain_smallest"] = round(result["ms_per_pair"] / base["ms_per_pair"], 2)
-    write_report(args.output, " ".join(["python", *sys.argv]), results)
+    write_report(args.output, " ".join(["python", *sys.argv]), {**roofline(), "runs": results})
 
 
 if __name__ == "__main__":

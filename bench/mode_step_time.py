@@ -58,7 +58,8 @@ def time_mode(config: str, mode: str, pcgrad: bool, steps: int, workdir: Path, b
     for step in range(steps + 1):
         inputs = trainer.train_dataset[step]
         start = time.perf_counter()
-        trainer.training_step(model, inputs)
+        with trainer.accelerator.autocast():  # what `train()` gets from `accelerator.prepare`; bypassed here
+            trainer.training_step(model, inputs)
         trainer.optimizer.step()
         model.zero_grad(set_to_none=True)
         durations.append(time.perf_counter() - start)

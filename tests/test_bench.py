@@ -28,8 +28,10 @@ def test_contrastive_scaling(tmp_path):
         "4",
         tmp_path=tmp_path,
     )
-    assert [(r["batch"], r["grad_cache_mini_batch"]) for r in report["results"]] == [(8, 0), (8, 4), (16, 0), (16, 4)]
-    assert all(r["peak_rss_gb"] > 0 and r["ms_per_pair"] > 0 for r in report["results"])
+    runs = report["results"]["runs"]
+    assert [(r["batch"], r["grad_cache_mini_batch"]) for r in runs] == [(8, 0), (8, 4), (16, 0), (16, 4)]
+    assert all(r["peak_rss_gb"] > 0 and r["ms_per_pair"] > 0 and r["gflops_per_s"] > 0 for r in runs)
+    assert report["results"]["matmul_gflops"]["fp32"] > 0 and "native" in report["results"]["cpu"]
 
 
 def test_serving(tmp_path):

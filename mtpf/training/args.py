@@ -110,6 +110,10 @@ class DataArguments:
     num_clusters: int = field(default=200, metadata={"help": "k of the k-means pseudo-labels."})
     max_ner_sentences: int | None = field(default=None, metadata={"help": "Cap on corpus sentences (None: all)."})
     ner_batch_size: int = field(default=256, metadata={"help": "Sentences per NER batch, over all processes."})
+    ner_length_buckets: int = field(
+        default=0,
+        metadata={"help": "Sort each run of N shuffled NER batches by length before cutting them (0: off)."},
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Sub-tokens per text."})
     pseudo_label_dir: str = field(default="outputs/pseudo-labels", metadata={"help": "Pseudo-label cache folder."})
     task_schedule: str = field(

@@ -23,6 +23,7 @@ class NerBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        length_buckets: int = 0,
     ) -> None:
         if len(dataset) < batch_size:
             raise ValueError(
@@ -30,13 +31,26 @@ class NerBatches:
             )
         self.words, self.labels = dataset["words"], dataset["labels"]
         self.tokenizer, self.batch_size, self.max_length, self.seed = tokenizer, batch_size, max_length, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.length_buckets = rank, world_size, length_buckets
         self.batches_per_epoch = len(dataset) // batch_size
 
     def global_batch(self, index: int) -> list[int]:
+        """The sentences of step `index`: a seeded shuffle per epoch, cut into batches.
+
+        With `length_buckets` = B > 1, each run of B batches of the shuffle is sorted by sentence length before it
+        is cut (and its B batches are visited in a seeded order), so a batch pads to nearly its own length while
+        every sentence is still seen once per epoch.
+        """
         epoch, position = divmod(index, self.batches_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.words))
-        return order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
+        if self.length_buckets <= 1:
+            return order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
+        group, slot = divmod(position, self.length_buckets)
+        batches = min(self.length_buckets, self.batches_per_epoch - group * self.length_buckets)
+        start = group * self.length_buckets * self.batch_size
+        rows = sorted(order[start : start + batches * self.batch_size].tolist(), key=lambda r: len(self.words[r]))
+        visit = np.random.default_rng([self.seed, epoch, group]).permutation(batches)[slot]
+        return rows[visit * self.batch_size : (visit + 1) * self.batch_size]
 
     def __call__(self, index: int) -> dict[str, torch.Tensor]:
         rows = rank_slice(self.global_batch(index), self.batch_size, self.rank, self.world_size)

@@ -24,10 +24,10 @@ class NerTask(Task):
     result_family = "ner"  # downstream: LoRA fine-tuning, seqeval entity F1 (mtpf/evaluation/ner.py)
     family_tag = "token-classification"
     family_title = "Named entity recognition"
-    resume_keys = ("num_clusters",)
+    resume_keys = ("num_clusters", "ner_length_buckets")
 
-    def __init__(self, pseudo_labels: PseudoLabelSettings, batch_size: int = 256) -> None:
-        self.pseudo_labels, self.batch_size = pseudo_labels, batch_size
+    def __init__(self, pseudo_labels: PseudoLabelSettings, batch_size: int = 256, length_buckets: int = 0) -> None:
+        self.pseudo_labels, self.batch_size, self.length_buckets = pseudo_labels, batch_size, length_buckets
         self.num_clusters = pseudo_labels.num_clusters
 
     @classmethod
@@ -40,7 +40,7 @@ class NerTask(Task):
             max_length=data_args.max_seq_length,
             cache_dir=data_args.pseudo_label_dir,
         )
-        return cls(settings, data_args.ner_batch_size)
+        return cls(settings, data_args.ner_batch_size, data_args.ner_length_buckets)
 
     def build_batches(self, context: TaskContext) -> StepBatches:
         settings = replace(self.pseudo_labels, seed=context.seed)  # the clustering follows the run's seed
@@ -54,6 +54,7 @@ class NerTask(Task):
             context.seed,
             rank=context.rank,
             world_size=context.world_size,
+            length_buckets=self.length_buckets,
         )
 
     def head(self, hidden_size: int) -> nn.Module:
@@ -76,4 +77,6 @@ class NerTask(Task):
             "ner_batch_size": self.batch_size,
             "ner_corpus": data_args.ner_corpus,
             "teacher": self.pseudo_labels.teacher,
+            # recorded only when on, so checkpoints written before the option existed still resume
+            **({"ner_length_buckets": self.length_buckets} if self.length_buckets > 1 else {}),
         }
