@@ -50,19 +50,9 @@ def write_report(path: str | Path, command: str, results: object) -> None:
     print(f"wrote {path}")
 
 
-def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
-    """This process's `torch.matmul` rate on size x size matrices: the roofline the other figures are read against."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
 def roofline() -> dict:
     """fp32 (and, on a CPU with native bf16, bf16) matmul GFLOP/s, with the CPU's bf16 capability."""
-    from mtpf.training.precision import cpu_bf16_capability
+    from mtpf.training.precision import cpu_bf16_capability, matmul_gflops
 
     capability = cpu_bf16_capability()
     rates = {"fp32": round(matmul_gflops(torch.float32), 1)}

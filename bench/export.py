@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import write_report
+from common import best_of, write_report
 
 from mtpf.apps import finetune_app
 from mtpf.apps.classification import ClassificationProtocol
@@ -48,15 +47,7 @@ TIMED_SENTENCES = 64
 
 def ms_per_sentence(run, batches: list[dict[str, np.ndarray]], sentences: int, repeats: int = 3) -> float:
     """Median over repeats of the time to run every batch once, per sentence (one warm-up pass first)."""
-    for batch in batches:
-        run(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            run(batch)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times)) / sentences
+    return 1000 * best_of(lambda: [run(batch) for batch in batches], repeats=repeats, warmup=1) / sentences
 
 
 def batches_of(reference: Exportable, size: int) -> list[dict[str, np.ndarray]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import masks_of, roofline, write_report
+from common import best_of, masks_of, roofline, write_report
 
 from mtpf.data.conll import ConllFormat, read_conll
 from mtpf.data.roots import CONLL_TEST
@@ -92,12 +92,8 @@ def encoders(sentences: list[str], repeats: int) -> dict:
     mine = loaded.fresh_backbone().eval()
     theirs = SentenceTransformer(str(resolve_model_path("offline:minilm-l6")), device="cpu")
 
-    def timed(function) -> float:
-        function()
-        return statistics.median(_seconds(function) for _ in range(repeats))
-
-    ours_s = timed(lambda: mine.encode(sentences, loaded.tokenizer, batch_size=32))
-    peer_s = timed(lambda: theirs.encode(sentences, batch_size=32, convert_to_tensor=True))
+    ours_s = best_of(lambda: mine.encode(sentences, loaded.tokenizer, batch_size=32), repeats, warmup=1)
+    peer_s = best_of(lambda: theirs.encode(sentences, batch_size=32, convert_to_tensor=True), repeats, warmup=1)
     difference = (
         (mine.encode(sentences[:64], loaded.tokenizer) - theirs.encode(sentences[:64], convert_to_tensor=True))
         .abs()
@@ -106,12 +102,6 @@ def encoders(sentences: list[str], repeats: int) -> dict:
     return {"sentences": len(sentences), "ours_sentences_per_s": round(len(sentences) / ours_s, 1),
             "peer_sentences_per_s": round(len(sentences) / peer_s, 1), "ratio": round(peer_s / ours_s, 3),
             "max_abs_difference": float(difference)}  # fmt: skip
-
-
-def _seconds(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -112,6 +112,12 @@ def input_names(modules: list[str]) -> list[str]:
             *[f"lora.{m}.{part}" for m in modules for part in ("A", "B")]]  # fmt: skip
 
 
+def zero_lora(graph: SharedGraph, module: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [rank, in] and B [out, rank] of zeros for `module`: the shapes of its LoRA inputs, adapting nothing."""
+    linear = graph.backbone.get_submodule(module).base
+    return torch.zeros(rank, linear.in_features), torch.zeros(linear.out_features, rank)
+
+
 def app_inputs(app: SharedApp, modules: list[str], graph: SharedGraph, rank: int) -> dict[str, np.ndarray]:
     """The app's values of every LoRA and head input: zero where it adapts nothing, ranks zero-padded."""
     values = {}
@@ -119,9 +125,7 @@ def app_inputs(app: SharedApp, modules: list[str], graph: SharedGraph, rank: int
     weight, bias = app.head or (torch.zeros(1, hidden), torch.zeros(1))
     values["head.weight"], values["head.bias"] = weight.numpy(), bias.numpy()
     for module in modules:
-        linear = graph.backbone.get_submodule(module).base
-        a = torch.zeros(rank, linear.in_features)
-        b = torch.zeros(linear.out_features, rank)
+        a, b = zero_lora(graph, module, rank)
         if module in app.lora:
             app_a, app_b = app.lora[module]
             a[: app_a.shape[0]], b[:, : app_b.shape[1]] = app_a, app_b
@@ -132,10 +136,7 @@ def app_inputs(app: SharedApp, modules: list[str], graph: SharedGraph, rank: int
 def export_graph(graph: SharedGraph, modules: list[str], rank: int, tokenizer, max_length: int, path: Path) -> None:
     example = tokenizer(["a short example", "and a second, longer example sentence"], padding=True, return_tensors="pt")
     hidden = graph.backbone.config.hidden_size
-    lora = []
-    for module in modules:
-        linear = graph.backbone.get_submodule(module).base
-        lora += [torch.zeros(rank, linear.in_features), torch.zeros(linear.out_features, rank)]
+    lora = [matrix for module in modules for matrix in zero_lora(graph, module, rank)]
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=max_length)
     labels = torch.export.Dim("labels")
     dims = ({0: batch, 1: sequence}, {0: batch, 1: sequence}, {0: labels}, {0: labels}, [None] * len(lora))

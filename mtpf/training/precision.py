@@ -24,18 +24,19 @@ def cpu_bf16_capability() -> dict[str, bool]:
     return {"avx512_bf16": avx512_bf16, "amx": amx, "native": avx512_bf16 or amx}
 
 
+def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
+    """This process's `torch.matmul` rate on size x size matrices (the roofline benchmarks read figures against)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def bf16_matmul_speedup(size: int = 512, repeats: int = 5) -> float:
     """bf16 / fp32 matmul rate on this CPU (below 1: emulated bf16 is slower)."""
-
-    def seconds(dtype: torch.dtype) -> float:
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        torch.matmul(a, b)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            torch.matmul(a, b)
-        return time.perf_counter() - start
-
-    return seconds(torch.float32) / seconds(torch.bfloat16)
+    return matmul_gflops(torch.bfloat16, size, repeats) / matmul_gflops(torch.float32, size, repeats)
 
 
 def use_cpu_bf16() -> bool:
