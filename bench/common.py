@@ -25,6 +25,21 @@ def best_of(function: Callable[[], object], repeats: int = 5, warmup: int = 3) -
     return statistics.median(times)
 
 
+def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 3) -> dict:
+    """Median seconds of each function, timed in turn round after round: a drift of the machine's speed (large
+    here) hits every function alike instead of whichever happened to run during it."""
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

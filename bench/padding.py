@@ -1,11 +1,12 @@
-"""Benchmark 9: the padding share of pre-finetuning batches, with and without NER length bucketing.
+"""Benchmark 9: the padding share of pre-finetuning batches, with and without length bucketing / chunking.
 
 Builds each task's step batches from a config exactly as training does (no model is run) and counts, over the
-first `--steps` steps, the share of padded positions among all positions of the attention masks. NER batches are
-measured as shuffled (`--ner_length_buckets 0`, the default) and bucketed; TC batches are measured as they are
-(a batch's pairs are its in-batch negatives, so reordering them by length would change the objective).
+first `--steps` steps, the share of padded positions among all positions the encoder runs. NER batches are
+measured as shuffled (`--ner_length_buckets 0`, the default) and bucketed. TC batches cannot be regrouped across
+batches (a batch's pairs are its in-batch negatives), so they are measured as one padded forward and as embedded in
+length-sorted chunks of N texts (`--tc_length_chunk N`, `mtpf/data/padding.py`), which keeps every batch as it is.
 
-    python bench/padding.py [CONFIG.yaml] [--steps 200] [--buckets 8]
+    python bench/padding.py [CONFIG.yaml] [--steps 200] [--buckets 8] [--tc-chunks 32 16]
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import masks_of, write_report
 
+from mtpf.data.padding import length_sorted_chunks
 from mtpf.release import load_mtpf_encoder
 from mtpf.tasks import TaskContext, get_task
 from mtpf.training.args import parse_args
 
 
-def padding_share(step_batches, steps: int) -> dict:
+def padding_share(step_batches, steps: int, chunk: int = 0) -> dict:
+    """Real and padded positions over `steps` steps (as length-sorted chunks of `chunk` rows when set)."""
     real = padded = 0
     for step in range(steps):
-        for mask in masks_of(step_batches(step)):
+        masks = masks_of(step_batches(step))
+        if chunk:
+            masks = [c["attention_mask"] for m in masks for c in length_sorted_chunks({"attention_mask": m}, chunk)[0]]
+        for mask in masks:
             real, padded = real + int(mask.sum()), padded + mask.numel()
     return {"real_tokens": real, "positions": padded, "padding_share": round(1 - real / padded, 4)}
 
@@ -37,6 +43,7 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--buckets", type=int, default=8)
+    parser.add_argument("--tc-chunks", type=int, nargs="*", default=[32, 16])
     parser.add_argument("--output", default="bench/results/padding.json")
     options = parser.parse_args()
     results = {}
@@ -45,8 +52,12 @@ def main() -> None:
         _, tokenizer = load_mtpf_encoder(model_args.backbone, tasks=())
         context = TaskContext(tokenizer, args.seed, 0, 1, args.main_process_first)
         task = get_task(name.split("_")[0]).from_args(data_args)
-        results[name] = padding_share(task.build_batches(context), options.steps)
+        batches = task.build_batches(context)
+        results[name] = padding_share(batches, options.steps)
         print(name, results[name], flush=True)
+        for chunk in options.tc_chunks if name == "tc" else ():
+            results[f"tc_length_chunks_{chunk}"] = padding_share(batches, options.steps, chunk)
+            print(f"tc_length_chunks_{chunk}", results[f"tc_length_chunks_{chunk}"], flush=True)
     write_report(options.output, " ".join(["python", *sys.argv]), results)
 
 

@@ -4,10 +4,13 @@ Same model (all-MiniLM-L6-v2), same pairs, batch size and length limit, same pro
   - training: our `pf_tc` step (`MtpfTrainer.training_step` + `optimizer.step()`, InfoNCE at temperature 0.05)
     vs `SentenceTransformerTrainer.training_step` + `optimizer.step()` with `MultipleNegativesRankingLoss`
     (scale 20 = 1 / 0.05); real (unpadded) tokens/s and the ratio ours / theirs (target >= 1.0);
+  - gradient caching: the same with our GradCache (`--tc_mini_batch_size`) vs `CachedMultipleNegativesRankingLoss`,
+    both embedding `--mini` texts per forward (ours cuts the anchors-then-positives batch into chunks of that many
+    texts; theirs embeds each column in mini-batches of that many);
   - encoding: `MtpfModel.encode` vs `SentenceTransformer.encode` on the same CoNLL-2003 sentences (target >= 1.0),
     and the largest difference between the two embeddings (they must be the same function).
 
-    python bench/peer_step.py [--steps 6] [--repeats 3]
+    python bench/peer_step.py [--steps 6] [--repeats 3] [--mini 32]
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from mtpf.training.args import parse_args
 from mtpf.weights import resolve_model_path
 
 
-def ours(config: str, steps: int, workdir: str) -> tuple[float, list[list[str]], int]:
-    """Seconds per timed pf_tc step, the texts of each step's pairs (for the peer), and real tokens per step."""
+def ours(config: str, steps: int, workdir: str, mini: int = 0) -> tuple[float, list[list[str]], int]:
+    """Seconds per timed pf_tc step (GradCache with `mini` texts per forward when set), the texts of each step's
+    pairs (for the peer), and real tokens per step."""
     argv = [config, "--mode", "pf_tc", "--output_dir", workdir, "--max_steps", str(steps + 1), "--report_to", "none",
-            "--save_strategy", "no", "--analysis_steps", "0"]  # fmt: skip
+            "--save_strategy", "no", "--analysis_steps", "0", "--tc_mini_batch_size", str(mini)]  # fmt: skip
     trainer = build_trainer(*parse_args(argv))
     trainer.create_optimizer_and_scheduler(steps + 1)
     tokenizer = trainer.processing_class
@@ -52,15 +56,16 @@ def ours(config: str, steps: int, workdir: str) -> tuple[float, list[list[str]],
     return sum(durations[1:]) / steps, texts, tokens // steps
 
 
-def peer(step_texts: list[list[str]], max_length: int, workdir: str) -> float:
-    """Seconds per timed step of SentenceTransformerTrainer + MultipleNegativesRankingLoss on the same pairs."""
+def peer(step_texts: list[list[str]], max_length: int, workdir: str, mini: int = 0) -> float:
+    """Seconds per timed step of SentenceTransformerTrainer + MultipleNegativesRankingLoss on the same pairs
+    (CachedMultipleNegativesRankingLoss with mini-batches of `mini` when set)."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
 
     model = SentenceTransformer(str(resolve_model_path("offline:minilm-l6")), device="cpu")
     model.max_seq_length = max_length
@@ -71,7 +76,10 @@ def peer(step_texts: list[list[str]], max_length: int, workdir: str) -> float:
         output_dir=workdir, per_device_train_batch_size=half, use_cpu=True, report_to=[],
         max_steps=len(step_texts), learning_rate=5e-5,
     )  # fmt: skip
-    loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    if mini:
+        loss = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=mini)
+    else:
+        loss = MultipleNegativesRankingLoss(model, scale=20.0)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss)
     trainer.create_optimizer_and_scheduler(len(step_texts))
     trainer.current_gradient_accumulation_steps = 1  # set by `train()`, which this loop replaces
@@ -109,19 +117,31 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mini", type=int, default=32, help="Texts per forward in the gradient-cached pair.")
     parser.add_argument("--output", default="bench/results/peer_step.json")
     options = parser.parse_args()
     max_length = parse_args([options.config])[1].max_seq_length
-    training = []
+    training = {"plain": [], "cached": []}
     for _ in range(options.repeats):
-        with tempfile.TemporaryDirectory() as workdir:
-            seconds, texts, tokens = ours(options.config, options.steps, workdir)
-            peer_seconds = peer(texts, max_length, workdir)
-        training.append({"ours_s_per_step": seconds, "peer_s_per_step": peer_seconds, "real_tokens_per_step": tokens})
-    ratio = statistics.median(t["peer_s_per_step"] / t["ours_s_per_step"] for t in training)
+        for name, mini in (("plain", 0), ("cached", options.mini)):
+            with tempfile.TemporaryDirectory() as workdir:
+                seconds, texts, tokens = ours(options.config, options.steps, workdir, mini)
+                peer_seconds = peer(texts, max_length, workdir, mini)
+            training[name].append({"ours_s_per_step": seconds, "peer_s_per_step": peer_seconds,
+                                   "real_tokens_per_step": tokens})  # fmt: skip
+            print(name, training[name][-1], flush=True)
+    ratios = {name: round(statistics.median(t["peer_s_per_step"] / t["ours_s_per_step"] for t in runs), 3)
+              for name, runs in training.items()}  # fmt: skip
     sentences = [" ".join(s.tokens) for s in read_conll(Path(CONLL_TEST), ConllFormat())][:512]
-    results = {**roofline(), "training": training, "training_ratio_ours_over_peer_tokens_per_s": round(ratio, 3),
-               "encoding": encoders(sentences, options.repeats)}  # fmt: skip
+    results = {
+        **roofline(),
+        "training": training["plain"],
+        "training_ratio_ours_over_peer_tokens_per_s": ratios["plain"],
+        "cached_training": training["cached"],
+        "cached_mini_batch": options.mini,
+        "cached_training_ratio_ours_over_peer_tokens_per_s": ratios["cached"],
+        "encoding": encoders(sentences, options.repeats),
+    }
     print(results)
     write_report(options.output, " ".join(["python", *sys.argv]), results)
 

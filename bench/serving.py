@@ -1,9 +1,11 @@
 """Serving latency: backbone alone vs one active slot vs a merged slot vs a mixed-slot batch vs one pass per slot.
 
-    python bench/serving.py [--backbone offline:minilm-l6] [--repeats 7]
+    python bench/serving.py [--backbone offline:minilm-l6] [--repeats 30]
 
 Four slots (rank 32, alpha 64, query/key/MLP of the last 2 layers) with non-zero weights; real sentences from
-CoNLL-2003 test; latency per sentence at batch 1 and 32 (median of repeats).
+CoNLL-2003 test; latency per sentence at batch 1 and 32 (median of repeats, the ways to serve timed in turn round
+after round). At batch 1 the active slot's cost is also taken apart: one PEFT LoRA linear against its base linear on
+the same input, times the number of LoRA linears, is the overhead the slot should add.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from bench.common import best_of, write_report
+from bench.common import interleaved_medians, write_report
 from mtpf.data.roots import CONLL_TEST
 
 SLOTS = ["ner", "tc", "app3", "app4"]
@@ -42,7 +44,7 @@ def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) ->
 
         runs["mixed_batch_4_slots"] = lambda: slotted(**batch, adapter_names=rows)
         runs["one_pass_per_slot"] = per_slot_passes
-    timings = {name: best_of(run, repeats) / batch_size * 1000 for name, run in runs.items()}
+    timings = {name: seconds / batch_size * 1000 for name, seconds in interleaved_medians(runs, repeats).items()}
     reference = timings["backbone"]
     result = {
         name: {"ms_per_sentence": round(ms, 3), "vs_backbone": round(ms / reference, 3)} for name, ms in timings.items()
@@ -53,13 +55,32 @@ def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) ->
         )
     for name, ms in timings.items():
         print(f"batch {batch_size:2d} {name:22s} {ms:8.3f} ms/sentence  x{ms / reference:.3f}", flush=True)
+    if batch_size == 1:
+        result["lora_linear_breakdown"] = lora_linear_cost(slotted, batch, repeats * 10, reference)
     return result
+
+
+def lora_linear_cost(slotted, batch: dict, repeats: int, backbone_ms: float) -> dict:
+    """What one active LoRA linear adds over its base linear on a batch-1 input, and that times every LoRA linear
+    against the backbone's whole forward: the overhead the active slot is expected to cost."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in slotted.modules() if isinstance(m, LoraLayer)]
+    layer = layers[0]
+    hidden = torch.randn(1, batch["input_ids"].shape[1], layer.in_features)
+    timings = interleaved_medians({"lora": lambda: layer(hidden), "base": lambda: layer.base_layer(hidden)}, repeats)
+    added_ms = (timings["lora"] - timings["base"]) * 1000
+    print(f"one LoRA linear adds {added_ms:.3f} ms x {len(layers)} linears = "
+          f"{added_ms * len(layers) / backbone_ms:.1%} of the backbone forward", flush=True)  # fmt: skip
+    return {"lora_linears": len(layers), "base_linear_ms": round(timings["base"] * 1000, 4),
+            "lora_linear_ms": round(timings["lora"] * 1000, 4), "added_ms_per_linear": round(added_ms, 4),
+            "expected_vs_backbone": round(1 + added_ms * len(layers) / backbone_ms, 3)}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", default="offline:minilm-l6")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--output", default="bench/results/serving.json")
     args = parser.parse_args()
 

@@ -11,6 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from configuration_mtpf import MtpfConfig
+from mtpf.fused_lora import use_fused_linear
 
 LORA_MARKER = "lora_"
 
@@ -29,15 +30,26 @@ def lora_config_for_slot(config: MtpfConfig, task: str, modules_to_save: list[st
     )
 
 
-def attach_slots(model: nn.Module, tasks: list[str] | None = None, train_backbone: bool = True) -> PeftModel:
-    """Wrap an MtpfModel with one LoRA adapter per slot; the first task is active."""
+def attach_slots(
+    model: nn.Module, tasks: list[str] | None = None, train_backbone: bool = True, fused: bool = False
+) -> PeftModel:
+    """Wrap an MtpfModel with one LoRA adapter per slot; the first task is active.
+
+    `fused` (used only with a trainable backbone) builds the slots' linears as `FusedLoraLinear`: the same
+    function and gradients for less work in training (`mtpf/fused_lora.py`).
+    """
     config: MtpfConfig = model.config
     tasks = list(tasks or config.task_slots)
     if not tasks:
         raise ValueError("No adapter slots to attach: the config declares none and no tasks were given.")
-    peft_model = get_peft_model(model, lora_config_for_slot(config, tasks[0]), adapter_name=tasks[0])
+
+    def slot_config(task: str) -> LoraConfig:
+        lora_config = lora_config_for_slot(config, task)
+        return use_fused_linear(lora_config) if fused and train_backbone else lora_config
+
+    peft_model = get_peft_model(model, slot_config(tasks[0]), adapter_name=tasks[0])
     for task in tasks[1:]:
-        peft_model.add_adapter(task, lora_config_for_slot(config, task))
+        peft_model.add_adapter(task, slot_config(task))
     activate_slot(peft_model, tasks[0], train_backbone=train_backbone)
     return peft_model
 

@@ -48,9 +48,20 @@ def test_serving(tmp_path):
 @pytest.mark.parametrize("teacher", ["offline:tiny-bert"])
 def test_pseudo_label_throughput(tmp_path, teacher):
     report = run_bench(
-        "pseudo_label_throughput.py", "--teacher", teacher, "--sentences", "100", "--clusters", "8", tmp_path=tmp_path
+        "pseudo_label_throughput.py",
+        "--teacher",
+        teacher,
+        "--sentences",
+        "100",
+        "--clusters",
+        "8",
+        "--repeats",
+        "1",
+        tmp_path=tmp_path,
     )
-    assert [r["variant"] for r in report["results"]["runs"]] == ["teacher_only", "teacher_plus_kmeans"]
+    (run,) = report["results"]["runs"]
+    assert 0 < run["teacher_seconds"] < run["seconds"] and run["kmeans_seconds"] > 0
+    assert report["results"]["kmeans_overhead"] == run["kmeans_overhead"] > 0
 
 
 def test_quality_per_cpu_hour(tmp_path):
@@ -64,3 +75,22 @@ def test_quality_per_cpu_hour(tmp_path):
     assert report["results"]["tasks"] == ["Emo.", "FPB"]
     for run in runs.values():
         assert abs(run["gain"] - (run["tc_average"] - report["results"]["base_tc_average"])) <= 0.011
+
+
+def test_mode_step_time(tmp_path):
+    report = run_bench("mode_step_time.py", "configs/smoke.yaml", "--steps", "1", "--repeats", "1", tmp_path=tmp_path)
+    variants = {r["variant"]: r for r in report["results"]}
+    assert "mtpf_tpl (PEFT LoRA, unfused)" in variants and "pf_tc (length chunks 16)" in variants
+    assert all(r["seconds_per_step"] > 0 and r["real_tokens_per_s"] > 0 for r in variants.values())
+    for ratio in ("tpl_step_overhead", "fused_vs_unfused_tpl_step", "tc_length_chunks_vs_plain_step"):
+        assert report[ratio] > 0 and len(report[f"{ratio}_per_repeat"]) == 1
+
+
+def test_padding(tmp_path):
+    report = run_bench(
+        "padding.py", "configs/smoke.yaml", "--steps", "5", "--buckets", "2", "--tc-chunks", "4", tmp_path=tmp_path
+    )
+    results = report["results"]
+    assert set(results) == {"ner", "ner_bucketed", "tc", "tc_length_chunks_4"}
+    assert results["tc_length_chunks_4"]["real_tokens"] == results["tc"]["real_tokens"]
+    assert results["tc_length_chunks_4"]["padding_share"] < results["tc"]["padding_share"]

@@ -99,6 +99,7 @@ def test_bad_arguments_are_named(tmp_path):
         ("--tc_batch_size", "1", "--tc_batch_size 1: must be at least 2"),
         ("--num_clusters", "0", "--num_clusters 0: must be at least 2"),
         ("--tc_mini_batch_size", "-1", "--tc_mini_batch_size -1: must be 0"),
+        ("--tc_length_chunk", "-2", "--tc_length_chunk -2: must be 0"),
         ("--temperature", "0", "--temperature 0.0: must be positive"),
     ],
 )

@@ -64,6 +64,13 @@ class ModelArguments(SlotArguments):
             "aliases": ["--tasks"],
         },
     )
+    fused_lora: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the slots as fused LoRA linears, one matmul against W + s*B*A (the same function and "
+            "gradients, less work; only with a trainable backbone and lora_dropout 0)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -97,6 +104,13 @@ class DataArguments:
     tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per TC batch, over all processes."})
     tc_mini_batch_size: int = field(
         default=0, metadata={"help": "Gradient caching: texts embedded at once (0: no caching)."}
+    )
+    tc_length_chunk: int = field(
+        default=0,
+        metadata={
+            "help": "Embed each TC batch in length-sorted chunks of N texts, each padded only to its own longest "
+            "(same loss, less padding; with gradient caching the mini-batches are length-sorted instead). 0: off."
+        },
     )
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
     pair_sampling_temperature: float = field(
@@ -133,6 +147,8 @@ class DataArguments:
         for name, minimum in at_least.items():
             if getattr(self, name) < minimum:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be at least {minimum}.")
+        if self.tc_length_chunk < 0:
+            raise ValueError(f"--tc_length_chunk {self.tc_length_chunk}: must be 0 (off) or positive.")
         if self.tc_mini_batch_size < 0:
             raise ValueError(f"--tc_mini_batch_size {self.tc_mini_batch_size}: must be 0 (off) or positive.")
         if self.max_ner_sentences is not None and self.max_ner_sentences < 1:

@@ -26,7 +26,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Mt
     set_seed(args.seed)  # before any weight is initialised (LoRA A, the task heads)
     model, tokenizer = load_mtpf_encoder(model_args.backbone, tasks=model_args.slots, **model_args.slot_kwargs())
     if model_args.uses_slots:
-        model = attach_slots(model, list(model_args.slots), train_backbone=model_args.trains_backbone)
+        model = attach_slots(
+            model, list(model_args.slots), train_backbone=model_args.trains_backbone, fused=model_args.fused_lora
+        )
     tasks: dict[str, Task] = {name: get_task(name).from_args(data_args) for name in model_args.tasks}
     context = TaskContext(tokenizer, args.seed, args.process_index, args.world_size, args.main_process_first)
     batches = {name: task.build_batches(context) for name, task in tasks.items()}

@@ -222,12 +222,21 @@ def test_resume_last_without_a_checkpoint_says_so(tmp_path, caplog):
     assert "No complete checkpoint in" in caplog.text and "training from step 0" in caplog.text
 
 
-def test_gradient_caching_trains_like_the_uncached_step(tmp_path, pseudo_label_cache, dropout_free_encoder_dir):
-    """Three optimizer steps with GradCache (mini-batches of 4 texts) end at the same weights as without it."""
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--tc_mini_batch_size", "4"),  # GradCache
+        ("--tc_length_chunk", "3"),  # length-sorted chunks, one graph
+        ("--tc_mini_batch_size", "4", "--tc_length_chunk", "1"),  # GradCache on length-sorted mini-batches
+    ],
+    ids=["cached", "length_chunks", "cached_length_sorted"],
+)
+def test_tc_batch_splitting_trains_like_the_plain_step(tmp_path, pseudo_label_cache, dropout_free_encoder_dir, flags):
+    """Three optimizer steps with the TC batch embedded in pieces end at the same weights as in one forward."""
     common = ("--backbone", str(dropout_free_encoder_dir), "--max_steps", "3", "--save_strategy", "no")
     plain = build_smoke_trainer(tmp_path / "plain", pseudo_label_cache, *common)
     plain.train()
-    cached = build_smoke_trainer(tmp_path / "cached", pseudo_label_cache, *common, "--tc_mini_batch_size", "4")
+    cached = build_smoke_trainer(tmp_path / "cached", pseudo_label_cache, *common, *flags)
     cached.train()
     expected, got = snapshot(plain), snapshot(cached)
     assert not identical(expected, snapshot(build_smoke_trainer(tmp_path / "fresh", pseudo_label_cache, *common)))
