@@ -57,7 +57,28 @@ def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) ->
         print(f"batch {batch_size:2d} {name:22s} {ms:8.3f} ms/sentence  x{ms / reference:.3f}", flush=True)
     if batch_size == 1:
         result["lora_linear_breakdown"] = lora_linear_cost(slotted, batch, repeats * 10, reference)
+        result["profile"] = profile_difference(base, slotted, batch, calls=20)
     return result
+
+
+def profile_difference(base, slotted, batch: dict, calls: int) -> dict:
+    """Per forward, the operators the active slot runs that the backbone does not, with their self CPU ms (under
+    torch.profiler; the two models are profiled one after the other, so only these rows are comparable)."""
+    from torch.profiler import profile
+
+    def per_operator(model) -> dict[str, tuple[int, float]]:
+        with profile() as profiler:
+            for _ in range(calls):
+                model(**batch)
+        return {e.key: (e.count // calls, e.self_cpu_time_total / 1000 / calls) for e in profiler.key_averages()}
+
+    plain, slot = per_operator(base), per_operator(slotted)
+    added = {name: {"calls_added": count - plain.get(name, (0, 0.0))[0],
+                    "ms_added": round(ms - plain.get(name, (0, 0.0))[1], 4)}
+             for name, (count, ms) in slot.items()}  # fmt: skip
+    extra = {name: row for name, row in added.items() if row["calls_added"] > 0}  # operators only the slot runs
+    print(f"profile: operators the slot adds per forward: {extra}", flush=True)
+    return {"calls": calls, "operators_added": extra}
 
 
 def lora_linear_cost(slotted, batch: dict, repeats: int, backbone_ms: float) -> dict:

@@ -94,3 +94,17 @@ def test_padding(tmp_path):
     assert set(results) == {"ner", "ner_bucketed", "tc", "tc_length_chunks_4"}
     assert results["tc_length_chunks_4"]["real_tokens"] == results["tc"]["real_tokens"]
     assert results["tc_length_chunks_4"]["padding_share"] < results["tc"]["padding_share"]
+
+
+def test_bf16_breakdown(tmp_path):
+    from mtpf.training.precision import cpu_bf16_capability
+
+    if not cpu_bf16_capability()["native"]:
+        pytest.skip("no native bf16 on this CPU: the script refuses to run")
+    report = run_bench("bf16_breakdown.py", "configs/smoke.yaml", "--modes", "pf_tc", "--steps", "1", tmp_path=tmp_path)
+    mode = report["results"]["modes"]["pf_tc"]
+    for precision in ("fp32", "bf16"):
+        parts = mode[precision]
+        assert parts["matmul"] > 0
+        assert abs(parts["matmul"] + parts.get("cast_copy", 0) + parts["other"] - parts["total"]) < 1e-3
+    assert mode["speedup"] > 0 and mode["bound_if_only_matmuls_sped_up"] > 0
