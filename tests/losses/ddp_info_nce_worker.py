@@ -23,6 +23,7 @@ loss.backward()
 losses = [torch.zeros(()) for _ in range(world_size)]
 dist.all_gather(losses, loss.detach())
 dist.barrier()
+del model  # DDP's reducer holds the process group: release it before the group goes (a rank crashed at exit once)
 dist.destroy_process_group()
 if rank == 0:
     torch.save({"loss": torch.stack(losses).mean(), "grad": encoder.weight.grad.clone()}, sys.argv[1])
