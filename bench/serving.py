@@ -31,6 +31,9 @@ def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) ->
         "backbone": lambda: base(**batch),
         "active_slot": lambda: slotted(**batch),
         "merged_slot": lambda: merged(**batch),
+        # PEFT's per-row path with every row on one slot (what `mtpf serve` ran for a one-app batch before it
+        # switched to the active-slot path above)
+        "mixed_path_one_slot": lambda: slotted(**batch, adapter_names=["ner"] * batch_size),
     }
     if batch_size > 1:
         rows = [SLOTS[i % len(SLOTS)] for i in range(batch_size)]

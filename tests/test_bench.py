@@ -40,6 +40,7 @@ def test_serving(tmp_path):
         "backbone",
         "active_slot",
         "merged_slot",
+        "mixed_path_one_slot",
         "mixed_batch_4_slots",
         "one_pass_per_slot",
     }

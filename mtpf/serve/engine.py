@@ -1,17 +1,19 @@
 """The model side of `mtpf serve`: one backbone in memory, every slot and app a named PEFT adapter on it.
 
 A batch may mix rows of different apps: PEFT runs the base layers once and each LoRA on its own rows
-(`adapter_names=[...]`, `"__base__"` for none); each app's head (a plain linear from its `modules_to_save`) is then
-applied to its own rows. Served names: `base` (the backbone alone), every trained slot of the release (`tc`,
-`ner`: sentence embeddings), and every app (`ner` apps: entities; `classification` apps: label + score; both
-also give embeddings). Every call runs on one worker thread, so adapters can be added and removed between
-batches without locks.
+(`adapter_names=[...]`, `"__base__"` for none). A batch of one app's rows runs with that adapter active instead:
+PEFT's mixed path costs extra operators per LoRA linear, most of all at batch 1 (`bench/serving.py`). Each app's
+head (a plain linear from its `modules_to_save`) is then applied to its own rows. Served names: `base` (the
+backbone alone), every trained slot of the release (`tc`, `ner`: sentence embeddings), and every app (`ner` apps:
+entities; `classification` apps: label + score; both also give embeddings). Every call runs on one worker thread,
+so adapters can be added, removed and activated between batches without locks.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +82,7 @@ class Engine:
         self.max_tokens = loaded.backbone.sentence_max_length(loaded.tokenizer)
         model = loaded.with_slots()
         self.model: PeftModel | torch.nn.Module = model.eval()
+        self._active: str | None = None  # the adapter PEFT has active, once a one-app batch has set it
         self.served: dict[str, Served] = {BASE: Served(BASE, "embedding", "__base__", path=str(self.backbone_dir))}
         for slot, folder in loaded.adapters.items():
             self.served[slot] = Served(slot, "embedding", slot, path=str(folder))
@@ -115,6 +118,7 @@ class Engine:
         return served
 
     def _attach(self, name: str, config: LoraConfig, lora: dict[str, torch.Tensor]) -> None:
+        self._active = None  # adding (or failing to add) an adapter may change which one PEFT has active
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, config)
         else:
@@ -130,7 +134,10 @@ class Engine:
             raise ServeError(f"no app named {name!r}; served: {sorted(self.served)}.", 404)
         if served.kind == "embedding":
             raise ServeError(f"{name!r} is part of the release, not an app; it cannot be removed.", 409)
-        self.model.delete_adapter(name)
+        with warnings.catch_warnings():  # PEFT picks another active adapter; the engine sets its own per batch
+            warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+            self.model.delete_adapter(name)
+        self._active = None
         del self.served[name]
 
     def lookup(self, name: str, task: str) -> Served:
@@ -153,8 +160,7 @@ class Engine:
         batch = self.tokenizer([row.text for row in rows], padding=True, truncation=True, max_length=self.max_tokens,
                                return_offsets_mapping=True, return_tensors="pt")  # fmt: skip
         offsets = batch.pop("offset_mapping")
-        mixed = {"adapter_names": [row.served.adapter for row in rows]} if isinstance(self.model, PeftModel) else {}
-        outputs = self.model(**batch, **mixed)
+        outputs = self._forward(batch, [row.served.adapter for row in rows])
         answers: list[object] = []
         for index, row in enumerate(rows):
             if row.task == "embeddings":
@@ -165,6 +171,18 @@ class Engine:
                 hidden = outputs.last_hidden_state[index]
                 answers.append(self._entities(row, hidden, batch, offsets[index], index))
         return answers
+
+    def _forward(self, batch, adapters: list[str]):
+        """One app's rows with its adapter active (set only when it changes); a mix, or the base, per row."""
+        if not isinstance(self.model, PeftModel):
+            return self.model(**batch)
+        only = adapters[0]
+        if only == "__base__" or any(adapter != only for adapter in adapters):
+            return self.model(**batch, adapter_names=adapters)
+        if self._active != only:
+            self.model.set_adapter(only)
+            self._active = only
+        return self.model(**batch)
 
     @staticmethod
     def _classify(served: Served, embedding: torch.Tensor) -> dict:
