@@ -25,10 +25,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import roofline, write_report
-
-from mtpf.training import build_trainer
-from mtpf.training.args import parse_args
+from common import bench_trainer, optimizer_step, roofline, write_report
 
 MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
 CAST = {"aten::_to_copy", "aten::copy_", "aten::to", "aten::clone"}
@@ -40,7 +37,7 @@ def categorise(events) -> dict[str, float]:
     for event in events:
         seconds = event.self_cpu_time_total / 1e6
         if event.key == "optimizer":
-            continue  # the label itself; its children are counted through `in_optimizer`
+            continue  # the label's own span: the optimizer's operators are counted under their own names
         totals["total"] += seconds
         if event.key in MATMUL:
             totals["matmul"] += seconds
@@ -52,17 +49,10 @@ def categorise(events) -> dict[str, float]:
 
 
 def profile_mode(config: str, mode: str, steps: int, bf16: bool, workdir: str) -> dict:
-    argv = [config, "--mode", mode, "--output_dir", f"{workdir}/{mode}-{bf16}", "--max_steps", str(steps + 1),
-            "--report_to", "none", "--save_strategy", "no", "--bf16", str(bf16).lower()]  # fmt: skip
-    trainer = build_trainer(*parse_args(argv))
-    trainer.create_optimizer_and_scheduler(steps + 1)
+    trainer = bench_trainer(config, f"{workdir}/{mode}-{bf16}", steps, "--mode", mode, "--bf16", str(bf16).lower())
 
     def step(index: int) -> None:
-        with trainer.accelerator.autocast():
-            trainer.training_step(trainer.model, trainer.train_dataset[index])
-        with record_function("optimizer"):
-            trainer.optimizer.step()
-        trainer.model.zero_grad(set_to_none=True)
+        optimizer_step(trainer, trainer.train_dataset[index], record_function("optimizer"))
 
     step(0)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:

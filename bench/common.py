@@ -1,7 +1,8 @@
-"""Shared helpers of the benchmark scripts: timing, peak memory, machine description, JSON output."""
+"""Shared helpers of the benchmark scripts: timing, peak memory, machine description, JSON output, trainer steps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -93,3 +94,34 @@ def masks_of(inputs) -> list[torch.Tensor]:
     if isinstance(inputs, list | tuple):
         return [m for value in inputs for m in masks_of(value)]
     return []
+
+
+def chunk_masks(mask: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The attention masks a batch runs as when embedded in length-sorted chunks of `size` (`--tc_length_chunk`)."""
+    from mtpf.data.padding import length_sorted_chunks
+
+    chunks, _ = length_sorted_chunks({"attention_mask": mask}, size)
+    return [chunk["attention_mask"] for chunk in chunks]
+
+
+def bench_trainer(config: str, output_dir: str | Path, steps: int, *flags: str):
+    """The pre-finetuning trainer of `config` + `flags`, as training builds it, for one warm-up and `steps` timed
+    steps (no reports, no checkpoints), its optimizer created."""
+    from mtpf.training import build_trainer
+    from mtpf.training.args import parse_args
+
+    argv = [config, *flags, "--output_dir", str(output_dir), "--max_steps", str(steps + 1), "--report_to", "none",
+            "--save_strategy", "no"]  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    trainer.create_optimizer_and_scheduler(steps + 1)
+    return trainer
+
+
+def optimizer_step(trainer, inputs: dict, optimizer_scope: contextlib.AbstractContextManager | None = None) -> None:
+    """One optimizer step as `Trainer.train()` runs it: `training_step` under accelerate's autocast (which `train()`
+    gets from `accelerator.prepare` and a direct call would bypass), `optimizer.step()`, gradients cleared."""
+    with trainer.accelerator.autocast():
+        trainer.training_step(trainer.model, inputs)
+    with optimizer_scope or contextlib.nullcontext():
+        trainer.optimizer.step()
+    trainer.model.zero_grad(set_to_none=True)

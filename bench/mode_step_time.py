@@ -32,11 +32,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import encoder_forward_flops, masks_of, roofline
-
-from mtpf.data.padding import length_sorted_chunks
-from mtpf.training import build_trainer
-from mtpf.training.args import parse_args
+from common import bench_trainer, chunk_masks, encoder_forward_flops, masks_of, optimizer_step, roofline
 
 TC_CHUNK = 16  # texts per length-sorted TC chunk in the `+ length chunks` variants
 
@@ -77,24 +73,19 @@ class Timing:
     """One variant's trainer and what its timed steps added up to."""
 
     trainer: object
-    seconds: float = 0.0
     real_tokens: int = 0
     flops: float = 0.0
     steps: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
-        seconds = self.seconds
+        seconds = sum(self.steps)
         return {"seconds_per_step": seconds / len(self.steps), "real_tokens_per_s": self.real_tokens / seconds,
                 "gflops_per_s": self.flops / seconds / 1e9}  # fmt: skip
 
 
 def build(config: str, variant: Variant, steps: int, workdir: Path, bf16: bool) -> Timing:
-    output = str(workdir / variant.label.replace(" ", "_"))
-    argv = [config, *variant.argv(), "--output_dir", output, "--max_steps", str(steps + 1), "--report_to", "none",
-            "--save_strategy", "no", "--bf16", str(bf16).lower()]  # fmt: skip
-    trainer = build_trainer(*parse_args(argv))
-    trainer.create_optimizer_and_scheduler(steps + 1)
-    return Timing(trainer)
+    output = workdir / variant.label.replace(" ", "_")
+    return Timing(bench_trainer(config, output, steps, *variant.argv(), "--bf16", str(bf16).lower()))
 
 
 def run_step(timing: Timing, step: int, variant: Variant) -> None:
@@ -102,15 +93,11 @@ def run_step(timing: Timing, step: int, variant: Variant) -> None:
     trainer = timing.trainer
     inputs = trainer.train_dataset[step]
     start = time.perf_counter()
-    with trainer.accelerator.autocast():  # what `train()` gets from `accelerator.prepare`; bypassed here
-        trainer.training_step(trainer.model, inputs)
-    trainer.optimizer.step()
-    trainer.model.zero_grad(set_to_none=True)
+    optimizer_step(trainer, inputs)
     duration = time.perf_counter() - start
     if step == 0:
         return  # warm-up
     timing.steps.append(duration)
-    timing.seconds += duration
     backbone_config = trainer.model.encoder.config.backbone_config
     for mask in executed_masks(inputs, variant.tc_length_chunk):
         timing.real_tokens += int(mask.sum())
@@ -121,11 +108,8 @@ def executed_masks(inputs: dict, tc_length_chunk: int) -> list[torch.Tensor]:
     """The attention masks of every encoder pass of a step (a chunked TC batch runs as its chunks)."""
     masks = []
     for task, batch in inputs.items():
-        if task == "tc" and tc_length_chunk:
-            chunks, _ = length_sorted_chunks({"attention_mask": batch["attention_mask"]}, tc_length_chunk)
-            masks += [chunk["attention_mask"] for chunk in chunks]
-        else:
-            masks += masks_of(batch)
+        chunked = task == "tc" and tc_length_chunk
+        masks += chunk_masks(batch["attention_mask"], tc_length_chunk) if chunked else masks_of(batch)
     return masks
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import masks_of, write_report
+from common import chunk_masks, masks_of, write_report
 
-from mtpf.data.padding import length_sorted_chunks
 from mtpf.release import load_mtpf_encoder
 from mtpf.tasks import TaskContext, get_task
 from mtpf.training.args import parse_args
@@ -32,7 +31,7 @@ def padding_share(step_batches, steps: int, chunk: int = 0) -> dict:
     for step in range(steps):
         masks = masks_of(step_batches(step))
         if chunk:
-            masks = [c["attention_mask"] for m in masks for c in length_sorted_chunks({"attention_mask": m}, chunk)[0]]
+            masks = [part for mask in masks for part in chunk_masks(mask, chunk)]
         for mask in masks:
             real, padded = real + int(mask.sum()), padded + mask.numel()
     return {"real_tokens": real, "positions": padded, "padding_share": round(1 - real / padded, 4)}

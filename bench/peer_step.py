@@ -25,12 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of, masks_of, roofline, write_report
+from common import bench_trainer, best_of, masks_of, optimizer_step, roofline, write_report
 
 from mtpf.data.conll import ConllFormat, read_conll
 from mtpf.data.roots import CONLL_TEST
 from mtpf.models import load_model
-from mtpf.training import build_trainer
 from mtpf.training.args import parse_args
 from mtpf.weights import resolve_model_path
 
@@ -38,19 +37,15 @@ from mtpf.weights import resolve_model_path
 def ours(config: str, steps: int, workdir: str, mini: int = 0) -> tuple[float, list[list[str]], int]:
     """Seconds per timed pf_tc step (GradCache with `mini` texts per forward when set), the texts of each step's
     pairs (for the peer), and real tokens per step."""
-    argv = [config, "--mode", "pf_tc", "--output_dir", workdir, "--max_steps", str(steps + 1), "--report_to", "none",
-            "--save_strategy", "no", "--analysis_steps", "0", "--tc_mini_batch_size", str(mini)]  # fmt: skip
-    trainer = build_trainer(*parse_args(argv))
-    trainer.create_optimizer_and_scheduler(steps + 1)
+    trainer = bench_trainer(config, workdir, steps, "--mode", "pf_tc", "--analysis_steps", "0",
+                            "--tc_mini_batch_size", str(mini))  # fmt: skip
     tokenizer = trainer.processing_class
     texts, durations, tokens = [], [], 0
     for step in range(steps + 1):
         inputs = trainer.train_dataset[step]
         texts.append(tokenizer.batch_decode(inputs["tc"]["input_ids"], skip_special_tokens=True))
         start = time.perf_counter()
-        trainer.training_step(trainer.model, inputs)
-        trainer.optimizer.step()
-        trainer.model.zero_grad(set_to_none=True)
+        optimizer_step(trainer, inputs)
         durations.append(time.perf_counter() - start)
         tokens += sum(int(m.sum()) for m in masks_of(inputs)) if step else 0
     return sum(durations[1:]) / steps, texts, tokens // steps

@@ -1,10 +1,11 @@
 """bf16 on CPU only where the CPU computes it natively.
 
-On a CPU with AVX512-BF16 or AMX, `torch.matmul` in bf16 runs about 2.7x its fp32 rate; elsewhere PyTorch emulates
-bf16 and autocast makes a step several times *slower* (measured: all-MiniLM-L6-v2 inference 2,140 tok/s fp32 vs
-352 tok/s bf16 on an AVX2-only EPYC). So `--bf16 true` on a CPU turns autocast on where it pays and otherwise falls
-back to fp32 with a warning that carries the slowdown measured on this machine. Master weights, optimizer state
-and the InfoNCE similarities/softmax stay fp32 either way (autocast only lowers matmul inputs).
+On a CPU with AVX512-BF16 or AMX, `torch.matmul` in bf16 runs 2.2-2.7x its fp32 rate (measured on two such CPUs);
+elsewhere PyTorch emulates bf16 and autocast makes a step several times *slower* (measured: all-MiniLM-L6-v2
+inference 2,140 tok/s fp32 vs 352 tok/s bf16 on an AVX2-only EPYC). So `--bf16 true` on a CPU turns autocast on
+where it pays and otherwise falls back to fp32 with a warning that carries the slowdown measured on this machine.
+Master weights, optimizer state and the InfoNCE similarities/softmax stay fp32 either way (autocast only lowers
+matmul inputs).
 """
 
 from __future__ import annotations
