@@ -109,3 +109,8 @@ def test_bf16_breakdown(tmp_path):
         assert parts["matmul"] > 0
         assert abs(parts["matmul"] + parts.get("cast_copy", 0) + parts["other"] - parts["total"]) < 1e-3
     assert mode["speedup"] > 0 and mode["bound_if_only_matmuls_sped_up"] > 0
+
+
+def test_slot_switch(tmp_path):
+    report = run_bench("slot_switch.py", "--backbone", "offline:tiny-bert", "--repeats", "3", tmp_path=tmp_path)
+    assert report["results"]["ms_per_step_both_switches"] > 0 and report["results"]["parameters"] > 0
