@@ -4,8 +4,12 @@
 
 Four slots (rank 32, alpha 64, query/key/MLP of the last 2 layers) with non-zero weights; real sentences from
 CoNLL-2003 test; latency per sentence at batch 1 and 32 (median of repeats, the ways to serve timed in turn round
-after round). At batch 1 the active slot's cost is also taken apart: one PEFT LoRA linear against its base linear on
-the same input, times the number of LoRA linears, is the overhead the slot should add.
+after round). `active_slot` is what `mtpf serve` runs for a one-app batch: fused LoRA linears with every slot's
+merged weight cached (`mtpf/fused_lora.py`); `active_slot_unmerged` is PEFT's LoRA on the same weights, and at batch 1
+its cost is taken apart: one PEFT LoRA linear against its base linear on the same input, times the number of LoRA
+linears, is the overhead it should add. `active_slot_without_peft_wrapper` calls the model inside `PeftModel`;
+`cold_cache` forms the merged weights before every forward (an adapter the cache does not hold);
+`alternating_slots` switches the active slot before every forward (`set_adapter_ms`: one switch alone).
 """
 
 from __future__ import annotations
@@ -19,18 +23,28 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from bench.common import interleaved_medians, write_report
 from mtpf.data.roots import CONLL_TEST
+from mtpf.fused_lora import set_weight_cache
 
 SLOTS = ["ner", "tc", "app3", "app4"]
 DATA = CONLL_TEST
 
 
-def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) -> dict:
+def measure(batch_size, base, slotted, unmerged, merged, tokenizer, sentences, repeats) -> dict:
     """ms per sentence of each way to serve, and ratios to the backbone alone."""
     batch = dict(tokenizer(sentences[:batch_size], padding=True, return_tensors="pt"))
+
+    def alternating_slots():  # two forwards, each after a switch: `calls` below halves its time
+        for slot in ("tc", "ner"):
+            slotted.set_adapter(slot)
+            slotted(**batch)
+
     runs = {
         "backbone": lambda: base(**batch),
         "active_slot": lambda: slotted(**batch),
+        "active_slot_without_peft_wrapper": lambda: slotted.base_model.model(**batch),
+        "active_slot_unmerged": lambda: unmerged(**batch),
         "merged_slot": lambda: merged(**batch),
+        "alternating_slots": alternating_slots,
         # PEFT's per-row path with every row on one slot (what `mtpf serve` ran for a one-app batch before it
         # switched to the active-slot path above)
         "mixed_path_one_slot": lambda: slotted(**batch, adapter_names=["ner"] * batch_size),
@@ -47,7 +61,11 @@ def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) ->
 
         runs["mixed_batch_4_slots"] = lambda: slotted(**batch, adapter_names=rows)
         runs["one_pass_per_slot"] = per_slot_passes
-    timings = {name: seconds / batch_size * 1000 for name, seconds in interleaved_medians(runs, repeats).items()}
+    calls = {"alternating_slots": 2}
+    timings = {
+        name: seconds / batch_size / calls.get(name, 1) * 1000
+        for name, seconds in interleaved_medians(runs, repeats).items()
+    }
     reference = timings["backbone"]
     result = {
         name: {"ms_per_sentence": round(ms, 3), "vs_backbone": round(ms / reference, 3)} for name, ms in timings.items()
@@ -59,9 +77,29 @@ def measure(batch_size, base, slotted, merged, tokenizer, sentences, repeats) ->
     for name, ms in timings.items():
         print(f"batch {batch_size:2d} {name:22s} {ms:8.3f} ms/sentence  x{ms / reference:.3f}", flush=True)
     if batch_size == 1:
-        result["lora_linear_breakdown"] = lora_linear_cost(slotted, batch, repeats * 10, reference)
-        result["profile"] = profile_difference(base, slotted, batch, calls=20)
+        set_adapter = interleaved_medians({"set_adapter": lambda: slotted.set_adapter("ner")}, repeats * 10)
+        result["set_adapter_ms"] = round(set_adapter["set_adapter"] * 1000, 3)
+        print(f"set_adapter {result['set_adapter_ms']:.3f} ms", flush=True)
+        result["cold_cache"] = cold_cache_cost(base, slotted, batch, repeats)
+        result["lora_linear_breakdown"] = lora_linear_cost(unmerged, batch, repeats * 10, reference)
+        result["profile_unmerged"] = profile_difference(base, unmerged, batch, calls=20)
+        result["profile_active_slot"] = profile_difference(base, slotted, batch, calls=20)
     return result
+
+
+def cold_cache_cost(base, slotted, batch: dict, repeats: int) -> dict:
+    """The active slot when every forward has to form its merged weights again (an adapter the cache does not hold),
+    against the backbone; timed apart from the other ways, since it empties the cache they share."""
+
+    def cold_cache():
+        set_weight_cache(slotted, len(SLOTS))
+        slotted(**batch)
+
+    timings = interleaved_medians({"backbone": lambda: base(**batch), "cold_cache": cold_cache}, repeats)
+    cold_ms, added_ms = timings["cold_cache"] * 1000, (timings["cold_cache"] - timings["backbone"]) * 1000
+    print(f"cold cache {cold_ms:.3f} ms, {added_ms:.3f} ms over the backbone", flush=True)
+    return {"ms_per_sentence": round(cold_ms, 3), "vs_backbone": round(timings["cold_cache"] / timings["backbone"], 3),
+            "added_ms": round(added_ms, 3)}  # fmt: skip
 
 
 def profile_difference(base, slotted, batch: dict, calls: int) -> dict:
@@ -121,18 +159,23 @@ def main() -> None:
     torch.manual_seed(0)
     base, tokenizer = load_mtpf_encoder(args.backbone, tasks=SLOTS)
     base.eval()
-    slotted = attach_slots(copy.deepcopy(base), SLOTS).eval()
+    unmerged = attach_slots(copy.deepcopy(base), SLOTS).eval()
     with torch.no_grad():
-        for name, param in slotted.named_parameters():
+        for name, param in unmerged.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.01)
+    unmerged.set_adapter("ner")
+    slotted = attach_slots(copy.deepcopy(base), SLOTS, fused=True).eval()  # as `mtpf serve` loads them
+    slotted.load_state_dict(unmerged.state_dict())
+    set_weight_cache(slotted, len(SLOTS))  # what the default --merged_weights_mb holds for this release
     slotted.set_adapter("ner")
-    merged = copy.deepcopy(slotted).merge_and_unload().eval()  # the ner slot folded into the weights
+    merged = copy.deepcopy(unmerged).merge_and_unload().eval()  # the ner slot folded into the weights
     sentences = [" ".join(s.tokens) for s in read_conll(DATA)[:64] if len(s.tokens) > 5][:32]
 
     torch.set_grad_enabled(False)
     results = {
-        f"batch_{size}": measure(size, base, slotted, merged, tokenizer, sentences, args.repeats) for size in (1, 32)
+        f"batch_{size}": measure(size, base, slotted, unmerged, merged, tokenizer, sentences, args.repeats)
+        for size in (1, 32)
     }
     write_report(args.output, " ".join(["python", *sys.argv]), results)
 

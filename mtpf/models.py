@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from modeling_mtpf import MtpfModel
+from mtpf.fused_lora import use_fused_linear
 from mtpf.release import (
     ADAPTERS_DIR,
     BACKBONE_DIR,
@@ -41,13 +42,21 @@ class LoadedModel:
     def fresh_backbone(self) -> MtpfModel:
         return copy.deepcopy(self.backbone)
 
-    def with_slots(self) -> PeftModel | MtpfModel:
-        """A fresh backbone with every trained slot attached as a named PEFT adapter (the first active)."""
+    def with_slots(self, fused: bool = False) -> PeftModel | MtpfModel:
+        """A fresh backbone with every trained slot attached as a named PEFT adapter (the first active).
+
+        `fused` builds the slots' linears as `FusedLoraLinear`, whose inference forward reuses a cached merged weight
+        (`mtpf/fused_lora.py`); apps added later on the same layers share that class.
+        """
         model = self.fresh_backbone()
         for index, (task, folder) in enumerate(self.adapters.items()):
+            config = LoraConfig.from_pretrained(str(folder))
+            config = use_fused_linear(config) if fused else config
             if index == 0:
-                model = PeftModel.from_pretrained(model, str(folder), adapter_name=task)
+                model = PeftModel.from_pretrained(model, str(folder), adapter_name=task, config=config)
             else:
+                config.inference_mode = True
+                model.add_adapter(task, config)  # PEFT's load_adapter then only loads the weights into it
                 model.load_adapter(str(folder), adapter_name=task)
         return model.eval()
 

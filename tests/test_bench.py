@@ -39,11 +39,16 @@ def test_serving(tmp_path):
     assert set(report["results"]["batch_32"]) == {
         "backbone",
         "active_slot",
+        "active_slot_without_peft_wrapper",
+        "active_slot_unmerged",
         "merged_slot",
+        "alternating_slots",
         "mixed_path_one_slot",
         "mixed_batch_4_slots",
         "one_pass_per_slot",
     }
+    assert report["results"]["batch_1"]["set_adapter_ms"] > 0
+    assert report["results"]["batch_1"]["cold_cache"]["vs_backbone"] > 0
 
 
 @pytest.mark.parametrize("teacher", ["offline:tiny-bert"])

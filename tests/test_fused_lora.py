@@ -1,11 +1,12 @@
-"""Fused LoRA: the same outputs and gradients as PEFT's LoRA in training, PEFT's own path everywhere else."""
+"""Fused LoRA: the same outputs and gradients as PEFT's LoRA in training, the same outputs from cached merged weights in
+inference, PEFT's own path everywhere else."""
 
 import torch
 from peft import PeftModel
 
 from configuration_mtpf import MtpfConfig
 from modeling_mtpf import MtpfModel
-from mtpf.fused_lora import FusedLoraLinear
+from mtpf.fused_lora import FusedLoraLinear, set_weight_cache
 from mtpf.slots import activate_slot, attach_slots
 from tests.conftest import randomize_lora, tiny_bert_config
 
@@ -49,16 +50,64 @@ def test_fused_training_step_equals_peft_lora():
             torch.testing.assert_close(fused[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_only_the_training_forward_is_fused():
+def test_what_is_fused_and_what_runs_peft():
     model = slotted(fused=True).eval()
     layer = fused_layers(model)[0]
-    assert layer._fusable_adapter({}) is None  # evaluation: PEFT's path
+    assert layer._fusable_adapter({}) is None  # eval mode with gradients: PEFT's path
+    with torch.no_grad():
+        assert layer._fusable_adapter({}) is None  # inference without the opt-in cache: PEFT's path
+        set_weight_cache(model, 1)
+        assert layer._fusable_adapter({}) == "ner"  # inference: the cached merged weight
+        assert layer._fusable_adapter({"adapter_names": ["ner"]}) is None
     model.train()
     assert layer._fusable_adapter({}) == "ner"
     assert layer._fusable_adapter({"adapter_names": ["ner"]}) is None
     activate_slot(model, None)
     assert layer._fusable_adapter({}) is None
     assert fused_layers(slotted(fused=True, dropout=0.1).train())[0]._fusable_adapter({}) is None
+
+
+def hidden(model: PeftModel) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+
+
+def test_inference_with_cached_merged_weights_equals_peft_lora():
+    plain, fused = slotted(fused=False).eval(), slotted(fused=True).eval()
+    set_weight_cache(fused, 2)
+    layer = fused_layers(fused)[0]
+    for slot in ("ner", "tc", "ner", "tc"):  # switching back and forth, the second time from the cache
+        activate_slot(plain, slot)
+        activate_slot(fused, slot)
+        torch.testing.assert_close(hidden(fused), hidden(plain), atol=1e-5, rtol=1e-5)
+    assert list(layer._weight_cache) == ["ner", "tc"]
+    with torch.inference_mode():  # as `mtpf serve` runs: the cache still serves a later no_grad call
+        torch.testing.assert_close(fused(input_ids=IDS, attention_mask=MASK).last_hidden_state, hidden(plain))
+    torch.testing.assert_close(hidden(fused), hidden(plain), atol=1e-5, rtol=1e-5)
+
+
+def test_the_cache_follows_weight_changes_and_its_size():
+    plain, fused = slotted(fused=False).eval(), slotted(fused=True).eval()
+    set_weight_cache(fused, 1)
+    hidden(fused)  # forms the ner slot's merged weights
+    for model in (plain, fused):  # an optimizer step or a reload changes the weights in place
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B.ner" in name or "query.base_layer.weight" in name:
+                    param.mul_(1.5)
+    torch.testing.assert_close(hidden(fused), hidden(plain), atol=1e-5, rtol=1e-5)
+    layer = fused_layers(fused)[0]
+    activate_slot(fused, "tc")
+    hidden(fused)
+    assert list(layer._weight_cache) == ["tc"]  # room for one adapter: the least recently used went
+    fused.delete_adapter("tc")
+    assert not layer._weight_cache
+    fused.train()
+    activate_slot(fused, "ner")
+    hidden(fused.eval())
+    assert list(layer._weight_cache) == ["ner"]
+    fused.train()  # training frees the cache: it would only go stale
+    assert not layer._weight_cache
 
 
 def test_frozen_backbone_keeps_peft_lora():
@@ -77,3 +126,16 @@ def test_fused_slots_save_as_plain_peft_adapters(tmp_path):
     assert not fused_layers(reloaded)
     expected = model.eval()(input_ids=IDS, attention_mask=MASK).last_hidden_state
     torch.testing.assert_close(reloaded(input_ids=IDS, attention_mask=MASK).last_hidden_state, expected)
+
+
+def test_mixed_batches_use_the_cache_when_every_adapter_fits():
+    plain, fused = slotted(fused=False).eval(), slotted(fused=True).eval()
+    names = ["tc", "__base__", "ner"]  # one row each: a slot, the backbone alone, the other slot
+    layer = fused_layers(fused)[0]
+    for room, cached in ((2, ["tc", "ner"]), (1, [])):  # with room for one adapter, PEFT's mixed path runs
+        set_weight_cache(fused, room)
+        with torch.no_grad():
+            expected = plain(input_ids=IDS, attention_mask=MASK, adapter_names=names).last_hidden_state
+            got = fused(input_ids=IDS, attention_mask=MASK, adapter_names=names).last_hidden_state
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert list(layer._weight_cache) == cached

@@ -1,12 +1,15 @@
 """The model side of `mtpf serve`: one backbone in memory, every slot and app a named PEFT adapter on it.
 
-A batch may mix rows of different apps: PEFT runs the base layers once and each LoRA on its own rows
-(`adapter_names=[...]`, `"__base__"` for none). A batch of one app's rows runs with that adapter active instead:
-PEFT's mixed path costs extra operators per LoRA linear, most of all at batch 1 (`bench/serving.py`). Each app's
-head (a plain linear from its `modules_to_save`) is then applied to its own rows. Served names: `base` (the
-backbone alone), every trained slot of the release (`tc`, `ner`: sentence embeddings), and every app (`ner` apps:
-entities; `classification` apps: label + score; both also give embeddings). Every call runs on one worker thread,
-so adapters can be added, removed and activated between batches without locks.
+A batch may mix rows of different apps (`adapter_names=[...]`, `"__base__"` for none); a batch of one app's rows runs
+with that adapter active instead, which costs fewer operators. The slots' and apps' linears are `FusedLoraLinear`s whose
+merged weights `W + s·B·A` are cached for the most recently used adapters within a memory budget (`merged_weights_mb`):
+an active adapter then costs what the backbone costs, and a mixed batch runs each app's rows against its merged weight
+(`bench/serving.py`). An app evicted from the cache is merged again on its next one-app batch; a mixed batch of more
+apps than the cache holds, or a budget of 0, runs PEFT's unmerged LoRA. Each app's head (a plain linear from its
+`modules_to_save`) is then applied to its own rows. Served names: `base` (the backbone alone), every trained slot of the
+release (`tc`, `ner`: sentence embeddings), and every app (`ner` apps: entities; `classification` apps: label + score;
+both also give embeddings). Every call runs on one worker thread, so adapters can be added, removed and activated
+between batches without locks.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from mtpf.apps import AppError, check_app_backbone, read_app, saved_head
+from mtpf.fused_lora import cached_weight_bytes, set_weight_cache, use_fused_linear
 from mtpf.models import load_model
 from mtpf.release import BACKBONE_DIR, backbone_digest
 
@@ -69,7 +73,7 @@ class Row:
 class Engine:
     """The backbone with its adapters, the tokenizer, and the batched forward."""
 
-    def __init__(self, release: str, threads: int | None = None) -> None:
+    def __init__(self, release: str, threads: int | None = None, merged_weights_mb: float = 256) -> None:
         if threads:
             torch.set_num_threads(threads)
         loaded = load_model(release)
@@ -80,12 +84,13 @@ class Engine:
         self.backbone_dir = Path(release) / BACKBONE_DIR
         self.digest = backbone_digest(self.backbone_dir)
         self.max_tokens = loaded.backbone.sentence_max_length(loaded.tokenizer)
-        model = loaded.with_slots()
-        self.model: PeftModel | torch.nn.Module = model.eval()
+        self.merged_weights_bytes = int(merged_weights_mb * 2**20)
+        self.model: PeftModel | torch.nn.Module = loaded.with_slots(fused=True).eval()
         self._active: str | None = None  # the adapter PEFT has active, once a one-app batch has set it
         self.served: dict[str, Served] = {BASE: Served(BASE, "embedding", "__base__", path=str(self.backbone_dir))}
         for slot, folder in loaded.adapters.items():
             self.served[slot] = Served(slot, "embedding", slot, path=str(folder))
+        self._size_weight_cache()
 
     # ----- apps -----------------------------------------------------------------------------------------------
 
@@ -110,10 +115,11 @@ class Engine:
         head = saved_head(tensors)
         if head is None:
             raise ServeError(f"{app_dir}: the adapter has no saved head (classifier weight and bias).", 422)
-        self._attach(name, config, lora)
+        self._attach(name, use_fused_linear(config), lora)
         labels = {int(i): label for i, label in app["id2label"].items()}
         served = Served(name, app["task"], name, labels, head, str(app_dir))
         self.served[name] = served
+        self._size_weight_cache()
         logger.info("serving app %s (%s, %d labels) from %s", name, app["task"], len(labels), app_dir)
         return served
 
@@ -139,6 +145,21 @@ class Engine:
             self.model.delete_adapter(name)
         self._active = None
         del self.served[name]
+        self._size_weight_cache()
+
+    def _size_weight_cache(self) -> None:
+        """Let every fused layer cache as many adapters' merged weights as the budget holds (each costs at most the
+        adapted linears' base weights); beyond that the least recently used is formed again when next used."""
+        per_adapter = cached_weight_bytes(self.model)
+        if not per_adapter:
+            return
+        adapters = sum(served.adapter != "__base__" for served in self.served.values())
+        fits = self.merged_weights_bytes // per_adapter
+        set_weight_cache(self.model, fits)
+        if fits < adapters:
+            logger.warning("merged weights of %d of %d adapters fit in the cache (%.0f MB each): the others are "
+                           "merged again when their turn comes (raise --merged_weights_mb)", fits, adapters,
+                           per_adapter / 2**20)  # fmt: skip
 
     def lookup(self, name: str, task: str) -> Served:
         served = self.served.get(name)

@@ -28,6 +28,11 @@ class ServeArguments:
     max_inputs: int = field(default=256, metadata={"help": "Texts per request."})
     max_body_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body accepted."})
     threads: int = field(default=0, metadata={"help": "torch threads for the forward (0: torch's default)."})
+    merged_weights_mb: float = field(
+        default=256,
+        metadata={"help": "Memory for the merged weights of recently used slots and apps, so that a one-app batch "
+                  "costs what the backbone costs (0: none; each adapter costs its adapted linears' weights)."},
+    )  # fmt: skip
     api_key: str | None = field(
         default=None, metadata={"help": "Required header value (default: $MTPF_API_KEY); needed beyond loopback."}
     )
@@ -47,7 +52,7 @@ def build(args: ServeArguments):
     api_key = args.api_key or os.environ.get("MTPF_API_KEY") or None
     if not is_loopback(args.host) and not api_key:
         raise SystemExit(f"--host {args.host} is reachable beyond this machine: give --api_key (or $MTPF_API_KEY).")
-    engine = Engine(args.release, args.threads or None)
+    engine = Engine(args.release, args.threads or None, args.merged_weights_mb)
     for spec in args.app:
         name, sep, path = spec.partition("=")
         if not sep:

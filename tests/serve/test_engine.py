@@ -1,8 +1,10 @@
-"""The engine's forward: a one-app batch (adapter set active) answers as the same rows in a mixed batch do."""
+"""The engine's forward: a one-app batch (adapter active, merged weights cached) answers as the same rows in a mixed
+batch do, with any cache budget."""
 
 import pytest
 import torch
 
+from mtpf.fused_lora import FusedLoraLinear, cached_weight_bytes
 from mtpf.serve.engine import BASE, Engine, Row
 
 
@@ -50,3 +52,32 @@ def test_an_app_removed_while_active_is_gone_and_can_come_back(engine, classifie
     after = engine.run(rows(engine, "emotion", "classify", text))
     assert after[0]["label"] == before[0]["label"]
     assert after[0]["score"] == pytest.approx(before[0]["score"], abs=1e-6)
+
+
+def test_merged_weights_are_cached_within_the_budget(app, caplog):
+    release, ner_app = app
+    engine = Engine(str(release))
+    engine.add_app("tagger", str(ner_app))
+    layers = [m for m in engine.model.modules() if isinstance(m, FusedLoraLinear)]
+    assert layers and all(layer.max_cached_weights >= 3 for layer in layers)  # tc, ner and the app all fit
+    text = ["Alan Turing worked in Manchester ."]
+    for name, task in (("tagger", "ner"), ("tc", "embeddings"), ("tagger", "ner")):
+        answer = engine.run(rows(engine, name, task, text))
+    assert {"tagger", "tc"} <= set(layers[-1]._weight_cache)
+
+    budget_for_one = cached_weight_bytes(engine.model) * 1.5 / 2**20
+    tight = Engine(str(release), merged_weights_mb=budget_for_one)
+    with caplog.at_level("WARNING", logger="mtpf.serve.engine"):
+        tight.add_app("tagger", str(ner_app))
+    assert "merged weights of 1 of 3 adapters fit" in caplog.text
+    unmerged = Engine(str(release), merged_weights_mb=0)  # PEFT's unmerged LoRA throughout
+    unmerged.add_app("tagger", str(ner_app))
+    for other in (tight, unmerged):
+        for name, task in (("tc", "embeddings"), ("tagger", "ner")):
+            got, expected = other.run(rows(other, name, task, text)), engine.run(rows(engine, name, task, text))
+            if task == "ner":
+                assert [e["entity_group"] for e in got[0]] == [e["entity_group"] for e in expected[0]]
+                assert [e["score"] for e in got[0]] == pytest.approx([e["score"] for e in expected[0]], abs=1e-5)
+            else:
+                torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=1e-4)
+    assert answer == engine.run(rows(engine, "tagger", "ner", text))
