@@ -19,8 +19,7 @@ four more in the backward.
 In inference a mixed batch (`adapter_names`, rows of several adapters) runs each adapter's rows against its cached
 merged weight when all of them fit the cache. Every other case (merged weights, disabled adapters, DoRA and other
 variants, dropout in training, gradients in eval mode, mixed batches in training or beyond the cache) runs PEFT's
-own forward. A frozen
-backbone (PF-L) does not train through it: there the full weight gradient would be extra work.
+own forward. A frozen backbone (PF-L) does not train through it: there the full weight gradient would be extra work.
 """
 
 from __future__ import annotations
@@ -77,11 +76,14 @@ class FusedLoraLinear(LoraLinear):
         """Each adapter's rows against its merged weight (the base weight for `__base__` and for adapters this layer
         lacks, as PEFT's mixed path does): no extra matmul, where PEFT's adds two thin ones per adapter."""
         base = self.get_base_layer()
-        output = x.new_empty(*x.shape[:-1], self.out_features)
+        output: torch.Tensor | None = None
         for adapter in dict.fromkeys(names):
             rows = [index for index, name in enumerate(names) if name == adapter]
             weight = self._cached_weight(adapter, base.weight) if adapter in self.lora_A else base.weight
-            output[rows] = F.linear(x[rows], weight, base.bias)
+            result = F.linear(x[rows], weight, base.bias)
+            if output is None:  # the dtype the linear gives (bf16 under autocast), as PEFT's mixed path returns
+                output = result.new_empty(*x.shape[:-1], result.shape[-1])
+            output[rows] = result
         return output
 
     def _fusable_adapter(self, kwargs: dict[str, Any]) -> str | None:
@@ -110,8 +112,9 @@ class FusedLoraLinear(LoraLinear):
         cache = self._weight_cache
         entry = cache.get(adapter)
         if entry is None or entry[0] != key:
-            # a plain tensor even under inference_mode, so a later no_grad call may use it too
-            with torch.inference_mode(False), torch.no_grad():
+            # a plain tensor even under inference_mode, so a later no_grad call may use it too; merged in the
+            # weight's own precision even under autocast (which then casts it per forward, as it does `W`)
+            with torch.inference_mode(False), torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
                 entry = (key, torch.addmm(weight, lora_b.to(weight.dtype), lora_a.to(weight.dtype), alpha=scaling))
             cache[adapter] = entry
         cache.move_to_end(adapter)

@@ -139,3 +139,16 @@ def test_mixed_batches_use_the_cache_when_every_adapter_fits():
             got = fused(input_ids=IDS, attention_mask=MASK, adapter_names=names).last_hidden_state
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         assert list(layer._weight_cache) == cached
+
+
+def test_merged_weights_stay_in_fp32_under_autocast():
+    plain, fused = slotted(fused=False).eval(), slotted(fused=True).eval()
+    set_weight_cache(fused, 2)
+    for names in (None, ["tc", "__base__", "ner"]):  # the active slot, then a mixed batch
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = plain(input_ids=IDS, attention_mask=MASK, adapter_names=names).last_hidden_state
+            got = fused(input_ids=IDS, attention_mask=MASK, adapter_names=names).last_hidden_state
+        assert got.dtype == expected.dtype
+        torch.testing.assert_close(got, expected, atol=5e-2, rtol=5e-2)
+    cached = [weight for layer in fused_layers(fused) for _, weight in layer._weight_cache.values()]
+    assert cached and all(weight.dtype == torch.float32 for weight in cached)
