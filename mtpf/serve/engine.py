@@ -156,7 +156,7 @@ class Engine:
         adapters = sum(served.adapter != "__base__" for served in self.served.values())
         fits = self.merged_weights_bytes // per_adapter
         set_weight_cache(self.model, fits)
-        if fits < adapters:
+        if self.merged_weights_bytes > 0 and fits < adapters:  # 0: the operator chose PEFT's unmerged LoRA
             logger.warning("merged weights of %d of %d adapters fit in the cache (%.0f MB each): the others are "
                            "merged again when their turn comes (raise --merged_weights_mb)", fits, adapters,
                            per_adapter / 2**20)  # fmt: skip
