@@ -52,6 +52,8 @@ def build(args: ServeArguments):
     api_key = args.api_key or os.environ.get("MTPF_API_KEY") or None
     if not is_loopback(args.host) and not api_key:
         raise SystemExit(f"--host {args.host} is reachable beyond this machine: give --api_key (or $MTPF_API_KEY).")
+    if not args.merged_weights_mb >= 0:  # also refuses nan
+        raise SystemExit(f"--merged_weights_mb {args.merged_weights_mb}: give a size in MB, 0 or more (0: no cache).")
     engine = Engine(args.release, args.threads or None, args.merged_weights_mb)
     for spec in args.app:
         name, sep, path = spec.partition("=")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mtpf.models import load_model
+from mtpf.serve.server import ServeArguments, build
 from tests.conftest import REPO_ROOT
 
 KEY = "s3cret-key"
@@ -235,6 +236,12 @@ def test_refuses_to_bind_beyond_loopback_without_a_key(app, tmp_path):
     result = subprocess.run([sys.executable, "-m", "mtpf", "serve", str(release), "--host", "0.0.0.0"], cwd=REPO_ROOT,
                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode != 0 and "--api_key" in result.stderr
+
+
+def test_refuses_a_negative_merged_weight_budget(app):
+    release, _ = app
+    with pytest.raises(SystemExit, match="--merged_weights_mb -1"):
+        build(ServeArguments(release=str(release), merged_weights_mb=-1))
 
 
 def test_graceful_shutdown_answers_every_accepted_request(app, tmp_path):
