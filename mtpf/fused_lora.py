@@ -62,12 +62,14 @@ class FusedLoraLinear(LoraLinear):
             return F.linear(x, base.weight + self._delta(adapter).to(base.weight.dtype), base.bias)
         return F.linear(x, self._cached_weight(adapter, base.weight), base.bias)
 
+    def _inference_with_cache(self) -> bool:
+        """Eval mode without a gradient, and the model opted in to the cache."""
+        return not self.training and not torch.is_grad_enabled() and self.max_cached_weights > 0
+
     def _mixed_batch_is_cached(self, kwargs: dict[str, Any]) -> bool:
         """Rows of several adapters (`adapter_names`) in inference, every plain adapter among them fitting the cache."""
         names = kwargs.get("adapter_names")
-        if names is None or len(kwargs) > 1 or self.training or torch.is_grad_enabled() or self.max_cached_weights < 1:
-            return False
-        if self.disable_adapters or self.merged:
+        if names is None or len(kwargs) > 1 or not self._inference_with_cache() or self.disable_adapters or self.merged:
             return False
         adapters = {name for name in names if name in self.lora_A}
         return len(adapters) <= self.max_cached_weights and not adapters & set(self.lora_variant)
@@ -91,7 +93,7 @@ class FusedLoraLinear(LoraLinear):
         without one), else None."""
         if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
             return None
-        if not self.training and (torch.is_grad_enabled() or self.max_cached_weights < 1):
+        if not self.training and not self._inference_with_cache():
             return None  # eval mode with gradients (or with the cache off): PEFT's path
         active = [name for name in self.active_adapters if name in self.lora_A]
         if len(active) != 1 or active[0] in self.lora_variant:

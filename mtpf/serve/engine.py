@@ -32,6 +32,7 @@ from mtpf.release import BACKBONE_DIR, backbone_digest
 
 logger = logging.getLogger(__name__)
 BASE = "base"
+MERGED_WEIGHTS_MB = 256  # the default cache budget in MiB (a 2-layer MiniLM slot costs 11.25)
 KINDS = ("embedding", "ner", "classification")
 
 
@@ -73,7 +74,7 @@ class Row:
 class Engine:
     """The backbone with its adapters, the tokenizer, and the batched forward."""
 
-    def __init__(self, release: str, threads: int | None = None, merged_weights_mb: float = 256) -> None:
+    def __init__(self, release: str, threads: int | None = None, merged_weights_mb: float = MERGED_WEIGHTS_MB) -> None:
         if threads:
             torch.set_num_threads(threads)
         loaded = load_model(release)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mtpf.serve.app import ServeOptions, create_app
-from mtpf.serve.engine import Engine, ServeError
+from mtpf.serve.engine import MERGED_WEIGHTS_MB, Engine, ServeError
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ class ServeArguments:
     max_body_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body accepted."})
     threads: int = field(default=0, metadata={"help": "torch threads for the forward (0: torch's default)."})
     merged_weights_mb: float = field(
-        default=256,
-        metadata={"help": "Memory for the merged weights of recently used slots and apps, so that a one-app batch "
-                  "costs what the backbone costs (0: none; each adapter costs its adapted linears' weights)."},
+        default=MERGED_WEIGHTS_MB,
+        metadata={"help": "Memory (MiB) for the merged weights of recently used slots and apps, so that a one-app "
+                  "batch costs what the backbone costs (0: none; each adapter costs its adapted linears' weights)."},
     )  # fmt: skip
     api_key: str | None = field(
         default=None, metadata={"help": "Required header value (default: $MTPF_API_KEY); needed beyond loopback."}
