@@ -160,15 +160,21 @@ class MtpfConfig(PretrainedConfig):
         tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
         tpl_layers: int = 2,
         sentence_embedding: dict[str, Any] | None = None,
+        layers_by_task: dict[str, int] | None = None,
         **slot_kwargs: Any,
     ) -> MtpfConfig:
-        """A config wrapping `backbone_config` with one identical slot per task on the last `tpl_layers` layers.
+        """A config wrapping `backbone_config` with one identical slot per task on the last `tpl_layers` layers
+        (`layers_by_task` places some tasks' slots on another number of last layers, 0 = all).
 
         `sentence_embedding` holds `pooling`, `normalize` and `max_seq_length` (defaults: mean, normalised,
         the tokenizer's limit).
         """
         num_layers = cls._num_layers_of(backbone_config)
-        slots = {task: make_slot(num_layers, tpl_layers, **slot_kwargs) for task in tasks}
+        layers_by_task = layers_by_task or {}
+        unknown = sorted(set(layers_by_task) - set(tasks))
+        if unknown:
+            raise ValueError(f"Slot layers given for {unknown}, which are not among the slots {list(tasks)}.")
+        slots = {task: make_slot(num_layers, layers_by_task.get(task, tpl_layers), **slot_kwargs) for task in tasks}
         return cls(backbone_config=backbone_config, task_slots=slots, **(sentence_embedding or {}))
 
     @staticmethod

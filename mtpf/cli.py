@@ -324,6 +324,32 @@ def run_serve(argv: list[str]) -> None:
 
 
 @dataclass
+class InterpolateArguments:
+    """A release whose backbone is interpolated towards its base: (1 − α)·base + α·trained (WiSE-FT), slots kept."""
+
+    release: str = field(metadata={"help": "The pre-finetuned release folder."})
+    output: str = field(metadata={"help": "Folder for the new release."})
+    alpha: float = field(metadata={"help": "Weight of the trained backbone: 1 keeps the release, 0 gives the base."})
+    base: str | None = field(
+        default=None, metadata={"help": "The base encoder (default: the one the release records it started from)."}
+    )
+    layer_alphas: list[float] | None = field(
+        default=None, metadata={"help": "One α per position instead: the embeddings, then each layer."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a release already at --output."})
+
+
+def run_interpolate(argv: list[str]) -> None:
+    from mtpf.interpolation import interpolate_release
+
+    if argv and not argv[0].startswith("-"):  # the release may come first, positionally
+        argv = ["--release", argv[0], *argv[1:]]
+    (args,) = HfArgumentParser(InterpolateArguments).parse_args_into_dataclasses(args=argv)
+    path = interpolate_release(args.release, args.output, args.alpha, args.base, args.layer_alphas, args.overwrite)
+    print(f"Release written to {path}")
+
+
+@dataclass
 class MergeArguments:
     """Combine results folders of one suite, e.g. models evaluated by parallel processes or on other machines."""
 
@@ -358,6 +384,7 @@ COMMANDS = {
     "clusters": run_clusters,
     "eval": run_eval,
     "merge": run_merge,
+    "interpolate": run_interpolate,
     "finetune": run_finetune,
     "export": run_export,
     "serve": run_serve,

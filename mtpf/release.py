@@ -102,6 +102,7 @@ def init_release(
     lora_dropout: float = 0.0,
     target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGET_ROLES,
     overwrite: bool = False,
+    layers_by_task: dict[str, int] | None = None,
 ) -> Path:
     """An initial release of any encoder: its weights unchanged, fresh (identity) LoRA slots."""
     check_release_target(output, overwrite)  # before the encoder is loaded: refuse early
@@ -113,6 +114,7 @@ def init_release(
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         target_modules=target_modules,
+        layers_by_task=layers_by_task,
     )
     return export_release(attach_slots(model, list(tasks)), tokenizer, output, overwrite=overwrite)
 

@@ -28,6 +28,7 @@ class TaskContext:
     rank: int = 0
     world_size: int = 1
     main_process_first: Callable[[str], contextlib.AbstractContextManager] = lambda desc: contextlib.nullcontext()
+    base_encoder: nn.Module | None = None  # a frozen copy of the starting encoder, for tasks that anchor to it
 
 
 @dataclass
@@ -52,11 +53,18 @@ class Task:
     family_tag: ClassVar[str] = "feature-extraction"  # the Hub pipeline tag of its result family
     family_title: ClassVar[str] = ""  # how model cards name the family
     resume_keys: ClassVar[tuple[str, ...]] = ()  # run-info fields that must match to resume a checkpoint
+    # How much of this task's gradient reaches the shared backbone (1: all; 0: it trains only its slot and head).
+    backbone_gradient_scale: float = 1.0
 
     @classmethod
     def from_args(cls, data_args: Any) -> Task:
         """The task configured from a run's DataArguments."""
         return cls()
+
+    @property
+    def needs_base_encoder(self) -> bool:
+        """Whether building this task needs `TaskContext.base_encoder` (a frozen copy costs a model's memory)."""
+        return False
 
     def build_batches(self, context: TaskContext) -> StepBatches:
         raise NotImplementedError

@@ -30,6 +30,10 @@ class SlotArguments:
     """The task-primary LoRA slots: where they sit and their LoRA settings (shared by `init` and training)."""
 
     tpl_layers: int = field(default=2, metadata={"help": "Slots on this many last layers (0: all layers)."})
+    slot_layers: list[str] | None = field(
+        default=None,
+        metadata={"help": "Per-slot placement TASK=N (N last layers, 0: all), e.g. `tc=0 ner=2`; others: tpl_layers."},
+    )
     rank: int = field(default=32, metadata={"help": "LoRA rank of every slot."})
     alpha: int = field(default=64, metadata={"help": "LoRA alpha of every slot."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout inside every LoRA."})
@@ -40,13 +44,25 @@ class SlotArguments:
 
     def slot_kwargs(self) -> dict:
         """Keyword arguments of `MtpfConfig.from_backbone` / `make_slot`."""
+        placement = {"layers_by_task": self.layers_by_task()} if self.slot_layers else {}
         return {
             "tpl_layers": self.tpl_layers,
             "r": self.rank,
             "lora_alpha": self.alpha,
             "lora_dropout": self.lora_dropout,
             "target_modules": self.target_modules,
+            **placement,
         }
+
+    def layers_by_task(self) -> dict[str, int]:
+        """`--slot_layers tc=0 ner=2` as {task: number of last layers}."""
+        placement = {}
+        for spec in self.slot_layers or []:
+            task, sep, layers = spec.partition("=")
+            if not sep or not task or not layers.isdigit():
+                raise ValueError(f"--slot_layers {spec!r}: expected TASK=N with N a number of last layers (0: all).")
+            placement[task] = int(layers)
+        return placement
 
 
 @dataclass
@@ -113,6 +129,13 @@ class DataArguments:
         },
     )
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
+    tc_anchor_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Anchor λ: add λ·mean(1 − cos) between the TC embeddings and the frozen starting encoder's "
+            "embeddings of the same texts (self-distillation; keeps what a strong base embeds well). 0: off."
+        },
+    )
     pair_sampling_temperature: float = field(
         default=1.0, metadata={"help": "Dataset draw ~ size**(1/T): 1 size-proportional, larger flatter."}
     )
@@ -128,6 +151,13 @@ class DataArguments:
         default=0,
         metadata={"help": "Sort each run of N shuffled NER batches by length before cutting them (0: off)."},
     )
+    ner_backbone_grad_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Scale of the NER loss's gradient into the shared backbone (1: all of it; 0: NER trains only "
+            "its slot and head, so the backbone moves by TC alone)."
+        },
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Sub-tokens per text."})
     pseudo_label_dir: str = field(default="outputs/pseudo-labels", metadata={"help": "Pseudo-label cache folder."})
     task_schedule: str = field(
@@ -135,6 +165,19 @@ class DataArguments:
     )
     task_ratio: str = field(default="1:1", metadata={"help": "NER:TC steps in 'alternate' (e.g. 1:3)."})
     release_dir: str | None = field(default=None, metadata={"help": "Release folder (default: OUTPUT_DIR/release)."})
+    release_interpolation: float | None = field(
+        default=None,
+        metadata={
+            "help": "Release the backbone interpolated towards the starting encoder: (1 − α)·base + α·trained "
+            "(WiSE-FT; slots kept). The trained release stays in OUTPUT_DIR/release-trained. None: off."
+        },
+    )
+    release_layer_alphas: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Per-position α instead of one: the embeddings, then each layer (needs release_interpolation)."
+        },
+    )
     analysis_steps: int = field(
         default=0, metadata={"help": "Record the interference metrics every N steps (0: never); see mtpf/analysis."}
     )
@@ -155,6 +198,11 @@ class DataArguments:
             raise ValueError(f"--max_ner_sentences {self.max_ner_sentences}: must be positive (or unset: all).")
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature}: must be positive.")
+        if self.release_layer_alphas and self.release_interpolation is None:
+            raise ValueError("--release_layer_alphas needs --release_interpolation (the α of what is not a layer).")
+        for alpha in [self.release_interpolation, *(self.release_layer_alphas or [])]:
+            if alpha is not None and not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"--release_interpolation/--release_layer_alphas {alpha}: must be in [0, 1].")
 
     def pair_paths(self) -> list[str]:
         """Expand folders of pair folders (like ../shared/data/pairs) into their pairs.tsv files."""
@@ -178,6 +226,13 @@ class MtpfTrainingArguments(TrainingArguments):
     learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (paper: 2e-5)."})
     ner_head_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the fresh pseudo-label head (None: learning_rate)."}
+    )
+    slot_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the task-primary LoRA slots (None: learning_rate). LoRAs usually want "
+            "~5e-4-1e-3 (jina-embeddings-v3), a full-model rate (2e-5-5e-5) leaves them under-trained."
+        },
     )
     max_steps: int = field(default=100_000, metadata={"help": "Optimizer steps (paper: 100K)."})
     report_to: str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard)."})

@@ -3,6 +3,7 @@ trainer; then the release it ends in."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from transformers import set_seed
 
 from mtpf.analysis.tracking import AnalysisSet, InterferenceCallback
 from mtpf.data.steps import MultiTaskStepDataset, TaskSchedule
+from mtpf.interpolation import interpolate_release
 from mtpf.release import export_release, load_mtpf_encoder
 from mtpf.slots import attach_slots
 from mtpf.tasks import Task, TaskContext, get_task
@@ -25,12 +27,15 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Mt
     """Everything a run needs: model (with slots per mode), per-step data of each task, and the trainer."""
     set_seed(args.seed)  # before any weight is initialised (LoRA A, the task heads)
     model, tokenizer = load_mtpf_encoder(model_args.backbone, tasks=model_args.slots, **model_args.slot_kwargs())
+    tasks: dict[str, Task] = {name: get_task(name).from_args(data_args) for name in model_args.tasks}
+    base = copy.deepcopy(model) if any(task.needs_base_encoder for task in tasks.values()) else None
     if model_args.uses_slots:
         model = attach_slots(
             model, list(model_args.slots), train_backbone=model_args.trains_backbone, fused=model_args.fused_lora
         )
-    tasks: dict[str, Task] = {name: get_task(name).from_args(data_args) for name in model_args.tasks}
-    context = TaskContext(tokenizer, args.seed, args.process_index, args.world_size, args.main_process_first)
+    context = TaskContext(
+        tokenizer, args.seed, args.process_index, args.world_size, args.main_process_first, base_encoder=base
+    )
     batches = {name: task.build_batches(context) for name, task in tasks.items()}
     schedule = TaskSchedule(model_args.tasks, data_args.task_schedule, data_args.task_ratio)
     steps = MultiTaskStepDataset(args.max_steps * args.gradient_accumulation_steps, schedule, batches)
@@ -58,6 +63,7 @@ def run_info(model_args: ModelArguments, data_args: DataArguments, tasks: dict[s
         "uses_slots": model_args.uses_slots,
         "trains_backbone": model_args.trains_backbone,
         "tpl_layers": model_args.tpl_layers,
+        **({"slot_layers": model_args.layers_by_task()} if model_args.slot_layers else {}),
         "backbone": model_args.backbone,
         "pcgrad": model_args.pcgrad,
         "task_schedule": data_args.task_schedule,
@@ -85,7 +91,18 @@ def export(trainer: MtpfTrainer, data_args: DataArguments) -> Path:
     trained = set(trainer.run_info["tasks"]) if wrapper.uses_slots else set()
     for task, slot in release_model.config.task_slots.items():
         slot["trained"] = task in trained
-    release_model.config.pretraining = {**trainer.run_info, "steps": trainer.state.global_step}
+    slot_rate = getattr(trainer.args, "slot_learning_rate", None)
+    release_model.config.pretraining = {
+        **trainer.run_info,
+        "steps": trainer.state.global_step,
+        **({"slot_learning_rate": slot_rate} if slot_rate is not None else {}),
+    }
     output = Path(data_args.release_dir or Path(trainer.args.output_dir) / "release")
-    # a run replaces its own earlier release; a folder of anything else is still refused
-    return export_release(release_model, trainer.processing_class, output, overwrite=True)
+    if data_args.release_interpolation is None:
+        # a run replaces its own earlier release; a folder of anything else is still refused
+        return export_release(release_model, trainer.processing_class, output, overwrite=True)
+    trained = export_release(
+        release_model, trainer.processing_class, Path(trainer.args.output_dir) / "release-trained", overwrite=True
+    )
+    alphas = data_args.release_layer_alphas
+    return interpolate_release(trained, output, data_args.release_interpolation, layer_alphas=alphas, overwrite=True)

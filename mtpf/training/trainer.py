@@ -24,13 +24,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from mtpf.data.steps import single_item
 from mtpf.io import atomic_write_text
 from mtpf.pcgrad import flat_grad, project_conflicting, smallest_cosine, write_flat_grad
+from mtpf.slots import slot_parameters
 from mtpf.tasks import Task, TaskStep
 
 logger = logging.getLogger(__name__)
 RUN_INFO_FILE = "mtpf_run.json"  # written last into every checkpoint: the run's identity and the completion marker
 # What must match to resume a checkpoint: a different mode or slot layout would load into the wrong modules
 # (plus each task's own `resume_keys`, e.g. the NER head's number of clusters).
-RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers")
+RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers", "slot_layers")
 
 
 class MtpfTrainer(Trainer):
@@ -60,7 +61,11 @@ class MtpfTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if getattr(optimizer, "_mtpf_head_split", False):
             return optimizer
-        heads = self.accelerator.unwrap_model(self.model).heads
+        core = self.accelerator.unwrap_model(self.model)
+        if getattr(self.args, "slot_learning_rate", None) is not None:
+            slots = [p for task in self.tasks for p in slot_parameters(core.encoder, task).values()]
+            move_to_own_group(optimizer, {id(p) for p in slots}, self.args.slot_learning_rate)
+        heads = core.heads
         for name, head in heads.items():
             rate = self.tasks[name].head_learning_rate(self.args)
             if rate is not None:
@@ -88,7 +93,7 @@ class MtpfTrainer(Trainer):
         touched = [False] * len(shared)
         total = torch.zeros((), device=self.args.device)
         for task, batch in inputs.items():
-            loss = self.task_backward(model, task, batch, scale)
+            loss = self.scaled_task_backward(model, task, batch, scale)
             self._task_losses[task].append(loss.item() / scale)
             total = total + loss
             if use_pcgrad:
@@ -104,6 +109,26 @@ class MtpfTrainer(Trainer):
                 for p in core.task_parameters(task):
                     p.grad = None
         return total.detach()
+
+    def scaled_task_backward(
+        self, model: nn.Module, task: str, batch: dict[str, torch.Tensor], scale: float
+    ) -> torch.Tensor:
+        """`task_backward`, with the task's gradient into the shared backbone scaled by its `backbone_gradient_scale`
+        (its slot and head keep their whole gradient; other tasks' gradients already accumulated are untouched)."""
+        factor = self.tasks[task].backbone_gradient_scale
+        if factor == 1.0:
+            return self.task_backward(model, task, batch, scale)
+        shared = self.accelerator.unwrap_model(model).shared_parameters()
+        earlier = [p.grad for p in shared]
+        for p in shared:
+            p.grad = None
+        loss = self.task_backward(model, task, batch, scale)
+        for p, old in zip(shared, earlier):
+            if p.grad is not None:
+                p.grad.mul_(factor)
+            if old is not None:
+                p.grad = old if p.grad is None else p.grad.add_(old)
+        return loss
 
     def task_backward(self, model: nn.Module, task: str, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
         """Forward and backward of one task's batch, as the task defines its step; returns its scaled loss."""

@@ -26,9 +26,18 @@ class NerTask(Task):
     family_title = "Named entity recognition"
     resume_keys = ("num_clusters", "ner_length_buckets")
 
-    def __init__(self, pseudo_labels: PseudoLabelSettings, batch_size: int = 256, length_buckets: int = 0) -> None:
+    def __init__(
+        self,
+        pseudo_labels: PseudoLabelSettings,
+        batch_size: int = 256,
+        length_buckets: int = 0,
+        backbone_gradient_scale: float = 1.0,
+    ) -> None:
+        if backbone_gradient_scale < 0:
+            raise ValueError(f"--ner_backbone_grad_scale {backbone_gradient_scale}: must be 0 or positive.")
         self.pseudo_labels, self.batch_size, self.length_buckets = pseudo_labels, batch_size, length_buckets
         self.num_clusters = pseudo_labels.num_clusters
+        self.backbone_gradient_scale = backbone_gradient_scale
 
     @classmethod
     def from_args(cls, data_args: Any) -> NerTask:
@@ -40,7 +49,12 @@ class NerTask(Task):
             max_length=data_args.max_seq_length,
             cache_dir=data_args.pseudo_label_dir,
         )
-        return cls(settings, data_args.ner_batch_size, data_args.ner_length_buckets)
+        return cls(
+            settings,
+            data_args.ner_batch_size,
+            data_args.ner_length_buckets,
+            backbone_gradient_scale=data_args.ner_backbone_grad_scale,
+        )
 
     def build_batches(self, context: TaskContext) -> StepBatches:
         settings = replace(self.pseudo_labels, seed=context.seed)  # the clustering follows the run's seed
@@ -79,4 +93,5 @@ class NerTask(Task):
             "teacher": self.pseudo_labels.teacher,
             # recorded only when on, so checkpoints written before the option existed still resume
             **({"ner_length_buckets": self.length_buckets} if self.length_buckets > 1 else {}),
+            **({"ner_backbone_grad_scale": self.backbone_gradient_scale} if self.backbone_gradient_scale != 1 else {}),
         }

@@ -10,6 +10,7 @@ from torch import nn
 
 from mtpf.data.padding import embed_by_length
 from mtpf.data.pairs import describe_sources, load_pair_sources
+from mtpf.losses.anchor import EmbeddingAnchor
 from mtpf.losses.cached_info_nce import CachedInfoNCE
 from mtpf.losses.info_nce import InfoNCELoss
 from mtpf.tasks.base import StepBatches, Task, TaskContext, TaskStep
@@ -23,6 +24,8 @@ class TcTask(Task):
 
     `length_chunk` N > 0 embeds each batch in length-sorted chunks of N texts, each padded only to its own longest
     (with gradient caching: length-sorted mini-batches); the loss is the same, the padded positions far fewer.
+    `anchor_weight` λ > 0 adds λ·mean(1 − cos) between the batch's embeddings and the frozen starting encoder's
+    embeddings of the same texts (`mtpf/losses/anchor.py`), so the shared backbone keeps what the base embeds well.
     """
 
     name = "tc"
@@ -39,8 +42,15 @@ class TcTask(Task):
         mini_batch_size: int = 0,
         pair_sampling_temperature: float = 1.0,
         length_chunk: int = 0,
+        anchor_weight: float = 0.0,
     ) -> None:
+        if anchor_weight and mini_batch_size:
+            raise ValueError("--tc_anchor_weight cannot be combined with gradient caching (--tc_mini_batch_size).")
+        if anchor_weight < 0:
+            raise ValueError(f"--tc_anchor_weight {anchor_weight}: must be 0 (off) or positive.")
         self.pairs, self.batch_size, self.max_length = list(pairs), batch_size, max_length
+        self.anchor_weight = anchor_weight
+        self.anchor: EmbeddingAnchor | None = None  # built with the batches, from the run's frozen base
         self.pair_sampling_temperature = pair_sampling_temperature
         self.length_chunk = length_chunk
         self.loss = InfoNCELoss(temperature)
@@ -58,9 +68,18 @@ class TcTask(Task):
             mini_batch_size=data_args.tc_mini_batch_size,
             pair_sampling_temperature=data_args.pair_sampling_temperature,
             length_chunk=data_args.tc_length_chunk,
+            anchor_weight=data_args.tc_anchor_weight,
         )
 
+    @property
+    def needs_base_encoder(self) -> bool:
+        return self.anchor_weight > 0
+
     def build_batches(self, context: TaskContext) -> StepBatches:
+        if self.anchor_weight > 0:
+            if context.base_encoder is None:
+                raise ValueError("The TC anchor needs the run's frozen base encoder (TaskContext.base_encoder).")
+            self.anchor = EmbeddingAnchor(context.base_encoder, self.anchor_weight)
         sources = load_pair_sources(self.pairs)
         logger.info("Text pairs: %s", describe_sources(sources))
         return TcBatches(
@@ -89,10 +108,15 @@ class TcTask(Task):
                 scale=scale,
             )
         embeddings = embed_by_length(step.forward, batch, self.length_chunk)
-        loss = self.loss(embeddings[:num_pairs], embeddings[num_pairs:]) * scale
+        loss = self.loss(embeddings[:num_pairs], embeddings[num_pairs:])
+        if self.anchor is not None:
+            loss = loss + self.anchor(embeddings, batch)
+        loss = loss * scale
         step.backward(loss)
         return loss.detach()
 
     def run_info(self, data_args: Any) -> dict[str, Any]:
-        chunking = {"tc_length_chunk": self.length_chunk} if self.length_chunk else {}  # older runs resume
-        return {"tc_batch_size": self.batch_size, "pairs": data_args.pairs, **chunking}
+        # options recorded only when on, so runs written before they existed still resume
+        chunking = {"tc_length_chunk": self.length_chunk} if self.length_chunk else {}
+        anchor = {"tc_anchor_weight": self.anchor_weight} if self.anchor_weight else {}
+        return {"tc_batch_size": self.batch_size, "pairs": data_args.pairs, **chunking, **anchor}

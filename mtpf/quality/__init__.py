@@ -1,0 +1,1 @@
+"""Recipe search for a release that beats its own base: recipes, resumable screen jobs, paired statistics."""

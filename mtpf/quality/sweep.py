@@ -1,0 +1,247 @@
+"""The quality sweep: one resumable job per (recipe, pre-finetuning seed), screened, then summarised against the base.
+
+    ROOT/base/                      the base model's screen (no pre-finetuning, so no seed)
+    ROOT/<recipe>-s<seed>/train/    train_mtpf.py's output_dir (checkpoints: a killed run resumes)
+                         release/   the trained release (written atomically: its presence means training is done)
+                         release-interpolated/   for recipes with an interpolation
+                         screen/    the screen suite's results.json (resumes per dataset), probe.json
+                         DONE.json  written last: scores and CPU seconds; a job with it is never run again
+
+A kill at any point costs at most the step in flight. CPU seconds are measured per step (the training subprocess's
+children time; the screen's own process time) and add up in DONE.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from mtpf.evaluation.ner_probe import ProbeProtocol, probe_ner
+from mtpf.evaluation.suites import suite_settings
+from mtpf.io import atomic_write_text
+from mtpf.quality.recipes import Recipe, RecipeBook
+from mtpf.quality.stats import paired_delta
+
+logger = logging.getLogger(__name__)
+DONE = "DONE.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The screen: the `quick` suite's protocols, cut to about a quarter of their cost (see SCREEN_DESCRIPTION).
+SCREEN_TC_ROWS, SCREEN_TC_EXPERIMENTS = 1024, 5
+SCREEN_LORA_DATASET, SCREEN_LORA_FRACTION = "mit_restaurant", 0.1
+SCREEN_PROBE_DATASETS = ("conll2003", "mit_restaurant", "jnlpba")
+SCREEN_DESCRIPTION = (
+    f"screen: TC = the quick suite's 10 local MTEB tasks with eval splits capped at {SCREEN_TC_ROWS} rows and "
+    f"{SCREEN_TC_EXPERIMENTS} probe experiments; NER full = mean entity F1 of a logistic-regression probe on frozen "
+    f"first-sub-token features (ner slot merged) of {', '.join(SCREEN_PROBE_DATASETS)} "
+    f"({ProbeProtocol.max_train_sentences} train / {ProbeProtocol.max_test_sentences} test sentences each); "
+    f"NER 10 % = the quick suite's LoRA protocol on {SCREEN_LORA_DATASET} with {SCREEN_LORA_FRACTION:.0%} of its "
+    "training subset."
+)
+
+
+def job_dir(root: Path, recipe: str, seed: int | None) -> Path:
+    return root / ("base" if seed is None else f"{recipe}-s{seed}")
+
+
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: list[str]) -> tuple[Path, float]:
+    """The recipe's trained release at this seed (train_mtpf.py in a subprocess, resuming its checkpoints)."""
+    release = folder / "release"
+    if (release / "backbone" / "config.json").is_file():
+        return release, 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, str(REPO_ROOT / "train_mtpf.py"), str(book.base_config), *recipe.train_argv(), *overrides,
+        "--seed", str(seed), "--output_dir", str(folder / "train"), "--release_dir", str(release),
+        "--report_to", "none", "--resume_from_checkpoint", "last",
+    ]  # fmt: skip
+    before = cpu_of_children()
+    with open(folder / "train.log", "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"training {folder.name} failed (exit {result.returncode}); see {folder / 'train.log'}")
+    return release, cpu_of_children() - before
+
+
+def interpolated(recipe: Recipe, trained: Path, folder: Path) -> Path:
+    from mtpf.interpolation import interpolate_release
+
+    target = folder / "release-interpolated"
+    if (target / "backbone" / "config.json").is_file():
+        return target
+    layer_alphas = list(recipe.layer_alphas) if recipe.layer_alphas else None
+    return interpolate_release(trained, target, recipe.interpolation, layer_alphas=layer_alphas)
+
+
+def screen(model: str, folder: Path, label: str) -> dict[str, Any]:
+    """The screen protocol on one model; each part resumes from what `folder` already holds."""
+    from mtpf.evaluation.suite import SuiteRun
+    from mtpf.models import load_model
+
+    settings = suite_settings(
+        "quick",
+        ner_datasets=[SCREEN_LORA_DATASET],
+        fractions=[SCREEN_LORA_FRACTION],
+        tc={"max_eval_rows": SCREEN_TC_ROWS, "n_experiments": SCREEN_TC_EXPERIMENTS},
+    )
+    results = SuiteRun(settings, folder / "screen", command=f"quality screen {label}={model}")
+    results.run([f"{label}={model}"])
+    probe_path = folder / "screen" / "probe.json"
+    probes = json.loads(probe_path.read_text(encoding="utf-8")) if probe_path.is_file() else {}
+    candidate = None
+    for dataset in SCREEN_PROBE_DATASETS:
+        if dataset not in probes:
+            candidate = candidate or load_model(f"{label}={model}")
+            probes[dataset] = asdict(probe_ner(candidate, dataset, _ner_root(), ProbeProtocol()))
+            atomic_write_text(probe_path, json.dumps(probes, indent=2) + "\n")
+    return scores_of(json.loads((folder / "screen" / "results.json").read_text(encoding="utf-8")), probes)
+
+
+def _ner_root() -> str:
+    from mtpf.data.roots import NER_DATA
+
+    return NER_DATA
+
+
+def scores_of(results: dict[str, Any], probes: dict[str, Any]) -> dict[str, Any]:
+    """The three numbers a recipe is judged by, plus the per-dataset scores behind them."""
+    tc = {r["dataset"]: r["value"] for r in results["results"] if r["family"] == "tc"}
+    tc_std = {r["dataset"]: round(statistics.pstdev(r["experiments"]), 4) for r in results["results"]
+              if r["family"] == "tc" and r.get("experiments")}  # fmt: skip
+    ner_10 = [r["value"] for r in results["results"] if r["family"] == "ner"]
+    probe = {name: run["test_f1"] for name, run in probes.items()}
+    return {
+        "tc": sum(tc.values()) / len(tc),
+        "ner_full": sum(probe.values()) / len(probe),
+        "ner_10": sum(ner_10) / len(ner_10),
+        "tc_tasks": tc,
+        "tc_probe_std": tc_std,
+        "ner_probe": probe,
+    }
+
+
+def run_job(book: RecipeBook, recipe: Recipe, seed: int | None, root: Path, overrides: list[str]) -> dict[str, Any]:
+    """One (recipe, seed) job to its DONE.json (the base when seed is None); a finished job is read, not rerun."""
+    folder = job_dir(root, recipe.name, seed)
+    done = folder / DONE
+    if done.is_file():
+        return json.loads(done.read_text(encoding="utf-8"))
+    folder.mkdir(parents=True, exist_ok=True)
+    cpu = {"train": 0.0, "screen": 0.0}
+    if seed is None:
+        model = book.base_model
+    else:
+        source = book.recipes[recipe.source] if recipe.source else recipe
+        model_path, cpu["train"] = train(book, source, seed, job_dir(root, source.name, seed), overrides)
+        if recipe.interpolation is not None:
+            model_path = interpolated(recipe, model_path, folder)
+        model = str(model_path)
+    start = time.process_time()
+    scores = screen(model, folder, recipe.name if seed is None else f"{recipe.name}-s{seed}")
+    cpu["screen"] = time.process_time() - start
+    record = {"recipe": recipe.name, "seed": seed, "model": model, "levers": recipe.levers(), **scores,
+              "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, "protocol": SCREEN_DESCRIPTION}  # fmt: skip
+    atomic_write_text(done, json.dumps(record, indent=2) + "\n")
+    logger.info("job %s done: tc %.2f, ner_full %.2f, ner_10 %.2f", folder.name, *(scores[k] for k in FAMILIES))
+    return record
+
+
+FAMILIES = ("tc", "ner_full", "ner_10")
+
+
+def finished_jobs(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(root.glob(f"*/{DONE}"))]
+
+
+def summarize(book: RecipeBook, jobs: list[dict[str, Any]], shipped: str | None = None) -> dict[str, Any]:
+    """Per recipe, the paired difference to the base on each family (mean and SE over seeds) and its CPU cost."""
+    base = next((job for job in jobs if job["seed"] is None), None)
+    if base is None:
+        raise ValueError("No finished base job: every difference is taken against the base.")
+    recipes = []
+    for name, recipe in book.recipes.items():
+        runs = {job["seed"]: job for job in jobs if job["recipe"] == name and job["seed"] is not None}
+        if not runs:
+            continue
+        entry: dict[str, Any] = {"name": name, "levers": recipe.levers(), "seeds": sorted(runs)}
+        for family in FAMILIES:
+            delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
+            entry[family] = delta.as_dict() | {"text": delta.describe()}
+        source_cpu = _training_cpu(jobs, recipe.source) if recipe.source else {}
+        cpu = [job["cpu_seconds"]["train"] + source_cpu.get(s, 0.0) + job["cpu_seconds"]["screen"]
+               for s, job in runs.items()]  # fmt: skip
+        entry["cpu_minutes"] = round(sum(cpu) / len(cpu) / 60, 1)
+        entry["shipped"] = name == shipped
+        recipes.append(entry)
+    return {
+        "protocol": SCREEN_DESCRIPTION,
+        "base": {"model": base["model"], **{family: round(base[family], 3) for family in FAMILIES}},
+        "recipes": recipes,
+    }
+
+
+def _training_cpu(jobs: list[dict[str, Any]], recipe: str) -> dict[int, float]:
+    return {job["seed"]: job["cpu_seconds"]["train"] for job in jobs if job["recipe"] == recipe}
+
+
+def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
+    """`summary.json` and the frontier table `RESULTS.md` (the command that made them at the top)."""
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
+    base = summary["base"]
+    lines = [
+        "# Quality sweep: recipes against the base",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Protocol: {summary['protocol']}",
+        "",
+        f"Base `{base['model']}`: TC {base['tc']:.2f}, NER full (probe) {base['ner_full']:.2f}, "
+        f"NER 10 % {base['ner_10']:.2f}.",
+        "",
+        "Differences to the base: mean over pre-finetuning seeds ± one standard error of the paired differences; "
+        "`≈` = under two standard errors (no measurable change).",
+        "",
+        "| recipe | levers | seeds | TC | NER full (probe) | NER 10 % | CPU min / seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in summary["recipes"]:
+        levers = ", ".join(f"`{k}={v}`" for k, v in entry["levers"].items()) or "(demo as is)"
+        lines.append(
+            f"| {entry['name']}{' (shipped)' if entry['shipped'] else ''} | {levers} | "
+            f"{' '.join(map(str, entry['seeds']))} | {entry['tc']['text']} | {entry['ner_full']['text']} | "
+            f"{entry['ner_10']['text']} | {entry['cpu_minutes']} |"
+        )
+    atomic_write_text(output / "RESULTS.md", "\n".join(lines) + "\n")
+
+
+def run_sweep(
+    book: RecipeBook, root: Path, seeds: list[int], only: list[str] | None = None, overrides: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every job not yet done: the base first, then each recipe seed by seed (seed-major, so that every recipe has
+    its first seed before any has its third)."""
+    names = only or list(book.recipes)
+    unknown = sorted(set(names) - set(book.recipes))
+    if unknown:
+        raise ValueError(f"Unknown recipes {unknown}; {book.path} has {sorted(book.recipes)}.")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    done = [run_job(book, Recipe("base"), None, root, overrides or [])]
+    for seed in seeds:
+        for name in names:
+            done.append(run_job(book, book.recipes[name], seed, root, overrides or []))
+    return done

@@ -1,0 +1,52 @@
+"""The quality sweep (code in mtpf/quality/): screen every recipe at every pre-finetuning seed, then summarise.
+
+    python scripts/quality_sweep.py --recipes configs/quality/recipes.yaml --root outputs/quality --seeds 0 1 2
+    python scripts/quality_sweep.py --recipes configs/quality/recipes.yaml --root outputs/quality \
+        --summarize results/quality --shipped NAME
+
+Every (recipe, seed) is one job folder under --root with a completion marker; rerunning the same command after a
+kill resumes where it stopped. Extra `--key value` pairs after `--` go to every training run (e.g. the teacher's
+folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from mtpf.quality.recipes import load_recipes
+from mtpf.quality.sweep import finished_jobs, run_sweep, summarize, write_summary
+
+
+@dataclass
+class SweepArguments:
+    recipes: str = field(default="configs/quality/recipes.yaml", metadata={"help": "The recipe file."})
+    root: str = field(default="outputs/quality", metadata={"help": "One folder per (recipe, seed) job."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Pre-finetuning seeds."})
+    only: list[str] | None = field(default=None, metadata={"help": "Run only these recipes (default: all)."})
+    summarize: str | None = field(
+        default=None, metadata={"help": "Instead of running: write summary.json and RESULTS.md into this folder."}
+    )
+    shipped: str | None = field(default=None, metadata={"help": "With --summarize: the recipe the demo ships."})
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    (args,) = HfArgumentParser(SweepArguments).parse_args_into_dataclasses(args=own)
+    book = load_recipes(args.recipes)
+    if args.summarize:
+        summary = summarize(book, finished_jobs(Path(args.root)), args.shipped)
+        write_summary(summary, Path(args.summarize), " ".join(["python scripts/quality_sweep.py", *argv]))
+        print(f"Summary written to {args.summarize}/summary.json and RESULTS.md")
+        return
+    run_sweep(book, Path(args.root), args.seeds, args.only, overrides)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
