@@ -1,0 +1,43 @@
+"""Paired differences over pre-finetuning seeds and rank agreement, on hand-computed fixtures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mtpf.quality.stats import paired_delta, spearman
+
+
+def test_paired_delta_against_a_seedless_base():
+    delta = paired_delta({0: 68.0, 1: 69.0, 2: 70.0}, 67.0)  # deltas 1, 2, 3: mean 2, sd 1, se 1/sqrt(3)
+    assert delta.mean_delta == pytest.approx(2.0)
+    assert delta.se == pytest.approx(1 / math.sqrt(3))
+    assert delta.n == 3 and delta.significant  # 2 > 2 * 0.577
+    assert delta.describe() == "+2.00 ± 0.58"
+
+
+def test_paired_delta_pairs_seeds_and_marks_noise():
+    recipe = {0: 70.0, 1: 66.0, 2: 71.0, 3: 99.0}
+    other = {0: 69.0, 1: 67.0, 2: 70.0}  # seed 3 has no partner and does not count
+    delta = paired_delta(recipe, other)  # deltas 1, -1, 1: mean 1/3, sd 2/sqrt(3), se 2/3
+    assert delta.n == 3
+    assert delta.mean_delta == pytest.approx(1 / 3)
+    assert delta.se == pytest.approx(2 / 3)
+    assert not delta.significant and delta.describe().endswith("≈")
+
+
+def test_paired_delta_one_seed_has_no_spread():
+    delta = paired_delta({0: 70.0}, 67.0)
+    assert delta.se is None and not delta.significant and delta.describe() == "+3.00 (1 seed)"
+    with pytest.raises(ValueError, match="No seed"):
+        paired_delta({0: 1.0}, {1: 1.0})
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # a tie takes the average rank
+    with pytest.raises(ValueError):
+        spearman([1], [1])

@@ -1,0 +1,83 @@
+"""The quality sweep's bookkeeping: recipe files, resumable jobs (a kill costs at most the step in flight), and the
+summary's paired differences. Training is real (the smoke config); the screen is replaced by a recorder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtpf.quality import sweep
+from mtpf.quality.recipes import RecipeError, load_recipes
+from tests.conftest import SMOKE_CONFIG
+
+
+def recipe_file(tmp_path, recipes: str):
+    path = tmp_path / "recipes.yaml"
+    path.write_text(f"base_config: {SMOKE_CONFIG}\nbase_model: offline:tiny-bert\nrecipes:\n{recipes}")
+    return path
+
+
+RECIPES = """
+  - name: plain
+    args: {max_steps: 2}
+  - name: plain-wise0.5
+    from: plain
+    interpolation: 0.5
+"""
+
+
+@pytest.mark.parametrize(
+    ("recipes", "message"),
+    [
+        ("  - name: a\n  - name: a\n", "appears twice"),
+        ("  - name: a/b\n", "needs a `name`"),
+        ("  - name: a\n    from: b\n", "not a training recipe"),
+        ("  - name: a\n    args: {max_steps: 2}\n  - name: b\n    from: a\n    args: {seed: 1}\n", "takes no `args`"),
+        ("  - name: a\n    lr: 1\n", "unknown fields"),
+    ],
+)
+def test_recipe_file_errors_name_the_file_and_recipe(tmp_path, recipes, message):
+    path = recipe_file(tmp_path, recipes)
+    with pytest.raises(RecipeError, match=message) as error:
+        load_recipes(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, pseudo_label_cache, monkeypatch):
+    book = load_recipes(recipe_file(tmp_path, RECIPES))
+    assert book.recipes["plain-wise0.5"].levers() == {"release_interpolation": 0.5}
+    screened = []
+
+    def fake_screen(model, folder, label):
+        if len(screened) == 2 and not (tmp_path / "killed").exists():
+            (tmp_path / "killed").touch()
+            raise KeyboardInterrupt  # the sweep is stopped in the middle of a screen
+        screened.append(label)
+        score = 70.0 + len(screened)
+        return {"tc": score, "ner_full": score - 10, "ner_10": score - 20}
+
+    monkeypatch.setattr(sweep, "screen", fake_screen)
+    root = tmp_path / "jobs"
+    overrides = ["--pseudo_label_dir", str(pseudo_label_cache)]
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(book, root, seeds=[0], overrides=overrides)
+    assert screened == ["base", "plain-s0"]
+    assert (root / "plain-s0" / "DONE.json").is_file() and not (root / "plain-wise0.5-s0" / "DONE.json").exists()
+
+    jobs = sweep.run_sweep(book, root, seeds=[0], overrides=overrides)
+    assert screened == ["base", "plain-s0", "plain-wise0.5-s0"]  # nothing finished was screened again
+    assert (root / "plain-s0" / "train.log").read_text().count("$ ") == 1  # nor trained again
+    assert (root / "plain-wise0.5-s0" / "release-interpolated" / "backbone" / "config.json").is_file()
+    assert [job["recipe"] for job in jobs] == ["base", "plain", "plain-wise0.5"]
+    assert jobs[1]["cpu_seconds"]["train"] > 0 and jobs[2]["cpu_seconds"]["train"] == 0
+
+    summary = sweep.summarize(book, sweep.finished_jobs(root), shipped="plain-wise0.5")
+    by_name = {entry["name"]: entry for entry in summary["recipes"]}
+    assert by_name["plain"]["tc"]["mean_delta"] == pytest.approx(1.0)  # 72 - 71, one seed: no SE
+    assert by_name["plain"]["tc"]["se"] is None
+    assert by_name["plain-wise0.5"]["shipped"] and not by_name["plain"]["shipped"]
+    assert by_name["plain-wise0.5"]["cpu_minutes"] >= by_name["plain"]["cpu_minutes"] - 0.1  # its training counts
+    sweep.write_summary(summary, tmp_path / "results", "test")
+    assert json.loads((tmp_path / "results" / "summary.json").read_text())["recipes"][0]["name"] == "plain"
+    assert "| plain-wise0.5 (shipped) |" in (tmp_path / "results" / "RESULTS.md").read_text()
