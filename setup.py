@@ -44,6 +44,8 @@ setup(
             "uvicorn>=0.29",
             "prometheus_client>=0.20",
             "httpx>=0.27",
+            "openai>=1.0",
+            "langchain-openai>=0.2",
         ],
     },
     entry_points={

@@ -1,27 +1,33 @@
 """The HTTP side of `mtpf serve` (FastAPI): endpoints, input checks, API key, body limit, metrics.
 
-    POST /v1/embeddings   {"model": "tc", "input": "text" | ["text", ...]}    OpenAI-compatible response
+    POST /v1/embeddings   {"model": "tc", "input": "text" | ["text", ...], "encoding_format": "float" | "base64"}
+                          OpenAI-compatible: the official `openai` client and LangChain work with their defaults
     POST /v1/ner          {"model": APP, "input": ...}   entities with character offsets, per input
     POST /v1/classify     {"model": APP, "input": ...}   label and score, per input
-    GET  /v1/models       what is served;   POST /v1/apps {"name", "path"};   DELETE /v1/apps/NAME
+    GET  /v1/models[/ID]  what is served;   POST /v1/apps {"name", "path"};   DELETE /v1/apps/NAME
     GET  /health          liveness (no key needed);   GET /metrics   Prometheus text
 
 Bad input is a 4xx naming what is wrong (`input[3]`, the model, the size), never a 500; a 500 means a forward
-failed, and only that batch's requests get it.
+failed, and only that batch's requests get it. Every error, request validation included, has OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`, which its clients read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtpf.serve.batching import BatchStats, MicroBatcher
 from mtpf.serve.engine import Engine, Row, ServeError
@@ -43,8 +49,15 @@ class TextsRequest(BaseModel):
     input: str | list[str] = Field(description="One text or a list of texts.")
 
 
-class EmbeddingsRequest(TextsRequest):
-    encoding_format: str = Field(default="float", description="Only 'float'.")
+class EmbeddingsRequest(BaseModel):
+    model: str = Field(description="A served name: base, a slot (tc, ner) or an app.")
+    # token ids are accepted by the schema (the OpenAI API allows them) so that they get a clear error, not a bare 422
+    input: str | list[str] | list[int] | list[list[int]] = Field(description="One text or a list of texts.")
+    encoding_format: str = Field(
+        default="float", description="'float' (lists of numbers) or 'base64' (little-endian float32, as OpenAI sends)."
+    )
+    dimensions: int | None = Field(default=None, description="Must equal the model's dimension (no truncation).")
+    user: str | None = Field(default=None, description="Accepted and ignored, as OpenAI's clients may send it.")
 
 
 class AppRequest(BaseModel):
@@ -118,8 +131,19 @@ class BodyGuard:
         await response(scope, receive, send)
 
 
-def _error(message: str, kind: str) -> dict:
-    return {"error": {"message": message, "type": kind}}
+def _error(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error body: the official clients read `message` into their exception."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 409: "conflict", 413: "request_too_large"}
+
+
+def encode_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    """A vector as OpenAI encodes it: a list of floats, or base64 of its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector
 
 
 def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
@@ -149,7 +173,8 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, err: ServeError) -> JSONResponse:
         metrics.requests.labels("", request.url.path, str(err.status)).inc()
-        return JSONResponse(_error(str(err), "invalid_request"), err.status)
+        body = _error(str(err), "invalid_request_error", err.param, err.code or ERROR_CODES.get(err.status))
+        return JSONResponse(body, err.status)
 
     async def answer(request: Request, endpoint: str, body: TextsRequest) -> tuple[list, int]:
         """Every input's answer (in order) and the inputs' token count."""
@@ -170,10 +195,10 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorised)])
     async def embeddings(body: EmbeddingsRequest, request: Request):
-        if body.encoding_format != "float":
-            raise ServeError(f"encoding_format {body.encoding_format!r}: only 'float' is supported.", 422)
+        check_embeddings_request(body, engine.embedding_dimension)
         vectors, tokens = await answer(request, "embeddings", body)
-        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
+        data = [{"object": "embedding", "index": i, "embedding": encode_vector(vector, body.encoding_format)}
+                for i, vector in enumerate(vectors)]  # fmt: skip
         return {"object": "list", "model": body.model, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
@@ -190,6 +215,13 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     @app.get("/v1/models", dependencies=[Depends(authorised)])
     async def models():
         return {"object": "list", "data": [served.describe() for served in engine.served.values()]}
+
+    @app.get("/v1/models/{name}", dependencies=[Depends(authorised)])
+    async def model(name: str):
+        served = engine.served.get(name)
+        if served is None:
+            raise ServeError(f"model {name!r} is not served; served: {sorted(engine.served)}.", 404, param="model")
+        return served.describe()
 
     @app.post("/v1/apps", dependencies=[Depends(authorised)], status_code=201)
     async def add_app(body: AppRequest):
@@ -210,6 +242,22 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def check_embeddings_request(body: EmbeddingsRequest, dimension: int) -> None:
+    """What the OpenAI API allows but this server cannot do well is refused by name, never silently ignored."""
+    if body.encoding_format not in ("float", "base64"):
+        raise ServeError(f"encoding_format {body.encoding_format!r}: use 'float' or 'base64'.", 400,
+                         param="encoding_format")  # fmt: skip
+    if body.dimensions is not None and body.dimensions != dimension:
+        raise ServeError(f"dimensions {body.dimensions}: model {body.model!r} returns {dimension}-dimensional "
+                         "embeddings and does not support truncating them; leave dimensions out.", 400,
+                         param="dimensions")  # fmt: skip
+    items = body.input if isinstance(body.input, list) else [body.input]
+    if any(not isinstance(item, str) for item in items):
+        raise ServeError("input holds token ids; this server embeds text only (its own tokenizer reads it). Send "
+                         "strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).", 400,
+                         param="input")  # fmt: skip
 
 
 def check_texts(texts: list[str], max_inputs: int) -> None:
@@ -241,7 +289,22 @@ class ClientGone(Exception):
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """A client that left gets no response; a failed forward is a 500 naming the failure."""
+    """A client that left gets no response; a failed forward is a 500 naming the failure; a request the schema
+    rejects, or a route that does not exist, gets OpenAI's error shape like every other error."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = err.errors()
+        first = problems[0] if problems else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
+                            for e in problems[:3]) or "invalid request"  # fmt: skip
+        return JSONResponse(_error(message, "invalid_request_error", where or None, "invalid_value"), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        return JSONResponse(_error(str(err.detail), kind, code=ERROR_CODES.get(err.status_code)), err.status_code)
 
     @app.exception_handler(ClientGone)
     async def gone(request: Request, err: ClientGone) -> Response:

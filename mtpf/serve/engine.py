@@ -39,9 +39,9 @@ KINDS = ("embedding", "ner", "classification")
 class ServeError(ValueError):
     """A request or an app that cannot be served; `status` is the HTTP status the server answers with."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.param, self.code = status, param, code
 
 
 @dataclass
@@ -165,11 +165,16 @@ class Engine:
     def lookup(self, name: str, task: str) -> Served:
         served = self.served.get(name)
         if served is None:
-            raise ServeError(f"model {name!r} is not served; served: {sorted(self.served)}.", 404)
+            raise ServeError(f"model {name!r} is not served; served: {sorted(self.served)}.", 404, param="model")
         needs = {"ner": "ner", "classify": "classification"}.get(task)
         if needs is not None and served.kind != needs:
             raise ServeError(f"model {name!r} is a {served.kind} model; it cannot answer /v1/{task}.", 400)
         return served
+
+    @property
+    def embedding_dimension(self) -> int:
+        """The length of every vector /v1/embeddings returns (the backbone's hidden size: mean or CLS pooling)."""
+        return int(self.model.config.hidden_size)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.counter(texts, truncation=False)["input_ids"]]

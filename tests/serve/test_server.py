@@ -163,15 +163,29 @@ def test_concurrent_requests_of_three_models_share_batches_and_equal_single_answ
         ({"model": "tc", "input": ["x"] * 300}, 422, "at most 256 per request"),
         ({"model": "tc", "input": 7}, 422, "input"),
         ({"input": "x"}, 422, "model"),
-        ({"model": "tc", "input": "x", "encoding_format": "base64"}, 422, "only 'float'"),
+        ({"model": "tc", "input": "x", "encoding_format": "hex"}, 400, "use 'float' or 'base64'"),
+        ({"model": "tc", "input": "x", "dimensions": 64}, 400, "does not support truncating"),
+        ({"model": "tc", "input": [[101, 7592, 102]]}, 400, "token ids"),
+        ({"model": "tc", "input": [101, 7592, 102]}, 400, "token ids"),
     ],
 )
-def test_bad_requests_get_a_clear_4xx(server, body, status, message):
+def test_bad_requests_get_a_clear_4xx_in_openai_error_shape(server, body, status, message):
     import re
 
     _, client, _, _, _ = server
     response = client.post("/v1/embeddings", json=body)
     assert response.status_code == status and re.search(message, response.text), response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and re.search(message, error["message"])
+
+
+def test_models_can_be_retrieved_one_by_one(server):
+    _, client, _, _, _ = server
+    assert client.get("/v1/models/tagger").json()["id"] == "tagger"
+    missing = client.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    unknown_route = client.get("/v1/nothing-here")
+    assert unknown_route.status_code == 404 and "error" in unknown_route.json()
 
 
 def test_bad_bodies_wrong_endpoint_and_missing_key_are_4xx(server):
