@@ -18,6 +18,9 @@ import asyncio
 import base64
 import hmac
 import logging
+import time
+from collections import Counter as Tally
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -42,6 +45,7 @@ class ServeOptions:
     max_inputs: int = 256  # texts per request
     max_body_bytes: int = 2_000_000
     api_key: str | None = None
+    drain_seconds: float = 30.0  # how long removing an app waits for its queued requests to be answered
 
 
 class TextsRequest(BaseModel):
@@ -149,13 +153,17 @@ def encode_vector(vector: list[float], encoding_format: str) -> list[float] | st
 def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     options = options or ServeOptions()
     metrics = Metrics()
-    batcher = MicroBatcher(engine.run, options.max_batch_tokens, options.max_wait_ms, metrics.batch)
+    batcher = MicroBatcher(engine.run, options.max_batch_tokens, options.max_wait_ms, metrics.batch,
+                           tenant_of=lambda row: row.served.name)  # fmt: skip
+    tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtpf-tokenize")  # off the event loop
+    in_flight: Tally[str] = Tally()  # rows submitted and not yet answered, per served name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
         yield
         await batcher.stop()  # uvicorn has stopped accepting; queued rows are finished first
+        tokenizing.shutdown(wait=True)
 
     app = FastAPI(title="mtpf serve", lifespan=lifespan)
     app.add_middleware(BodyGuard, limit=options.max_body_bytes)
@@ -181,15 +189,20 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         served = engine.lookup(body.model, endpoint)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         check_texts(texts, options.max_inputs)
-        tokens = engine.count_tokens(texts)
+        tokens = await asyncio.get_running_loop().run_in_executor(tokenizing, engine.count_tokens, texts)
         for index, count in enumerate(tokens):
             if count > engine.max_tokens:
                 raise ServeError(f"input[{index}] has {count} tokens; {body.model} reads at most {engine.max_tokens}.",
                                  422)  # fmt: skip
+        served = engine.lookup(body.model, endpoint)  # again: it may have started draining while we tokenised
         rows = [Row(served, text, endpoint, count) for text, count in zip(texts, tokens)]
-        futures = batcher.submit(rows, tokens)
-        with metrics.latency.labels(body.model, endpoint).time():
-            results = await until_done_or_gone(request, futures, metrics)
+        in_flight[served.name] += len(rows)
+        try:
+            futures = batcher.submit(rows, tokens)
+            with metrics.latency.labels(body.model, endpoint).time():
+                results = await until_done_or_gone(request, futures, metrics)
+        finally:
+            in_flight[served.name] -= len(rows)
         metrics.requests.labels(body.model, endpoint, "200").inc()
         return results, sum(tokens)
 
@@ -230,7 +243,18 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
 
     @app.delete("/v1/apps/{name}", dependencies=[Depends(authorised)])
     async def remove_app(name: str):
-        await batcher.call(engine.remove_app, name)
+        """Stop taking requests for the app, answer the ones already queued (up to drain_seconds), then unload it."""
+        served = engine.served.get(name)
+        if served is not None and served.kind != "embedding":
+            served.draining = True
+            deadline = time.monotonic() + options.drain_seconds
+            while in_flight[name] > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        try:
+            await batcher.call(engine.remove_app, name)
+        finally:
+            if served is not None:
+                served.draining = False
         return {"deleted": name}
 
     @app.get("/health")

@@ -3,7 +3,10 @@
 The worker waits at most `max_wait_ms` after the first queued row for more rows, sorts everything queued by
 length, and cuts it into batches whose padded size (rows x longest row) stays under `max_batch_tokens`; rows of
 different apps share a batch. The forward runs on one worker thread, off the event loop. A row whose request
-was abandoned (client gone) is dropped before it costs a forward; a batch that fails fails only its own rows.
+was abandoned (client gone) is dropped right before its batch runs, so it costs no forward.
+
+Tenants are isolated: when a batch that mixes several models' rows fails, each model's rows are run again on their
+own, so one broken app fails only its own requests. An answer that is an exception fails only its row.
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ class MicroBatcher:
         max_batch_tokens: int = 8192,
         max_wait_ms: float = 5.0,
         on_batch: Callable[[BatchStats], None] | None = None,
+        tenant_of: Callable[[object], object] = lambda row: None,
     ) -> None:
         self.run_batch, self.max_batch_tokens, self.max_wait = run_batch, max_batch_tokens, max_wait_ms / 1000
         self.on_batch = on_batch or (lambda stats: None)
+        self.tenant_of = tenant_of
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtpf-forward")
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.worker: asyncio.Task | None = None
@@ -97,24 +102,39 @@ class MicroBatcher:
                 batches.append([item])
         return batches
 
-    async def _work(self) -> None:
+    async def _run(self, batch: list[Pending]) -> None:
+        """Run one batch and settle its futures; a failed mix of tenants is retried tenant by tenant."""
         loop = asyncio.get_running_loop()
+        try:
+            answers = await loop.run_in_executor(self.executor, self.run_batch, [p.row for p in batch])
+        except Exception as err:
+            tenants: dict[object, list[Pending]] = {}
+            for item in batch:
+                tenants.setdefault(self.tenant_of(item.row), []).append(item)
+            if len(tenants) > 1:
+                logger.warning("a batch of %d tenants failed (%s); running each tenant's rows alone", len(tenants), err)
+                for rows in tenants.values():
+                    await self._run(rows)
+                return
+            logger.exception("batch of %d rows failed", len(batch))
+            answers = [err] * len(batch)
+        for item, answer in zip(batch, answers, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(answer, BaseException):
+                item.future.set_exception(answer)
+            else:
+                item.future.set_result(answer)
+
+    async def _work(self) -> None:
         while True:
             items = await self._gather()
-            live = [item for item in items if not item.future.done()]  # abandoned rows cost nothing
-            for batch in self._batches(live):
+            for batch in self._batches(items):
+                batch = [item for item in batch if not item.future.done()]  # abandoned meanwhile: no forward
+                if not batch:
+                    continue
                 started = time.monotonic()
-                try:
-                    answers = await loop.run_in_executor(self.executor, self.run_batch, [p.row for p in batch])
-                except Exception as err:  # a failing batch fails its own rows only
-                    logger.exception("batch of %d rows failed", len(batch))
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(err)
-                else:
-                    for item, answer in zip(batch, answers, strict=True):
-                        if not item.future.done():
-                            item.future.set_result(answer)
+                await self._run(batch)
                 seconds = time.monotonic() - started
                 self.on_batch(BatchStats(len(batch), len(batch) * max(p.tokens for p in batch),
                                          sum(p.tokens for p in batch), seconds,

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mtpf.apps import AppError, check_app_backbone, read_app, saved_head
@@ -54,6 +55,8 @@ class Served:
     id2label: dict[int, str] = field(default_factory=dict)
     head: tuple[torch.Tensor, torch.Tensor] | None = None
     path: str = ""
+    removed: bool = False  # set when the app is unloaded: rows still queued for it are refused, never run
+    draining: bool = False  # being removed: no new requests, the queued ones are still answered
 
     def describe(self) -> dict:
         tasks = ["embeddings", *({"ner": ["ner"], "classification": ["classify"]}.get(self.kind, []))]
@@ -109,20 +112,33 @@ class Engine:
         try:
             config = LoraConfig.from_pretrained(app_dir)
             tensors = load_file(str(Path(app_dir) / "adapter_model.safetensors"))
-        except (OSError, ValueError, TypeError) as err:  # missing or broken adapter files: the client's input
+        except (OSError, ValueError, TypeError, SafetensorError) as err:  # missing, truncated or broken adapter files
             raise ServeError(f"{app_dir}: not a readable PEFT adapter ({type(err).__name__}: {err}).", 422) from err
         config.modules_to_save, config.inference_mode = None, True  # the head is applied per row group, below
         lora = {key: value for key, value in tensors.items() if "lora_" in key}
         head = saved_head(tensors)
-        if head is None:
-            raise ServeError(f"{app_dir}: the adapter has no saved head (classifier weight and bias).", 422)
+        labels = app_labels(app_dir, app, head)
         self._attach(name, use_fused_linear(config), lora)
-        labels = {int(i): label for i, label in app["id2label"].items()}
         served = Served(name, app["task"], name, labels, head, str(app_dir))
+        try:
+            self._dry_run(served)
+        except Exception as err:  # whatever a broken app would do to a batch, it does here, before it is served
+            self.model.delete_adapter(name)
+            self._active = None
+            raise ServeError(f"{app_dir}: the app fails on a test input ({type(err).__name__}: {err}).", 422) from err
         self.served[name] = served
         self._size_weight_cache()
         logger.info("serving app %s (%s, %d labels) from %s", name, app["task"], len(labels), app_dir)
         return served
+
+    def _dry_run(self, served: Served) -> None:
+        """One forward of a test sentence through the app's adapter and head, for every endpoint it answers."""
+        tasks = ["embeddings", {"ner": "ner", "classification": "classify"}[served.kind]]
+        text = "A short test sentence from Paris."
+        rows = [Row(served, text, task, len(self.counter(text)["input_ids"])) for task in tasks]
+        for answer in self.run(rows):
+            if isinstance(answer, BaseException):
+                raise answer
 
     def _attach(self, name: str, config: LoraConfig, lora: dict[str, torch.Tensor]) -> None:
         self._active = None  # adding (or failing to add) an adapter may change which one PEFT has active
@@ -145,6 +161,7 @@ class Engine:
             warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
             self.model.delete_adapter(name)
         self._active = None
+        served.removed = True
         del self.served[name]
         self._size_weight_cache()
 
@@ -164,8 +181,10 @@ class Engine:
 
     def lookup(self, name: str, task: str) -> Served:
         served = self.served.get(name)
-        if served is None:
+        if served is None or served.removed:
             raise ServeError(f"model {name!r} is not served; served: {sorted(self.served)}.", 404, param="model")
+        if served.draining:
+            raise ServeError(f"model {name!r} is being removed; it takes no new requests.", 409, param="model")
         needs = {"ner": "ner", "classify": "classification"}.get(task)
         if needs is not None and served.kind != needs:
             raise ServeError(f"model {name!r} is a {served.kind} model; it cannot answer /v1/{task}.", 400)
@@ -183,7 +202,15 @@ class Engine:
 
     @torch.inference_mode()
     def run(self, rows: list[Row]) -> list[object]:
-        """Answers for `rows`, in order, from one forward pass (rows of any mix of served names)."""
+        """Answers for `rows`, in order, from one forward pass (rows of any mix of served names).
+
+        A row of an app removed while it was queued gets a ServeError (409) as its answer instead of running.
+        """
+        gone = [row for row in rows if row.served.removed]
+        if gone:
+            live = [row for row in rows if not row.served.removed]
+            answers = iter(self.run(live) if live else [])
+            return [removed_error(row) if row.served.removed else next(answers) for row in rows]
         batch = self.tokenizer([row.text for row in rows], padding=True, truncation=True, max_length=self.max_tokens,
                                return_offsets_mapping=True, return_tensors="pt")  # fmt: skip
         offsets = batch.pop("offset_mapping")
@@ -235,6 +262,25 @@ class Engine:
                 words[-1] = (*words[-1][:3], end)
             previous = word
         return bio_entities(words, row.text)
+
+
+def removed_error(row: Row) -> ServeError:
+    return ServeError(f"model {row.served.name!r} was removed while this request was queued.", 409, param="model")
+
+
+def app_labels(app_dir: str, app: dict, head: tuple[torch.Tensor, torch.Tensor] | None) -> dict[int, str]:
+    """The app's labels, checked against its head: one label per head output, ids 0..n-1."""
+    if head is None:
+        raise ServeError(f"{app_dir}: the adapter has no saved head (classifier weight and bias).", 422)
+    try:
+        labels = {int(i): str(label) for i, label in app["id2label"].items()}
+    except (TypeError, ValueError) as err:
+        raise ServeError(f"{app_dir}: id2label keys must be label ids ({err}).", 422) from err
+    outputs = head[0].shape[0]
+    if sorted(labels) != list(range(outputs)):
+        raise ServeError(f"{app_dir}: the head has {outputs} outputs but id2label names ids {sorted(labels)}; "
+                         "each output needs exactly one label.", 422)  # fmt: skip
+    return labels
 
 
 def bio_entities(words: list[tuple[str, float, int, int]], text: str) -> list[dict]:

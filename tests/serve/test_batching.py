@@ -84,3 +84,28 @@ def test_loopback_hosts(host):
     from mtpf.serve.server import is_loopback
 
     assert is_loopback(host) and not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_a_failing_tenant_fails_only_its_own_rows():
+    """Rows of two tenants share a batch; the forward fails whenever tenant "bad" is in it: the batch is rerun tenant
+    by tenant, so the good tenant's rows are answered. An exception returned as one row's answer fails that row."""
+    batches: list[list[str]] = []
+
+    def forward(rows):
+        batches.append(list(rows))
+        if any(row.startswith("bad") for row in rows):
+            raise KeyError(1)
+        return [ValueError("just this row") if row == "good-odd" else row.upper() for row in rows]
+
+    async def scenario():
+        batcher = MicroBatcher(forward, max_wait_ms=30, tenant_of=lambda row: row.split("-")[0])
+        batcher.start()
+        futures = batcher.submit(["good-1", "bad-1", "good-2", "good-odd"], [1, 1, 1, 1])
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        await batcher.stop()
+        return answers
+
+    good1, bad, good2, odd = run(scenario())
+    assert (good1, good2) == ("GOOD-1", "GOOD-2")
+    assert isinstance(bad, KeyError) and isinstance(odd, ValueError)
+    assert len(batches) == 3 and sorted(map(len, batches)) == [1, 3, 4]  # the mix, then each tenant alone

@@ -233,6 +233,60 @@ def test_apps_load_and_unload_without_a_restart(server, tmp_path):
     assert sorted(names) == ["base", "emotion", "ner", "tagger", "tc"]
 
 
+def test_broken_apps_are_refused_when_added(server, tmp_path):
+    """A truncated adapter file, or fewer labels than the head has outputs, is a 422 at POST /v1/apps, not a 500
+    on every later request (and on the other apps sharing its batches)."""
+    import shutil
+
+    _, client, _, _, classifier = server
+    truncated = tmp_path / "truncated"
+    shutil.copytree(classifier, truncated)
+    weights = truncated / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    refused = client.post("/v1/apps", json={"name": "truncated", "path": str(truncated)})
+    assert refused.status_code == 422 and "not a readable PEFT adapter" in refused.text, refused.text
+    short = tmp_path / "short-labels"
+    shutil.copytree(classifier, short)
+    app = json.loads((short / "mtpf_app.json").read_text())
+    app["id2label"] = dict(list(app["id2label"].items())[:1])
+    (short / "mtpf_app.json").write_text(json.dumps(app))
+    refused = client.post("/v1/apps", json={"name": "short", "path": str(short)})
+    assert refused.status_code == 422 and "each output needs exactly one label" in refused.text, refused.text
+    names = {m["id"] for m in client.get("/v1/models").json()["data"]}
+    assert not names & {"truncated", "short"}
+
+
+def test_deleting_an_app_under_load_never_fails_another_model(server, tmp_path):
+    """Mixed load over three models while one app is deleted and a broken one is offered: every request of the
+    healthy models answers 200; the deleted app's requests are answered or refused by name (404/409), never 500."""
+    import shutil
+
+    _, client, _, _, classifier = server
+    victim = tmp_path / "victim"
+    shutil.copytree(classifier, victim)
+    assert client.post("/v1/apps", json={"name": "victim", "path": str(victim)}).status_code == 201
+    broken = tmp_path / "broken"
+    shutil.copytree(classifier, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+
+    def call(model: str, index: int) -> tuple[str, int]:
+        endpoint = {"victim": "/v1/classify", "tagger": "/v1/ner"}.get(model, "/v1/embeddings")
+        response = client.post(endpoint, json={"model": model, "input": [f"request {index} of {model}"] * 4})
+        return model, response.status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(call, model, i) for i in range(30) for model in ("victim", "tc", "tagger")]
+        time.sleep(0.2)
+        deleted = client.delete("/v1/apps/victim")
+        offered = client.post("/v1/apps", json={"name": "broken", "path": str(broken)})
+        answers = [future.result(timeout=120) for future in futures]
+    assert deleted.status_code == 200 and offered.status_code == 422
+    healthy = [status for model, status in answers if model != "victim"]
+    assert healthy == [200] * 60, answers
+    assert {status for model, status in answers if model == "victim"} <= {200, 404, 409}, answers
+    assert client.post("/v1/classify", json={"model": "victim", "input": "x"}).status_code == 404
+
+
 def test_a_client_that_leaves_frees_its_rows(server):
     running, client, _, _, _ = server
     with pytest.raises(httpx.TimeoutException):
