@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 def cli() -> None:
-    main(sys.argv[1:])
+    from mtpf.cli import run_reporting_user_errors
+
+    run_reporting_user_errors("train_mtpf", main, sys.argv[1:])
 
 
 if __name__ == "__main__":

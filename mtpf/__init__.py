@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from configuration_mtpf import MtpfConfig
 from modeling_mtpf import MtpfForSequenceClassification, MtpfForTokenClassification, MtpfModel
+from mtpf.errors import MtpfError
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ AutoModelForSequenceClassification.register(MtpfConfig, MtpfForSequenceClassific
 
 __all__ = [
     "MtpfConfig",
+    "MtpfError",
     "MtpfForSequenceClassification",
     "MtpfForTokenClassification",
     "MtpfModel",

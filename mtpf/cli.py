@@ -12,6 +12,7 @@ from transformers import HfArgumentParser
 
 from configuration_mtpf import DEFAULT_TASKS
 from mtpf.data.roots import CONLL_TEST, NER_DATA, TC_DATA
+from mtpf.errors import MtpfError
 
 
 @dataclass
@@ -373,7 +374,24 @@ def eval_cli() -> None:
     """Console script `mtpf-eval`."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mteb").setLevel(logging.WARNING)  # per-experiment chatter; our own log names each task
-    run_eval(sys.argv[1:])
+    run_reporting_user_errors("mtpf-eval", run_eval, sys.argv[1:])
+
+
+USER_ERRORS = (MtpfError, ValueError, OSError)  # a bad file, field, folder or value: the message says which
+
+
+def run_reporting_user_errors(name: str, command, argv: list[str]) -> None:
+    """Run a command; a user error is one line on stderr and exit status 2, its traceback only with `--debug`.
+    Anything else (a bug) keeps its traceback."""
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        command(argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"{name}: error: {err}  (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 COMMANDS = {
@@ -395,5 +413,5 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] not in COMMANDS:
-        raise SystemExit(f"usage: python -m mtpf {{{','.join(COMMANDS)}}} [--help]")
-    COMMANDS[argv[0]](argv[1:])
+        raise SystemExit(f"usage: python -m mtpf {{{','.join(COMMANDS)}}} [--help] [--debug]")
+    run_reporting_user_errors(f"mtpf {argv[0]}", COMMANDS[argv[0]], argv[1:])

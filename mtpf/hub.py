@@ -16,6 +16,7 @@ from statistics import stdev
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from mtpf.errors import MtpfError
 from mtpf.io import update_json
 from mtpf.release import ADAPTERS_DIR, BACKBONE_DIR, ReleaseError, release_hash, validate_release
 from mtpf.results import ResultRecord, averaged
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ADAPTER_PATTERN = "{repo_id}-{task}"
 
 
-class PublishError(RuntimeError):
+class PublishError(MtpfError, RuntimeError):
     """Publishing stopped; the message says which repos were already published."""
 
 

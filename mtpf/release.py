@@ -26,6 +26,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS, MtpfConfig
 from modeling_mtpf import MtpfModel
+from mtpf.errors import MtpfError
 from mtpf.io import atomic_directory, check_output_folder, file_digest, update_json
 from mtpf.sentence_embedding import read_sentence_embedding, write_sentence_transformers_files
 from mtpf.slots import attach_slots
@@ -43,7 +44,7 @@ BASE_MARKER = "mtpf_base.json"  # in each adapter folder: the digest of the back
 LOCAL_ADAPTER_BASE = f"../../{BACKBONE_DIR}"
 
 
-class ReleaseError(ValueError):
+class ReleaseError(MtpfError, ValueError):
     """A release folder that is incomplete, unreadable or inconsistent."""
 
 

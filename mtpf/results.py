@@ -24,11 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 
+from mtpf.errors import MtpfError
+
 SCHEMA = "mtpf-results/1"
 REQUIRED = ("model", "family", "dataset", "split", "metric", "value")
 
 
-class ResultsSchemaError(ValueError):
+class ResultsSchemaError(MtpfError, ValueError):
     """A results file this version cannot read; the message names the file and the entry."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from configuration_mtpf import POOLING_MODES, MtpfConfig
+from mtpf.errors import MtpfError
 from mtpf.io import atomic_write_text
 
 MODULES_FILE = "modules.json"
@@ -34,7 +35,7 @@ LEGACY_POOLING_KEYS = {
 }
 
 
-class SentenceEmbeddingError(ValueError):
+class SentenceEmbeddingError(MtpfError, ValueError):
     """Sentence-transformers files that mtpf cannot reproduce; the message names the file."""
 
 

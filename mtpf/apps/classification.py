@@ -26,6 +26,7 @@ from transformers import DataCollatorWithPadding, EvalPrediction
 
 from modeling_mtpf import MtpfForSequenceClassification
 from mtpf.data.splits import HUB_PREFIX, hub_dataset_name, hub_splits, with_dev
+from mtpf.errors import MtpfError
 from mtpf.io import read_json_lines, utf8_errors_named
 from mtpf.models import LoadedModel
 from mtpf.training.downstream import (
@@ -41,7 +42,7 @@ SLOT = "tc"  # the release slot that initialises it
 FILE_SPLITS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}  # file stems in a folder
 
 
-class ClassificationDataError(ValueError):
+class ClassificationDataError(MtpfError, ValueError):
     """Classification data that cannot be used; the message names the file and line, or the dataset."""
 
 

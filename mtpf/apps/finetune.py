@@ -32,6 +32,7 @@ from mtpf.apps.classification import (
     train_classifier,
 )
 from mtpf.data.roots import NER_DATA, TC_DATA
+from mtpf.errors import MtpfError
 from mtpf.evaluation.ner import DOWNSTREAM, NerProtocol, train_ner
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_spec
 from mtpf.io import atomic_directory, check_output_folder, update_json
@@ -47,7 +48,7 @@ PROTOCOLS: dict[str, type[AdapterProtocol]] = {"ner": NerProtocol, "classificati
 DATA_ROOTS = {"ner": NER_DATA, "classification": TC_DATA}
 
 
-class AppError(ValueError):
+class AppError(MtpfError, ValueError):
     """An app that cannot be built or loaded; the message names the file or the argument."""
 
 

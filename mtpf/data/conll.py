@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtpf.errors import MtpfError
+
 logger = logging.getLogger(__name__)
 DOC_MARKERS = ("-DOCSTART-", "###MEDLINE")
 
 
-class ConllFormatError(ValueError):
+class ConllFormatError(MtpfError, ValueError):
     """A malformed line in a column file; the message names the file and line."""
 
 

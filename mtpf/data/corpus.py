@@ -6,11 +6,13 @@ import os
 import re
 from pathlib import Path
 
+from mtpf.errors import MtpfError
+
 # Words keep inner hyphens/apostrophes/periods ("south-westerly", "U.S."); other punctuation is its own word.
 WORD_PATTERN = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
 
 
-class CorpusError(ValueError):
+class CorpusError(MtpfError, ValueError):
     """An unlabeled corpus that gives no words."""
 
 

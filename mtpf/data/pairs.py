@@ -12,13 +12,14 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from mtpf.errors import MtpfError
 from mtpf.io import read_json_lines, utf8_errors_named
 
 PAIR_COLUMNS = ("anchor", "positive")
 HUB_PREFIX = "hf://"
 
 
-class PairFileError(ValueError):
+class PairFileError(MtpfError, ValueError):
     """A pair source that cannot give (anchor, positive) rows; the message names file and line."""
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from mtpf.errors import MtpfError
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,7 +22,7 @@ def text_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-class DuplicateBatchError(ValueError):
+class DuplicateBatchError(MtpfError, ValueError):
     """No dataset can fill a batch of distinct texts."""
 
 

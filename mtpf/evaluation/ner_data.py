@@ -14,6 +14,7 @@ from pathlib import Path
 from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll, to_bio
 from mtpf.data.roots import NER_DATA
 from mtpf.data.splits import HUB_PREFIX, hub_dataset_name, hub_splits, with_dev
+from mtpf.errors import MtpfError
 
 logger = logging.getLogger(__name__)
 DEFAULT_DATA_ROOT = NER_DATA
@@ -73,7 +74,7 @@ PAPER_NER_DATASETS = {
 }
 
 
-class NerDataError(ValueError):
+class NerDataError(MtpfError, ValueError):
     """A dataset that cannot be read as BIO NER data."""
 
 

@@ -25,6 +25,7 @@ from mteb.models.model_meta import ModelMeta
 
 from modeling_mtpf import MtpfModel
 from mtpf.data.roots import TC_DATA
+from mtpf.errors import MtpfError
 from mtpf.io import read_json_lines
 from mtpf.models import LoadedModel
 from mtpf.results import ResultRecord
@@ -89,7 +90,7 @@ MTEB_SUBSAMPLE_ROWS = 2048
 MODEL_EMBEDDING = "model"
 
 
-class TcDataError(ValueError):
+class TcDataError(MtpfError, ValueError):
     """A local TC file that cannot be read; the message names the file and line."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtpf.errors import MtpfError
 from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ INT8_MIN_COSINE = 0.99
 FP32_MAX_ABS_DIFF = 1e-3
 
 
-class ExportError(ValueError):
+class ExportError(MtpfError, ValueError):
     """Something that cannot be exported; the message names the folder or the option."""
 
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import yaml
 
+from mtpf.errors import MtpfError
 from mtpf.training.args import yaml_to_argv
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-class RecipeError(ValueError):
+class RecipeError(MtpfError, ValueError):
     """A recipe file that cannot be run: the message names the file and the recipe."""
 
 

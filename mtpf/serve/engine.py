@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mtpf.apps import AppError, check_app_backbone, read_app, saved_head
+from mtpf.errors import MtpfError
 from mtpf.fused_lora import cached_weight_bytes, set_weight_cache, use_fused_linear
 from mtpf.models import load_model
 from mtpf.release import BACKBONE_DIR, backbone_digest
@@ -37,7 +38,7 @@ MERGED_WEIGHTS_MB = 256  # the default cache budget in MiB (a 2-layer MiniLM slo
 KINDS = ("embedding", "ner", "classification")
 
 
-class ServeError(ValueError):
+class ServeError(MtpfError, ValueError):
     """A request or an app that cannot be served; `status` is the HTTP status the server answers with."""
 
     def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None) -> None:
