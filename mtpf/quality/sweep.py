@@ -8,11 +8,15 @@
                          DONE.json  written last: scores and CPU seconds; a job with it is never run again
 
 A kill at any point costs at most the step in flight. CPU seconds are measured per step (the training subprocess's
-children time; the screen's own process time) and add up in DONE.json.
+children time; the screen's own process time) and add up in DONE.json. Several sweep processes may share one ROOT
+(e.g. one per seed on a machine with more cores): a job, and a training, is locked (`flock`) while one runs it; the
+others take the next free job and come back for the locked ones at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -21,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,20 @@ SCREEN_DESCRIPTION = (
 )
 
 
+@contextlib.contextmanager
+def locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (created) while the block runs; without `wait`, yield False at once if another
+    process holds it. The lock goes with the process, so a killed sweep leaves none behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def job_dir(root: Path, recipe: str, seed: int | None) -> Path:
     return root / ("base" if seed is None else f"{recipe}-s{seed}")
 
@@ -60,9 +79,14 @@ def cpu_of_children() -> float:
 def train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: list[str]) -> tuple[Path, float]:
     """The recipe's trained release at this seed (train_mtpf.py in a subprocess, resuming its checkpoints)."""
     release = folder / "release"
-    if (release / "backbone" / "config.json").is_file():
-        return release, 0.0
-    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".train.lock"):  # another sweep process may be training it: wait for its release
+        if (release / "backbone" / "config.json").is_file():
+            return release, 0.0
+        return _train(book, recipe, seed, folder, overrides)
+
+
+def _train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: list[str]) -> tuple[Path, float]:
+    release = folder / "release"
     command = [
         sys.executable, str(REPO_ROOT / "train_mtpf.py"), str(book.base_config), *recipe.train_argv(), *overrides,
         "--seed", str(seed), "--output_dir", str(folder / "train"), "--release_dir", str(release),
@@ -135,13 +159,24 @@ def scores_of(results: dict[str, Any], probes: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def run_job(book: RecipeBook, recipe: Recipe, seed: int | None, root: Path, overrides: list[str]) -> dict[str, Any]:
-    """One (recipe, seed) job to its DONE.json (the base when seed is None); a finished job is read, not rerun."""
+def run_job(
+    book: RecipeBook, recipe: Recipe, seed: int | None, root: Path, overrides: list[str], wait: bool = True
+) -> dict[str, Any] | None:
+    """One (recipe, seed) job to its DONE.json (the base when seed is None); a finished job is read, not rerun.
+    None when another process holds the job and `wait` is off."""
     folder = job_dir(root, recipe.name, seed)
-    done = folder / DONE
-    if done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
-    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".job.lock", wait) as mine:
+        if not mine:
+            return None
+        done = folder / DONE
+        if done.is_file():
+            return json.loads(done.read_text(encoding="utf-8"))
+        return _run_job(book, recipe, seed, folder, root, overrides)
+
+
+def _run_job(
+    book: RecipeBook, recipe: Recipe, seed: int | None, folder: Path, root: Path, overrides: list[str]
+) -> dict[str, Any]:
     cpu = {"train": 0.0, "screen": 0.0}
     if seed is None:
         model = book.base_model
@@ -156,7 +191,7 @@ def run_job(book: RecipeBook, recipe: Recipe, seed: int | None, root: Path, over
     cpu["screen"] = time.process_time() - start
     record = {"recipe": recipe.name, "seed": seed, "model": model, "levers": recipe.levers(), **scores,
               "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, "protocol": SCREEN_DESCRIPTION}  # fmt: skip
-    atomic_write_text(done, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(folder / DONE, json.dumps(record, indent=2) + "\n")
     logger.info("job %s done: tc %.2f, ner_full %.2f, ner_10 %.2f", folder.name, *(scores[k] for k in FAMILIES))
     return record
 
@@ -240,8 +275,12 @@ def run_sweep(
     if unknown:
         raise ValueError(f"Unknown recipes {unknown}; {book.path} has {sorted(book.recipes)}.")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    done = [run_job(book, Recipe("base"), None, root, overrides or [])]
-    for seed in seeds:
-        for name in names:
-            done.append(run_job(book, book.recipes[name], seed, root, overrides or []))
-    return done
+    jobs = [(Recipe("base"), None)] + [(book.recipes[name], seed) for seed in seeds for name in names]
+    results: dict[int, dict[str, Any]] = {}
+    for wait in (False, True):  # first every free job, then (waiting) those other processes held
+        for index, (recipe, seed) in enumerate(jobs):
+            if index not in results:
+                record = run_job(book, recipe, seed, root, overrides or [], wait=wait)
+                if record is not None:
+                    results[index] = record
+    return [results[index] for index in range(len(jobs))]

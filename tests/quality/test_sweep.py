@@ -81,3 +81,13 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, pseudo_label_cache, m
     sweep.write_summary(summary, tmp_path / "results", "test")
     assert json.loads((tmp_path / "results" / "summary.json").read_text())["recipes"][0]["name"] == "plain"
     assert "| plain-wise0.5 (shipped) |" in (tmp_path / "results" / "RESULTS.md").read_text()
+
+
+def test_a_job_another_process_holds_is_skipped_without_waiting(tmp_path, monkeypatch):
+    book = load_recipes(recipe_file(tmp_path, RECIPES))
+    monkeypatch.setattr(sweep, "screen", lambda model, folder, label: {"tc": 1.0, "ner_full": 2.0, "ner_10": 3.0})
+    root = tmp_path / "jobs"
+    with sweep.locked(root / "base" / ".job.lock"):  # as another sweep process would hold it
+        assert sweep.run_job(book, sweep.Recipe("base"), None, root, [], wait=False) is None
+        assert not (root / "base" / "DONE.json").exists()
+    assert sweep.run_job(book, sweep.Recipe("base"), None, root, [], wait=False)["tc"] == 1.0
