@@ -2,7 +2,7 @@
 
 python examples/app_pipeline.py RELEASE/backbone APP ["Sentence one." ...] [--output predictions.json]
 
-An NER app gives entities (`pipeline("token-classification", aggregation_strategy="simple")`), a classification
+An NER app gives entities (`pipeline("token-classification", aggregation_strategy="first")`), a classification
 app gives its label and score (`pipeline("text-classification")`); the task is read from `APP/mtpf_app.json`.
 """
 
@@ -22,7 +22,7 @@ from transformers import (
 
 TEXTS = ["John Smith moved to Paris in 2019 to work for the United Nations."]
 HEADS = {  # the app's task -> (head class, pipeline task, pipeline options)
-    "ner": (AutoModelForTokenClassification, "token-classification", {"aggregation_strategy": "simple"}),
+    "ner": (AutoModelForTokenClassification, "token-classification", {"aggregation_strategy": "first"}),
     "classification": (AutoModelForSequenceClassification, "text-classification", {}),
 }
 

@@ -17,7 +17,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from mtpf.errors import MtpfError
-from mtpf.io import update_json
+from mtpf.io import MANIFEST, update_json
 from mtpf.release import ADAPTERS_DIR, BACKBONE_DIR, ReleaseError, release_hash, validate_release
 from mtpf.results import ResultRecord, averaged
 from mtpf.tasks import result_families
@@ -135,6 +135,7 @@ def publish(staged: list[StagedRepo], api: HfApi, private: bool = False, revisio
                 repo_id=repo.repo_id,
                 folder_path=str(repo.folder),
                 revision=revision,
+                ignore_patterns=[MANIFEST],  # mtpf's own bookkeeping, not part of the model
                 commit_message="mtpf: upload backbone"
                 if repo.kind == "backbone"
                 else f"mtpf: upload {repo.kind} adapter",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+MANIFEST = ".mtpf-manifest.json"  # in every folder `atomic_directory` writes: the files mtpf put there
 
 
 @contextlib.contextmanager
@@ -30,11 +31,30 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     staging.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the result should look like any new folder
     try:
         yield staging
+        write_manifest(staging)
         give_default_modes(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_directory(staging, target)
+
+
+def files_below(folder: Path) -> list[str]:
+    """Every file below `folder`, as sorted relative POSIX paths (the manifest itself left out)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path) -> None:
+    (folder / MANIFEST).write_text(json.dumps({"files": files_below(folder)}, indent=1) + "\n", encoding="utf-8")
+
+
+def foreign_files(folder: Path) -> list[str] | None:
+    """Files in a folder mtpf wrote that its manifest does not list (someone else's); None without a manifest."""
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [name for name in files_below(folder) if name not in listed]
 
 
 def give_default_modes(folder: Path) -> None:
@@ -67,6 +87,13 @@ def check_output_folder(
         )
     if not overwrite:
         raise error(f"{output}: {kind} is already there; pass --overwrite to replace it.")
+    foreign = foreign_files(output)
+    if foreign is None:
+        raise error(f"{output}: {kind} without mtpf's list of the files it wrote ({MANIFEST}), so --overwrite cannot "
+                    "tell your files from mtpf's; delete it yourself or choose another folder.")  # fmt: skip
+    if foreign:
+        raise error(f"{output}: holds files mtpf did not write ({foreign[:5]}); --overwrite would delete them. "
+                    "Move them away or choose another folder.")  # fmt: skip
     return output
 
 

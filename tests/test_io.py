@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,25 @@ def test_non_utf8_bytes_are_named_by_line(tmp_path):
     path.write_bytes(b"anchor\tpositive\nfine\ttext\n\xff\xfe\x00garbage\tx\n")
     with pytest.raises(ValueError, match=r"pairs\.tsv:3: not UTF-8 text"), utf8_errors_named(path, ValueError):
         path.read_text(encoding="utf-8")
+
+
+def test_overwrite_replaces_only_what_mtpf_wrote(tmp_path):
+    """`--overwrite` of an app, export or release: mtpf's own files go, a folder holding anything else is refused
+    (before any work) and the user's file survives; a folder without mtpf's manifest is never guessed at."""
+    from mtpf.io import MANIFEST, atomic_directory, check_output_folder
+
+    target = tmp_path / "app"
+    with atomic_directory(target) as staging:
+        (staging / "mtpf_app.json").write_text("{}")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "weights.bin").write_text("w")
+    assert json.loads((target / MANIFEST).read_text())["files"] == ["mtpf_app.json", "sub/weights.bin"]
+    assert check_output_folder(target, True, "mtpf_app.json", "an app") == target  # only mtpf's files: replaceable
+    (target / "my-notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files mtpf did not write \(\['my-notes.txt'\]\)"):
+        check_output_folder(target, True, "mtpf_app.json", "an app")
+    assert (target / "my-notes.txt").read_text() == "mine"
+    (target / "my-notes.txt").unlink()
+    (target / MANIFEST).unlink()  # written by an older mtpf, or by hand
+    with pytest.raises(ValueError, match="cannot tell your files from mtpf's"):
+        check_output_folder(target, True, "mtpf_app.json", "an app")

@@ -187,7 +187,7 @@ def app_card(app: dict) -> ModelCard:
     data = ModelCardData(library_name="peft", pipeline_tag=pipeline_tag, tags=["mtpf", app["task"], "lora"])
     labels = ", ".join(sorted({label.split("-", 1)[-1] for label in app["id2label"].values() if label != "O"}))
     table = "\n".join(f"| {split} | {metric} | {scores[key]:.2f} |" for split, metric, key in rows)
-    options = ', aggregation_strategy="simple"' if app["task"] == "ner" else ""
+    options = ', aggregation_strategy="first"' if app["task"] == "ner" else ""
     return ModelCard(
         f"""---
 {data.to_yaml()}

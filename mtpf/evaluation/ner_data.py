@@ -149,8 +149,15 @@ def label_set(sentences: list[TaggedSentence]) -> list[str]:
 
 
 def check_label_sets(splits: dict[str, list[TaggedSentence]], where: str) -> list[str]:
-    """The training label set; a dev/test entity type never seen in train is an error naming file and line."""
+    """The training label set; a training set without any entity, or a dev/test entity type never seen in train, is an
+    error naming the file (and line)."""
     labels = set(label_set(splits["train"]))
+    if labels == {"O"}:
+        sources = sorted({str(sentence.source) for sentence in splits["train"]}) or ["(empty)"]
+        raise NerDataError(
+            f"{', '.join(sources[:3])}: the training set of {where} has no entity at all (every tag is O); a tagger "
+            "trained on it could only answer O. Check the tag column and the data."
+        )
     for split in ("dev", "test"):
         for sentence in splits.get(split, []):
             unknown = sorted(set(sentence.tags) - labels)

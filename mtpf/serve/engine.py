@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 BASE = "base"
 MERGED_WEIGHTS_MB = 256  # the default cache budget in MiB (a 2-layer MiniLM slot costs 11.25)
 KINDS = ("embedding", "ner", "classification")
+APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # PEFT's own names (`__base__`) cannot be taken
 
 
 class ServeError(MtpfError, ValueError):
@@ -101,8 +103,9 @@ class Engine:
 
     def add_app(self, name: str, app_dir: str) -> Served:
         """Load an app (from `mtpf finetune`) as adapter `name`; it must be made for this very backbone."""
-        if not name or not name.replace("-", "").replace("_", "").isalnum():
-            raise ServeError(f"app name {name!r}: use letters, digits, '-' and '_'.", 422)
+        if not APP_NAME.fullmatch(name or ""):
+            raise ServeError(f"app name {name!r}: start with a letter or digit, then letters, digits, '-' and '_' "
+                             "(names starting with '_' are the server's own).", 422, param="name")  # fmt: skip
         if name in self.served:
             raise ServeError(f"{name!r} is already served; remove it first (DELETE /v1/apps/{name}).", 409)
         try:
@@ -286,7 +289,8 @@ def app_labels(app_dir: str, app: dict, head: tuple[torch.Tensor, torch.Tensor] 
 
 def bio_entities(words: list[tuple[str, float, int, int]], text: str) -> list[dict]:
     """Group tagged words into entities: a B- starts one, an I- of the same type right after continues it (an I-
-    after anything else starts one, as transformers' `simple` aggregation does); the score is the words' mean."""
+    after anything else starts one); each word is tagged by its first sub-token, so the entities equal transformers'
+    token-classification pipeline with `aggregation_strategy="first"`; the score is the words' mean."""
     entities: list[dict] = []
     current: dict | None = None
     for tag, score, start, end in words:

@@ -90,3 +90,15 @@ def test_datasets_library_ner_data_with_classlabel_tags(tmp_path):
     assert splits["test"][19].tags == ["B-PER", "I-PER", "O"]  # I- after O repaired to B- (and logged)
     with pytest.raises(NerDataError, match="cannot load the dataset"):
         load_hub_ner_data("hf://no-such-org/no-such-dataset")
+
+
+def test_a_training_set_without_entities_is_refused_naming_the_file(tmp_path):
+    from mtpf.evaluation.ner_data import NerDataError, check_label_sets, load_ner_spec
+
+    folder = tmp_path / "all-o"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.txt").write_text("Alan O\nTuring O\n\nworked O\n")
+    name, splits = load_ner_spec(str(folder))
+    with pytest.raises(NerDataError, match=r"all-o/train\.txt: the training set of all-o has no entity at all"):
+        check_label_sets(splits, name)

@@ -121,6 +121,14 @@ def test_classify_and_ner_equal_the_in_process_apps(server):
     assert served == expected
     for entity in entities:
         assert sentence[entity["start"] : entity["end"]] == entity["word"]
+    from transformers import pipeline
+
+    from examples.app_pipeline import HEADS
+
+    _, pipeline_task, options = HEADS["ner"]  # the example's pipeline: aggregation_strategy="first"
+    tagger = pipeline(pipeline_task, model=model, tokenizer=tokenizer, **options)
+    expected = [(e["entity_group"], e["start"], e["end"]) for e in tagger(sentence)]
+    assert [(e["entity_group"], e["start"], e["end"]) for e in entities] == expected
 
 
 def test_concurrent_requests_of_three_models_share_batches_and_equal_single_answers(server):
