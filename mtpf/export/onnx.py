@@ -75,10 +75,14 @@ def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sent
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from mtpf.apps import read_app
+    from mtpf.apps import check_app_backbone, read_app
+    from mtpf.release import backbone_digest
 
     app = read_app(app_dir)
     backbone = backbone or app["backbone"]
+    if not (Path(backbone) / "model.safetensors").is_file():
+        raise ExportError(f"--backbone {backbone}: not a release backbone folder (no model.safetensors).")
+    check_app_backbone(app_dir, backbone_digest(Path(backbone)), backbone)  # before any weight is loaded
     labels = {int(i): label for i, label in app["id2label"].items()}
     model = app_head_class(app["task"]).from_pretrained(
         backbone, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}

@@ -70,3 +70,21 @@ def test_classifier_app_exports_its_class_logits(classifier_app, tmp_path):
                                                               return_tensors="np")  # fmt: skip
     (logits,) = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
     assert logits.shape == (2, len(report["id2label"]))
+
+
+def test_an_app_is_exported_only_on_the_backbone_it_was_trained_on(app, tmp_path):
+    """`--backbone OTHER` of the same shape would export, and call "accepted", weights the app was never trained on."""
+    import shutil
+
+    from mtpf.apps import AppError
+    from mtpf.export import exportable_app
+
+    release, app_dir = app
+    twin = tmp_path / "twin"
+    shutil.copytree(release / "backbone", twin)
+    weights = twin / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # same shapes, another digest
+    with pytest.raises(AppError, match="trained on another backbone"):
+        exportable_app(app_dir, str(twin))
+    with pytest.raises(ExportError, match="not a release backbone folder"):
+        exportable_app(app_dir, str(tmp_path))
