@@ -46,6 +46,7 @@ setup(
             "httpx>=0.27",
             "openai>=1.0",
             "langchain-openai>=0.2",
+            "schemathesis>=4.0",
         ],
     },
     entry_points={

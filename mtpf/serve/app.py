@@ -23,6 +23,7 @@ from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -48,25 +49,69 @@ class ServeOptions:
     drain_seconds: float = 30.0  # how long removing an app waits for its queued requests to be answered
 
 
+NonBlank = Annotated[str, Field(pattern=r"\S")]  # a text with something to read (JSON Schema: a search)
+
+
 class TextsRequest(BaseModel):
-    model: str = Field(description="A served name: base, a slot (tc, ner) or an app.")
-    input: str | list[str] = Field(description="One text or a list of texts.")
+    model: str = Field(min_length=1, examples=["base"], description="A served name: base, a slot (tc, ner) or an app.")
+    input: NonBlank | list[NonBlank] = Field(examples=["Where is my card?"], description="One text or a list of texts.")
 
 
-class EmbeddingsRequest(BaseModel):
-    model: str = Field(description="A served name: base, a slot (tc, ner) or an app.")
-    # token ids are accepted by the schema (the OpenAI API allows them) so that they get a clear error, not a bare 422
-    input: str | list[str] | list[int] | list[list[int]] = Field(description="One text or a list of texts.")
-    encoding_format: str = Field(
+class EmbeddingsRequest(TextsRequest):
+    encoding_format: Literal["float", "base64"] = Field(
         default="float", description="'float' (lists of numbers) or 'base64' (little-endian float32, as OpenAI sends)."
     )
-    dimensions: int | None = Field(default=None, description="Must equal the model's dimension (no truncation).")
+    dimensions: int | None = Field(default=None, ge=1, description="Must equal the model's dimension (no truncation).")
     user: str | None = Field(default=None, description="Accepted and ignored, as OpenAI's clients may send it.")
 
 
+def request_models(dimension: int, max_inputs: int) -> tuple[type[TextsRequest], type[EmbeddingsRequest]]:
+    """The request bodies of this server as its schema states them: at most `max_inputs` texts, and `dimensions`
+    only the model's own (token-id inputs, which OpenAI allows, are refused by name in `install_error_handlers`)."""
+    texts = Annotated[list[NonBlank], Field(min_length=1, max_length=max_inputs)]
+
+    class Texts(TextsRequest):
+        input: NonBlank | texts = Field(examples=["Where is my card?"], description="One text or a list of texts.")
+
+    class Embeddings(EmbeddingsRequest):
+        input: NonBlank | texts = Field(examples=["Where is my card?"], description="One text or a list of texts.")
+        dimensions: int | None = Field(
+            default=None, ge=dimension, le=dimension,
+            description=f"Only {dimension} (the model's own; truncation is not supported) or left out.",
+        )  # fmt: skip
+
+    Texts.__name__, Embeddings.__name__ = "TextsRequest", "EmbeddingsRequest"
+    return Texts, Embeddings
+
+
 class AppRequest(BaseModel):
-    name: str
-    path: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="The name requests will use.")
+    path: str = Field(min_length=1, description="An app folder written by `mtpf finetune`, on the server.")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, which its clients read into their exceptions."""
+
+    error: ErrorDetail
+
+
+def errors(*statuses: int) -> dict:
+    """The error answers a route can give, declared in the OpenAPI schema (the contract clients and tests check)."""
+    reasons = {400: "Bad input", 401: "Missing or wrong API key", 404: "Not served or not found",
+               409: "Conflicts with what is served", 413: "Body too large", 422: "Invalid request",
+               500: "A forward failed (this request only)"}  # fmt: skip
+    return {status: {"model": ErrorResponse, "description": reasons[status]} for status in statuses}
+
+
+COMMON_ERRORS = (400, 401, 413, 422)  # bad bodies, the key, the size guard, request validation
+TEXT_ERRORS = errors(*COMMON_ERRORS, 404, 409, 500)
 
 
 class Metrics:
@@ -165,7 +210,9 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         await batcher.stop()  # uvicorn has stopped accepting; queued rows are finished first
         tokenizing.shutdown(wait=True)
 
-    app = FastAPI(title="mtpf serve", lifespan=lifespan)
+    protected = options.api_key is not None  # then the schema and its docs page need the key as well
+    schema_url, docs_url = (None, None) if protected else ("/openapi.json", "/docs")
+    app = FastAPI(title="mtpf serve", lifespan=lifespan, redoc_url=None, openapi_url=schema_url, docs_url=docs_url)
     app.add_middleware(BodyGuard, limit=options.max_body_bytes)
     app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
 
@@ -176,7 +223,9 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         if not hmac.compare_digest(given.encode(), options.api_key.encode()):
             raise ServeError("missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key').", 401)
 
-    install_error_handlers(app)
+    install_error_handlers(app, options.max_inputs)
+    if protected:
+        add_protected_docs(app, authorised)
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, err: ServeError) -> JSONResponse:
@@ -206,42 +255,47 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         metrics.requests.labels(body.model, endpoint, "200").inc()
         return results, sum(tokens)
 
-    @app.post("/v1/embeddings", dependencies=[Depends(authorised)])
     async def embeddings(body: EmbeddingsRequest, request: Request):
-        check_embeddings_request(body, engine.embedding_dimension)
+        engine.lookup(body.model, "embeddings")
         vectors, tokens = await answer(request, "embeddings", body)
         data = [{"object": "embedding", "index": i, "embedding": encode_vector(vector, body.encoding_format)}
                 for i, vector in enumerate(vectors)]  # fmt: skip
         return {"object": "list", "model": body.model, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
-    @app.post("/v1/ner", dependencies=[Depends(authorised)])
     async def ner(body: TextsRequest, request: Request):
         entities, _ = await answer(request, "ner", body)
         return {"model": body.model, "data": [{"index": i, "entities": e} for i, e in enumerate(entities)]}
 
-    @app.post("/v1/classify", dependencies=[Depends(authorised)])
     async def classify(body: TextsRequest, request: Request):
         labels, _ = await answer(request, "classify", body)
         return {"model": body.model, "data": [{"index": i, **label} for i, label in enumerate(labels)]}
 
-    @app.get("/v1/models", dependencies=[Depends(authorised)])
+    # the schema states this server's limits, so clients (and schemathesis) know what a valid request is
+    texts_request, embeddings_request = request_models(engine.embedding_dimension, options.max_inputs)
+    for path, route, body_type in (("/v1/embeddings", embeddings, embeddings_request), ("/v1/ner", ner, texts_request),
+                                   ("/v1/classify", classify, texts_request)):  # fmt: skip
+        route.__annotations__["body"] = body_type
+        app.post(path, dependencies=[Depends(authorised)], responses=TEXT_ERRORS)(route)
+
+    @app.get("/v1/models", dependencies=[Depends(authorised)], responses=errors(*COMMON_ERRORS))
     async def models():
         return {"object": "list", "data": [served.describe() for served in engine.served.values()]}
 
-    @app.get("/v1/models/{name}", dependencies=[Depends(authorised)])
+    @app.get("/v1/models/{name}", dependencies=[Depends(authorised)], responses=errors(*COMMON_ERRORS, 404))
     async def model(name: str):
         served = engine.served.get(name)
         if served is None:
             raise ServeError(f"model {name!r} is not served; served: {sorted(engine.served)}.", 404, param="model")
         return served.describe()
 
-    @app.post("/v1/apps", dependencies=[Depends(authorised)], status_code=201)
+    @app.post("/v1/apps", dependencies=[Depends(authorised)], status_code=201,
+              responses=errors(*COMMON_ERRORS, 404, 409))  # fmt: skip
     async def add_app(body: AppRequest):
         served = await batcher.call(engine.add_app, body.name, body.path)  # between batches, on the forward thread
         return served.describe()
 
-    @app.delete("/v1/apps/{name}", dependencies=[Depends(authorised)])
+    @app.delete("/v1/apps/{name}", dependencies=[Depends(authorised)], responses=errors(*COMMON_ERRORS, 404, 409))
     async def remove_app(name: str):
         """Stop taking requests for the app, answer the ones already queued (up to drain_seconds), then unload it."""
         served = engine.served.get(name)
@@ -257,31 +311,17 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
                 served.draining = False
         return {"deleted": name}
 
-    @app.get("/health")
+    @app.get("/health", responses=errors(400, 413))
     async def health():
         return {"status": "ok", "models": len(engine.served)}
 
-    @app.get("/metrics", dependencies=[Depends(authorised)])
+    @app.get("/metrics", dependencies=[Depends(authorised)], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text"}, **errors(*COMMON_ERRORS)})  # fmt: skip
     async def prometheus():
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def check_embeddings_request(body: EmbeddingsRequest, dimension: int) -> None:
-    """What the OpenAI API allows but this server cannot do well is refused by name, never silently ignored."""
-    if body.encoding_format not in ("float", "base64"):
-        raise ServeError(f"encoding_format {body.encoding_format!r}: use 'float' or 'base64'.", 400,
-                         param="encoding_format")  # fmt: skip
-    if body.dimensions is not None and body.dimensions != dimension:
-        raise ServeError(f"dimensions {body.dimensions}: model {body.model!r} returns {dimension}-dimensional "
-                         "embeddings and does not support truncating them; leave dimensions out.", 400,
-                         param="dimensions")  # fmt: skip
-    items = body.input if isinstance(body.input, list) else [body.input]
-    if any(not isinstance(item, str) for item in items):
-        raise ServeError("input holds token ids; this server embeds text only (its own tokenizer reads it). Send "
-                         "strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).", 400,
-                         param="input")  # fmt: skip
 
 
 def check_texts(texts: list[str], max_inputs: int) -> None:
@@ -312,7 +352,7 @@ class ClientGone(Exception):
     """The client closed the connection; there is nobody to answer."""
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, max_inputs: int = 256) -> None:
     """A client that left gets no response; a failed forward is a 500 naming the failure; a request the schema
     rejects, or a route that does not exist, gets OpenAI's error shape like every other error."""
 
@@ -321,6 +361,23 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = err.errors()
         first = problems[0] if problems else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        if where.startswith("input"):  # the server's own words for what is wrong with the texts
+            given = err.body.get("input") if isinstance(err.body, dict) else None
+            if isinstance(given, list) and given and all(isinstance(x, int | list) for x in given):
+                message = ("input holds token ids; this server embeds text only (its own tokenizer reads it). Send "
+                           "strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).")  # fmt: skip
+                return JSONResponse(_error(message, "invalid_request_error", "input", "invalid_value"), 400)
+            texts = [given] if isinstance(given, str) else given
+            if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
+                try:
+                    check_texts(texts, max_inputs)
+                except ServeError as problem:
+                    return JSONResponse(_error(str(problem), "invalid_request_error", "input", "invalid_value"), 422)
+        if where == "dimensions":  # OpenAI's clients pass it through; say plainly what this server does
+            dimension = first.get("ctx", {}).get("ge", first.get("ctx", {}).get("le"))
+            message = (f"dimensions {first.get('input')}: this server returns {dimension}-dimensional embeddings and "
+                       "does not support truncating them; leave dimensions out.")  # fmt: skip
+            return JSONResponse(_error(message, "invalid_request_error", "dimensions", "invalid_value"), 400)
         message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
                             for e in problems[:3]) or "invalid request"  # fmt: skip
         return JSONResponse(_error(message, "invalid_request_error", where or None, "invalid_value"), 422)
@@ -328,7 +385,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if err.status_code < 500 else "server_error"
-        return JSONResponse(_error(str(err.detail), kind, code=ERROR_CODES.get(err.status_code)), err.status_code)
+        body = _error(str(err.detail), kind, code=ERROR_CODES.get(err.status_code))
+        return JSONResponse(body, err.status_code, headers=err.headers)  # a 405 keeps its Allow header
+
+
+def add_protected_docs(app: FastAPI, authorised) -> None:
+    """/openapi.json and /docs behind the same API key as the API itself."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(authorised)])
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="mtpf serve")
 
     @app.exception_handler(ClientGone)
     async def gone(request: Request, err: ClientGone) -> Response:

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 BASE = "base"
 MERGED_WEIGHTS_MB = 256  # the default cache budget in MiB (a 2-layer MiniLM slot costs 11.25)
 KINDS = ("embedding", "ner", "classification")
+KIND_NAMES = {"embedding": "an embedding model", "ner": "a NER app", "classification": "a classification app"}
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # PEFT's own names (`__base__`) cannot be taken
 
 
@@ -108,6 +109,9 @@ class Engine:
                              "(names starting with '_' are the server's own).", 422, param="name")  # fmt: skip
         if name in self.served:
             raise ServeError(f"{name!r} is already served; remove it first (DELETE /v1/apps/{name}).", 409)
+        if not Path(app_dir).is_dir():
+            raise ServeError(f"app folder {app_dir!r} not found (a folder written by `mtpf finetune`).", 404,
+                             param="path")  # fmt: skip
         try:
             app = read_app(app_dir)
             check_app_backbone(app_dir, self.digest, self.backbone_dir)
@@ -191,7 +195,9 @@ class Engine:
             raise ServeError(f"model {name!r} is being removed; it takes no new requests.", 409, param="model")
         needs = {"ner": "ner", "classify": "classification"}.get(task)
         if needs is not None and served.kind != needs:
-            raise ServeError(f"model {name!r} is a {served.kind} model; it cannot answer /v1/{task}.", 400)
+            serves = ", ".join(f"/v1/{endpoint}" for endpoint in served.describe()["endpoints"])
+            raise ServeError(f"model {name!r} is {KIND_NAMES[served.kind]}; it cannot answer /v1/{task} (it answers "
+                             f"{serves}).", 404, param="model", code="model_not_found")  # fmt: skip
         return served
 
     @property
