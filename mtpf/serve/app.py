@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtpf.serve.batching import BatchStats, MicroBatcher
 from mtpf.serve.engine import Engine, Row, ServeError
+from mtpf.serve.registry import AppRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +196,9 @@ def encode_vector(vector: list[float], encoding_format: str) -> list[float] | st
     return vector
 
 
-def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
+def create_app(engine: Engine, options: ServeOptions | None = None, registry: AppRegistry | None = None) -> FastAPI:
     options = options or ServeOptions()
+    registry = registry or AppRegistry(None)
     metrics = Metrics()
     batcher = MicroBatcher(engine.run, options.max_batch_tokens, options.max_wait_ms, metrics.batch,
                            tenant_of=lambda row: row.served.name)  # fmt: skip
@@ -293,6 +295,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
               responses=errors(*COMMON_ERRORS, 404, 409))  # fmt: skip
     async def add_app(body: AppRequest):
         served = await batcher.call(engine.add_app, body.name, body.path)  # between batches, on the forward thread
+        registry.save(engine.app_folders())  # before the answer: an acknowledged app survives a crash
         return served.describe()
 
     @app.delete("/v1/apps/{name}", dependencies=[Depends(authorised)], responses=errors(*COMMON_ERRORS, 404, 409))
@@ -309,6 +312,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
         finally:
             if served is not None:
                 served.draining = False
+        registry.save(engine.app_folders())
         return {"deleted": name}
 
     @app.get("/health", responses=errors(400, 413))

@@ -173,6 +173,10 @@ class Engine:
         del self.served[name]
         self._size_weight_cache()
 
+    def app_folders(self) -> dict[str, str]:
+        """{app name: folder} of every served app (the release's slots and base left out)."""
+        return {name: served.path for name, served in self.served.items() if served.kind != "embedding"}
+
     def _size_weight_cache(self) -> None:
         """Let every fused layer cache as many adapters' merged weights as the budget holds (each costs at most the
         adapted linears' base weights); beyond that the least recently used is formed again when next used."""
@@ -237,12 +241,16 @@ class Engine:
         return answers
 
     def _forward(self, batch, adapters: list[str]):
-        """One app's rows with its adapter active (set only when it changes); a mix, or the base, per row."""
+        """One app's rows with its adapter active (set only when it changes), the base's with adapters off; a mix of
+        adapters per row."""
         if not isinstance(self.model, PeftModel):
             return self.model(**batch)
         only = adapters[0]
-        if only == "__base__" or any(adapter != only for adapter in adapters):
+        if any(adapter != only for adapter in adapters):
             return self.model(**batch, adapter_names=adapters)
+        if only == "__base__":  # the backbone alone: every LoRA layer runs its base linear, no per-row gather
+            with self.model.disable_adapter():
+                return self.model(**batch)
         if self._active != only:
             self.model.set_adapter(only)
             self._active = only

@@ -11,6 +11,7 @@ import torch
 
 from mtpf.serve.app import ServeOptions, create_app
 from mtpf.serve.engine import MERGED_WEIGHTS_MB, Engine, ServeError
+from mtpf.serve.registry import AppRegistry, default_state_file
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ class ServeArguments:
     api_key: str | None = field(
         default=None, metadata={"help": "Required header value (default: $MTPF_API_KEY); needed beyond loopback."}
     )
+    apps_state: str | None = field(
+        default=None,
+        metadata={"help": "File that keeps the served apps across restarts (default: .RELEASE.serve-apps.json beside "
+                  "the release; 'none': apps added over HTTP live only in memory)."},
+    )  # fmt: skip
 
 
 def is_loopback(host: str) -> bool:
@@ -63,9 +69,25 @@ def build(args: ServeArguments):
             engine.add_app(name, path)
         except ServeError as err:
             raise SystemExit(f"--app {spec}: {err}") from err
+    registry = AppRegistry(None if args.apps_state == "none" else args.apps_state or default_state_file(args.release))
+    restore_apps(engine, registry)
     options = ServeOptions(args.max_batch_tokens, args.max_wait_ms, args.max_inputs, args.max_body_bytes, api_key)
     logger.info("serving %s with %d torch threads", sorted(engine.served), torch.get_num_threads())
-    return create_app(engine, options)
+    return create_app(engine, options, registry)
+
+
+def restore_apps(engine: Engine, registry: AppRegistry) -> None:
+    """Serve again the apps of the last run (those the command line did not name); one that cannot be loaded any
+    more (its folder moved) is reported and left out, the others still come back."""
+    for name, path in registry.load().items():
+        if name in engine.served:
+            continue
+        try:
+            engine.add_app(name, path)
+            logger.info("restored app %s from %s", name, registry.path)
+        except ServeError as err:
+            logger.warning("app %s of %s not restored: %s", name, registry.path, err)
+    registry.save(engine.app_folders())
 
 
 def serve(args: ServeArguments) -> None:

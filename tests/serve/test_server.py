@@ -38,7 +38,10 @@ class Server:
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)
         self.log = log
-        command = [sys.executable, "-m", "mtpf", "serve", str(release), "--port", str(self.port), *args]
+        if "--apps_state" not in args:  # each test server keeps its own apps, not the release's shared file
+            args = (*args, "--apps_state", str(log.with_suffix(".apps.json")))
+        self.command = [sys.executable, "-m", "mtpf", "serve", str(release), "--port", str(self.port), *args]
+        command = self.command
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -54,6 +57,11 @@ class Server:
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind."""
+        self.process.kill()
+        self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +344,32 @@ def test_graceful_shutdown_answers_every_accepted_request(app, tmp_path):
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is the signal's
     assert statuses == [200] * 6 and code in (0, -signal.SIGTERM), running.log.read_text()[-2000:]
     assert "Application shutdown complete" in running.log.read_text()
+
+
+def test_apps_added_over_http_survive_kill_9_and_a_restart(app, classifier_app, tmp_path):
+    release, _ = app
+    _, classifier = classifier_app
+    state = tmp_path / "apps.json"
+    first = Server(release, "--apps_state", str(state), log=tmp_path / "first.log")
+    try:
+        added = httpx.post(f"{first.url}/v1/apps", json={"name": "mood", "path": str(classifier)}, timeout=60)
+        assert added.status_code == 201
+    finally:
+        first.kill()  # right after the 201: nothing else had a chance to run
+    assert json.loads(state.read_text())["apps"] == {"mood": str(classifier)}
+    second = Server(release, "--apps_state", str(state), log=tmp_path / "second.log")
+    try:
+        answer = httpx.post(f"{second.url}/v1/classify", json={"model": "mood", "input": "i am so happy"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["data"][0]["label"]
+        assert httpx.delete(f"{second.url}/v1/apps/mood", timeout=60).status_code == 200
+    finally:
+        second.stop()
+    assert json.loads(state.read_text())["apps"] == {}
+    state.write_text('{"apps": {"gone": "/nonexistent/app"}}')  # an app folder removed since: left out, logged
+    third = Server(release, "--apps_state", str(state), log=tmp_path / "third.log")
+    try:
+        names = {m["id"] for m in httpx.get(f"{third.url}/v1/models", timeout=60).json()["data"]}
+        assert "gone" not in names and "base" in names
+    finally:
+        third.stop()
+    assert "app gone of" in (tmp_path / "third.log").read_text()
