@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from mtpf.export import ExportError, export, exportable_slot
 from mtpf.export.onnx import INT8_MAX_F1_DROP, INT8_MIN_COSINE
-from tests.conftest import SHARED_DIR, run_command
+from tests.conftest import REPO_ROOT, SHARED_DIR, run_command
 
 TEXTS = [json.loads(line)["text"] for line in (SHARED_DIR / "data/tc/banking77/test.jsonl").open()][:40]
 
@@ -88,3 +88,26 @@ def test_an_app_is_exported_only_on_the_backbone_it_was_trained_on(app, tmp_path
         exportable_app(app_dir, str(twin))
     with pytest.raises(ExportError, match="not a release backbone folder"):
         exportable_app(app_dir, str(tmp_path))
+
+
+def test_kill_9_during_export_leaves_nothing_read_as_complete(slotted_release, tmp_path):
+    """The export is written in a staging folder and renamed into place: killed at any moment, the output is absent
+    (never a half export), and the next run repairs the leftovers and completes."""
+    import subprocess
+    import time
+
+    out = tmp_path / "export"
+    command = [sys.executable, "-m", "mtpf", "export", str(slotted_release), "--slot", "tc", "--output", str(out),
+               "--sentences", "20"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob(".export.tmp-*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not out.exists() or (out / "export_report.json").is_file()  # all or nothing
+    if not out.exists():
+        assert list(tmp_path.glob(".export.tmp-*"))  # it was killed mid-write
+        run_command(command, REPO_ROOT)
+    assert json.loads((out / "export_report.json").read_text())["artifacts"]["model.onnx"]["accepted"]
+    assert not list(tmp_path.glob(".export.tmp-*"))
