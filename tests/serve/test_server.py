@@ -246,6 +246,8 @@ def test_apps_load_and_unload_without_a_restart(server, tmp_path):
     (stranger / "adapter_config.json").unlink()
     broken = client.post("/v1/apps", json={"name": "broken", "path": str(stranger)})
     assert broken.status_code == 422 and "not a readable PEFT adapter" in broken.text
+    reserved = client.post("/v1/apps", json={"name": "__base__", "path": str(classifier)})  # PEFT's own name
+    assert reserved.status_code == 422 and reserved.json()["error"]["param"] == "name"
     missing = client.post("/v1/apps", json={"name": "ghost", "path": str(tmp_path / "none")})
     assert missing.status_code == 404 and "not found" in missing.text
     assert client.post("/v1/classify", json={"model": "emotion", "input": "i am happy"}).status_code == 200
