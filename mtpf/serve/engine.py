@@ -259,27 +259,37 @@ class Engine:
     @staticmethod
     def _classify(served: Served, embedding: torch.Tensor) -> dict:
         weight, bias = served.head
-        probabilities = torch.softmax(embedding @ weight.t() + bias, dim=-1)
-        best = int(probabilities.argmax())
-        return {"label": served.id2label[best], "score": float(probabilities[best])}
+        return best_label(torch.softmax(embedding @ weight.t() + bias, dim=-1), served.id2label)
 
     def _entities(self, row: Row, hidden: torch.Tensor, batch, offsets: torch.Tensor, index: int) -> list[dict]:
-        """BIO entities with character offsets: each word tagged by its first sub-token (as the app was trained)."""
         weight, bias = row.served.head
         probabilities = torch.softmax(hidden @ weight.t() + bias, dim=-1)
-        words: list[tuple[str, float, int, int]] = []  # (tag, score, start, end) per word
-        previous = None
-        for position, word in enumerate(batch.word_ids(index)):
-            if word is None:
-                continue
-            start, end = (int(x) for x in offsets[position])
-            if word != previous:
-                best = int(probabilities[position].argmax())
-                words.append((row.served.id2label[best], float(probabilities[position, best]), start, end))
-            else:
-                words[-1] = (*words[-1][:3], end)
-            previous = word
-        return bio_entities(words, row.text)
+        return entities_of(probabilities, batch.word_ids(index), offsets, row.served.id2label, row.text)
+
+
+def best_label(probabilities: torch.Tensor, id2label: dict[int, str]) -> dict:
+    """A classification answer: the most likely label and its probability."""
+    best = int(probabilities.argmax())
+    return {"label": id2label[best], "score": float(probabilities[best])}
+
+
+def entities_of(
+    probabilities: torch.Tensor, word_ids: list, offsets, id2label: dict[int, str], text: str
+) -> list[dict]:
+    """BIO entities with character offsets: each word tagged by its first sub-token (as the app was trained)."""
+    words: list[tuple[str, float, int, int]] = []  # (tag, score, start, end) per word
+    previous = None
+    for position, word in enumerate(word_ids):
+        if word is None:
+            continue
+        start, end = (int(x) for x in offsets[position])
+        if word != previous:
+            best = int(probabilities[position].argmax())
+            words.append((id2label[best], float(probabilities[position, best]), start, end))
+        else:
+            words[-1] = (*words[-1][:3], end)
+        previous = word
+    return bio_entities(words, text)
 
 
 def removed_error(row: Row) -> ServeError:

@@ -28,7 +28,8 @@ def test_app_scores_what_the_evaluation_protocol_scores(app):
     assert description["scores"]["test_f1"] == expected.test_f1 > 0
     assert description["run"]["dev_curve"] == expected.dev_curve
     files = sorted(p.name for p in app_dir.iterdir())
-    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "mtpf_app.json", "mtpf_base.json"]
+    assert files == [".mtpf-manifest.json", "README.md", "adapter_config.json", "adapter_model.safetensors",
+                     "mtpf_app.json", "mtpf_base.json"]  # fmt: skip
     adapter = json.loads((app_dir / "adapter_config.json").read_text())
     assert adapter["modules_to_save"] == ["classifier"] and adapter["base_model_name_or_path"].endswith("backbone")
     assert f"{expected.test_f1:.2f}" in (app_dir / "README.md").read_text()
