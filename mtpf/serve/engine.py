@@ -192,17 +192,7 @@ class Engine:
                            per_adapter / 2**20)  # fmt: skip
 
     def lookup(self, name: str, task: str) -> Served:
-        served = self.served.get(name)
-        if served is None or served.removed:
-            raise ServeError(f"model {name!r} is not served; served: {sorted(self.served)}.", 404, param="model")
-        if served.draining:
-            raise ServeError(f"model {name!r} is being removed; it takes no new requests.", 409, param="model")
-        needs = {"ner": "ner", "classify": "classification"}.get(task)
-        if needs is not None and served.kind != needs:
-            serves = ", ".join(f"/v1/{endpoint}" for endpoint in served.describe()["endpoints"])
-            raise ServeError(f"model {name!r} is {KIND_NAMES[served.kind]}; it cannot answer /v1/{task} (it answers "
-                             f"{serves}).", 404, param="model", code="model_not_found")  # fmt: skip
-        return served
+        return lookup_served(self.served, name, task)
 
     @property
     def embedding_dimension(self) -> int:
@@ -290,6 +280,21 @@ def entities_of(
             words[-1] = (*words[-1][:3], end)
         previous = word
     return bio_entities(words, text)
+
+
+def lookup_served(served_names: dict[str, Served], name: str, task: str) -> Served:
+    """The served model a request names, if it can answer `task` (embeddings, ner, classify); else a clear 4xx."""
+    served = served_names.get(name)
+    if served is None or served.removed:
+        raise ServeError(f"model {name!r} is not served; served: {sorted(served_names)}.", 404, param="model")
+    if served.draining:
+        raise ServeError(f"model {name!r} is being removed; it takes no new requests.", 409, param="model")
+    needs = {"ner": "ner", "classify": "classification"}.get(task)
+    if needs is not None and served.kind != needs:
+        serves = ", ".join(f"/v1/{endpoint}" for endpoint in served.describe()["endpoints"])
+        raise ServeError(f"model {name!r} is {KIND_NAMES[served.kind]}; it cannot answer /v1/{task} (it answers "
+                         f"{serves}).", 404, param="model", code="model_not_found")  # fmt: skip
+    return served
 
 
 def removed_error(row: Row) -> ServeError:

@@ -37,6 +37,14 @@ class ServeArguments:
     api_key: str | None = field(
         default=None, metadata={"help": "Required header value (default: $MTPF_API_KEY); needed beyond loopback."}
     )
+    backend: str = field(
+        default="torch",
+        metadata={"help": "torch (PyTorch, apps can be added over HTTP) or onnx (ONNX Runtime, --onnx)."},
+    )
+    onnx: str | None = field(
+        default=None, metadata={"help": "With --backend onnx: a shared-backbone export (mtpf export RELEASE --shared)."}
+    )
+    onnx_precision: str = field(default="fp32", metadata={"help": "With --backend onnx: fp32 or int8."})
     apps_state: str | None = field(
         default=None,
         metadata={"help": "File that keeps the served apps across restarts (default: .RELEASE.serve-apps.json beside "
@@ -60,6 +68,10 @@ def build(args: ServeArguments):
         raise SystemExit(f"--host {args.host} is reachable beyond this machine: give --api_key (or $MTPF_API_KEY).")
     if not args.merged_weights_mb >= 0:  # also refuses nan
         raise SystemExit(f"--merged_weights_mb {args.merged_weights_mb}: give a size in MB, 0 or more (0: no cache).")
+    if args.backend == "onnx":
+        return build_onnx(args, api_key)
+    if args.backend != "torch":
+        raise SystemExit(f"--backend {args.backend!r}: torch or onnx.")
     engine = Engine(args.release, args.threads or None, args.merged_weights_mb)
     for spec in args.app:
         name, sep, path = spec.partition("=")
@@ -74,6 +86,22 @@ def build(args: ServeArguments):
     options = ServeOptions(args.max_batch_tokens, args.max_wait_ms, args.max_inputs, args.max_body_bytes, api_key)
     logger.info("serving %s with %d torch threads", sorted(engine.served), torch.get_num_threads())
     return create_app(engine, options, registry)
+
+
+def build_onnx(args: ServeArguments, api_key: str | None):
+    """The same API from ONNX Runtime: the apps are those of the export (no --app, no app registry)."""
+    from mtpf.serve.onnx_engine import OnnxEngine
+
+    if not args.onnx:
+        raise SystemExit("--backend onnx needs --onnx EXPORT_DIR (mtpf export RELEASE --shared [APP ...] --slot tc).")
+    if args.app:
+        raise SystemExit("--backend onnx serves the apps of its export; export them with --shared instead of --app.")
+    try:
+        engine = OnnxEngine(args.release, args.onnx, args.onnx_precision, args.threads or None)
+    except ServeError as err:
+        raise SystemExit(str(err)) from err
+    options = ServeOptions(args.max_batch_tokens, args.max_wait_ms, args.max_inputs, args.max_body_bytes, api_key)
+    return create_app(engine, options)
 
 
 def restore_apps(engine: Engine, registry: AppRegistry) -> None:

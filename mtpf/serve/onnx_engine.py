@@ -1,0 +1,169 @@
+"""`mtpf serve RELEASE --backend onnx --onnx EXPORT_DIR`: the same HTTP API answered by ONNX Runtime.
+
+EXPORT_DIR is a shared-backbone export (`mtpf export RELEASE --shared [APP ...] --slot tc --output EXPORT_DIR`):
+one `backbone.onnx` (or `backbone.int8.onnx`) whose LoRA and head are inputs, and one onnxruntime adapter file per
+app or slot. Every served name is `base` (the graph's zero LoRA: the backbone alone) or an entry of the export's
+report; an entry whose fidelity check was not accepted for the chosen precision is refused at load, and a request
+for it says why. A batch runs one session call per adapter among its rows (onnxruntime activates one adapter set per
+run), each padded to its own longest row; the answers are post-processed exactly as the PyTorch engine does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from configuration_mtpf import MtpfConfig
+from mtpf.export.shared import OUTPUTS, SHARED_REPORT
+from mtpf.release import BACKBONE_DIR
+from mtpf.serve.engine import (
+    BASE,
+    Row,
+    Served,
+    ServeError,
+    best_label,
+    entities_of,
+    lookup_served,
+    removed_error,
+)
+
+logger = logging.getLogger(__name__)
+PRECISIONS = {"fp32": "backbone.onnx", "int8": "backbone.int8.onnx"}
+
+
+class OnnxEngine:
+    """The PyTorch `Engine`'s interface (served names, lookup, counting, the batched `run`) on ONNX Runtime."""
+
+    def __init__(self, release: str, export_dir: str, precision: str = "fp32", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        export = Path(export_dir)
+        report = self._report(export)
+        if precision not in PRECISIONS or PRECISIONS[precision] not in report.get("backbones", {}):
+            present = sorted(report.get("backbones", {}))
+            raise ServeError(f"{export}: no {precision} backbone in this export (it has {present}); "
+                             "export with --quantize int8 for int8.")  # fmt: skip
+        self.release, self.precision = release, precision
+        self.backbone_file = PRECISIONS[precision]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # the LoRA inputs' zero defaults are meant to be overridden: no warning
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(export / self.backbone_file), options, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(str(export / "tokenizer"))
+        self.counter = copy.deepcopy(self.tokenizer)  # counting runs on another thread than the forward
+        config = MtpfConfig.from_pretrained(str(Path(release) / BACKBONE_DIR))
+        self.max_tokens = int(config.max_seq_length or self.tokenizer.model_max_length)
+        self.embedding_dimension = int(config.hidden_size)
+        self.served: dict[str, Served] = {BASE: Served(BASE, "embedding", "__base__", path=str(export))}
+        self.refused: dict[str, str] = {}
+        self._runs: dict[str, tuple[object, object]] = {}  # name -> (LoraAdapter, RunOptions); both must live on
+        for name, entry in report.get("apps", {}).items():
+            self._load(name, entry, export)
+        logger.info("ONNX backend (%s, %s): serving %s", self.backbone_file, precision, sorted(self.served))
+
+    @staticmethod
+    def _report(export: Path) -> dict:
+        path = export / SHARED_REPORT
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ServeError(f"{path}: not a shared-backbone export report ({err}); make one with `mtpf export "
+                             "RELEASE --shared [APP ...] --slot tc --output DIR`.") from err  # fmt: skip
+        if report.get("outputs") != OUTPUTS:
+            raise ServeError(f"{path}: not a shared-backbone export (its outputs are {report.get('outputs')}).")
+        return report
+
+    def _load(self, name: str, entry: dict, export: Path) -> None:
+        """Serve one app of the export if its fidelity check for this precision was accepted; else say why not."""
+        import onnxruntime as ort
+
+        verdict = entry.get(self.backbone_file, {})
+        if not verdict.get("accepted"):
+            self.refused[name] = f"its {self.precision} export was not accepted by the fidelity check ({verdict})"
+            logger.warning("app %s refused: %s", name, self.refused[name])
+            return
+        adapter = ort.LoraAdapter()
+        adapter.Load(str(export / entry["adapter"]))
+        run_options = ort.RunOptions()
+        run_options.add_active_adapter(adapter)
+        self._runs[name] = (adapter, run_options)
+        labels = {int(i): label for i, label in entry.get("id2label", {}).items()}
+        self.served[name] = Served(name, entry["task"], name, labels, None, str(export / entry["adapter"]))
+
+    # ----- what the HTTP layer asks -----------------------------------------------------------------------------
+
+    def lookup(self, name: str, task: str) -> Served:
+        if name in self.refused:
+            raise ServeError(f"model {name!r} is not served: {self.refused[name]}.", 404, param="model")
+        return lookup_served(self.served, name, task)  # the same rules and messages as the PyTorch engine
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.counter(texts, truncation=False)["input_ids"]]
+
+    def app_folders(self) -> dict[str, str]:
+        return {}  # apps come from the export, not from the app registry
+
+    def add_app(self, name: str, app_dir: str) -> Served:
+        raise ServeError("the ONNX backend serves the apps of its export; export the app with the others "
+                         "(`mtpf export RELEASE --shared APP ... --output DIR`) and restart.", 409)  # fmt: skip
+
+    def remove_app(self, name: str) -> None:
+        served = self.served.get(name)
+        if served is None:
+            raise ServeError(f"no app named {name!r}; served: {sorted(self.served)}.", 404)
+        if served.kind == "embedding":
+            raise ServeError(f"{name!r} is part of the release, not an app; it cannot be removed.", 409)
+        served.removed = True
+        del self.served[name]
+        self._runs.pop(name, None)
+
+    # ----- the batched forward ---------------------------------------------------------------------------------
+
+    def run(self, rows: list[Row]) -> list[object]:
+        """Answers for `rows`, in order: one session call per adapter among them."""
+        answers: list[object] = [None] * len(rows)
+        groups: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            if row.served.removed:
+                answers[index] = removed_error(row)
+            else:
+                groups.setdefault(row.served.name, []).append(index)
+        for name, indices in groups.items():
+            for index, answer in zip(indices, self._run_one_adapter(name, [rows[i] for i in indices]), strict=True):
+                answers[index] = answer
+        return answers
+
+    def _run_one_adapter(self, name: str, rows: list[Row]) -> list[object]:
+        batch = self.tokenizer([row.text for row in rows], padding=True, truncation=True, max_length=self.max_tokens,
+                               return_offsets_mapping=True, return_tensors="np")  # fmt: skip
+        feeds = {
+            "input_ids": batch["input_ids"].astype(np.int64),
+            "attention_mask": batch["attention_mask"].astype(np.int64),
+        }
+        run_options = self._runs[name][1] if name in self._runs else None
+        token_logits, sentence_logits, embeddings = self.session.run(list(OUTPUTS.values()), feeds, run_options)
+        answers: list[object] = []
+        for index, row in enumerate(rows):
+            if row.task == "embeddings":
+                answers.append(embeddings[index].tolist())
+            elif row.task == "classify":
+                answers.append(
+                    best_label(torch.softmax(torch.from_numpy(sentence_logits[index]), -1), row.served.id2label)
+                )
+            else:
+                probabilities = torch.softmax(torch.from_numpy(token_logits[index]), -1)
+                offsets = batch["offset_mapping"][index]
+                answers.append(
+                    entities_of(probabilities, batch.word_ids(index), offsets, row.served.id2label, row.text)
+                )
+        return answers
