@@ -290,13 +290,17 @@ def run_export(argv: list[str]) -> None:
 
     if argv and not argv[0].startswith("-"):
         argv = ["--source", argv[0], *argv[1:]]
+    at = argv.index("--shared") if "--shared" in argv else -1
+    bare_shared = at >= 0 and (at + 1 == len(argv) or argv[at + 1].startswith("--"))  # no apps: the slot(s) alone
+    if bare_shared:
+        argv = argv[:at] + argv[at + 1 :]
     (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
 
     def check_texts() -> list[str]:
         rows = [row for _, row in read_json_lines(Path(args.texts), ValueError)][: args.sentences]
         return [row["text"] for row in rows]
 
-    if args.shared:
+    if args.shared or bare_shared:
         from mtpf.export.shared import export_shared, shared_apps
 
         slots = [args.slot] if args.slot else []

@@ -65,3 +65,14 @@ def test_an_app_of_another_backbone_is_refused(app, tmp_path):
         shared_apps(str(release), [str(stranger)], [], TEXTS)
     with pytest.raises(ExportError, match="no trained slot 'qa'"):
         shared_apps(str(release), [], ["qa"], TEXTS)
+
+
+def test_a_shared_export_may_hold_the_slot_alone(slotted_release, tmp_path):
+    """`--shared` with no app: the backbone graph and the slot's adapter (what `mtpf serve --backend onnx` needs to
+    serve embeddings before any app exists)."""
+    out = tmp_path / "slot-only"
+    texts = str(SHARED_DIR / "data/tc/banking77/test.jsonl")
+    run_command([sys.executable, "-m", "mtpf", "export", str(slotted_release), "--shared", "--slot", "tc", "--output",
+                 str(out), "--sentences", "20", "--texts", texts], tmp_path)  # fmt: skip
+    report = json.loads((out / "export_report.json").read_text())
+    assert list(report["apps"]) == ["tc"] and report["apps"]["tc"]["backbone.onnx"]["accepted"]
