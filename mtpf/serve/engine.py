@@ -160,11 +160,7 @@ class Engine:
             raise ServeError(f"adapter {name!r}: weights for modules this backbone lacks {result.unexpected_keys[:3]}.")
 
     def remove_app(self, name: str) -> None:
-        served = self.served.get(name)
-        if served is None:
-            raise ServeError(f"no app named {name!r}; served: {sorted(self.served)}.", 404)
-        if served.kind == "embedding":
-            raise ServeError(f"{name!r} is part of the release, not an app; it cannot be removed.", 409)
+        served = removable_app(self.served, name)
         with warnings.catch_warnings():  # PEFT picks another active adapter; the engine sets its own per batch
             warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
             self.model.delete_adapter(name)
@@ -280,6 +276,16 @@ def entities_of(
             words[-1] = (*words[-1][:3], end)
         previous = word
     return bio_entities(words, text)
+
+
+def removable_app(served_names: dict[str, Served], name: str) -> Served:
+    """The served app `name`, if it is one that may be removed (a release's slot or the base is not)."""
+    served = served_names.get(name)
+    if served is None:
+        raise ServeError(f"no app named {name!r}; served: {sorted(served_names)}.", 404)
+    if served.kind == "embedding":
+        raise ServeError(f"{name!r} is part of the release, not an app; it cannot be removed.", 409)
+    return served
 
 
 def lookup_served(served_names: dict[str, Served], name: str, task: str) -> Served:

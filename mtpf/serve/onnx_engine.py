@@ -30,6 +30,7 @@ from mtpf.serve.engine import (
     best_label,
     entities_of,
     lookup_served,
+    removable_app,
     removed_error,
 )
 
@@ -118,11 +119,7 @@ class OnnxEngine:
                          "(`mtpf export RELEASE --shared APP ... --output DIR`) and restart.", 409)  # fmt: skip
 
     def remove_app(self, name: str) -> None:
-        served = self.served.get(name)
-        if served is None:
-            raise ServeError(f"no app named {name!r}; served: {sorted(self.served)}.", 404)
-        if served.kind == "embedding":
-            raise ServeError(f"{name!r} is part of the release, not an app; it cannot be removed.", 409)
+        served = removable_app(self.served, name)
         served.removed = True
         del self.served[name]
         self._runs.pop(name, None)
