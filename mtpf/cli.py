@@ -230,27 +230,29 @@ class FinetuneArguments:
         }
     )
     output: str = field(metadata={"help": "App folder to write (a standard PEFT adapter repo)."})
-    task: str = field(default="ner", metadata={"help": "What the app does: ner or classification."})
+    task: str = field(default="ner", metadata={"help": "The app's kind (registered: ner, classification, ...)."})
     seed: int = field(default=0, metadata={"help": "Seed of the head, the LoRA init and the data order."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an app already at --output."})
-    ner_data_root: str = field(default=NER_DATA, metadata={"help": "Where local NER datasets live."})
-    tc_data_root: str = field(default=TC_DATA, metadata={"help": "Where local classification tasks live."})
+    data_root: str | None = field(default=None, metadata={"help": "Where local datasets live (default: the kind's)."})
+    ner_data_root: str | None = field(default=None, metadata={"help": "Deprecated: --data_root."})
+    tc_data_root: str | None = field(default=None, metadata={"help": "Deprecated: --data_root."})
 
 
 def run_finetune(argv: list[str]) -> None:
-    from mtpf.apps import APP_TASKS, PROTOCOLS, finetune_app
+    from mtpf.apps import finetune_app, get_app_kind
 
     if argv and not argv[0].startswith("-"):  # the release may come first, positionally
         argv = ["--release", argv[0], *argv[1:]]
     task_only = argparse.ArgumentParser(add_help=False)
     task_only.add_argument("--task", default="ner")
-    task = task_only.parse_known_args(argv)[0].task  # it decides which protocol's options exist
-    if task not in APP_TASKS:
-        raise SystemExit(f"--task {task!r}: apps are built for {list(APP_TASKS)}.")
-    parser = HfArgumentParser((FinetuneArguments, PROTOCOLS[task]))
+    kind = get_app_kind(task_only.parse_known_args(argv)[0].task)  # it decides which protocol's options exist
+    parser = HfArgumentParser((FinetuneArguments, kind.protocol))
     args, protocol = parser.parse_args_into_dataclasses(args=argv)
-    root = args.ner_data_root if task == "ner" else args.tc_data_root
-    path = finetune_app(args.release, task, args.data, args.output, protocol, args.seed, args.overwrite, root)
+    legacy = args.ner_data_root or args.tc_data_root
+    if legacy:
+        logging.getLogger(__name__).warning("--ner_data_root/--tc_data_root are deprecated: use --data_root.")
+    root = args.data_root or legacy or kind.data_root
+    path = finetune_app(args.release, kind.name, args.data, args.output, protocol, args.seed, args.overwrite, root)
     print(f"App written to {path}")
 
 

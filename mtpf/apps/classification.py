@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import DataCollatorWithPadding, EvalPrediction
 
 from modeling_mtpf import MtpfForSequenceClassification
+from mtpf.apps.kinds import AppKind, TrainedApp, register_app_kind
+from mtpf.data.roots import TC_DATA
 from mtpf.data.splits import HUB_PREFIX, hub_dataset_name, hub_splits, with_dev
 from mtpf.errors import MtpfError
 from mtpf.io import read_json_lines, utf8_errors_named
@@ -34,6 +36,7 @@ from mtpf.training.downstream import (
     build_adapter_model,
     capped_splits,
     repeat_to_min_steps,
+    subsample,
     train_two_phases,
 )
 
@@ -209,3 +212,42 @@ def train_classifier(
         dev_curve=keep_best.curve,
     )
     return run, model
+
+
+def train_classification_app(
+    loaded: LoadedModel, data: str, data_root: str, protocol: ClassificationProtocol, seed: int
+) -> TrainedApp:
+    name, splits = load_classification_spec(data, data_root)
+    classes = check_classes(splits)
+    run, model = train_classifier(loaded, name, splits, classes, protocol, seed=seed)
+    scores = {"test_accuracy": run.test_accuracy, "test_macro_f1": run.test_macro_f1,
+              "dev_accuracy": run.dev_accuracy, "best_epoch": run.best_epoch}  # fmt: skip
+    return TrainedApp(CLASSIFICATION, model, name, classes, scores, asdict(run))
+
+
+def classification_test_texts(app: dict, sentences: int) -> tuple[list[str], list]:
+    """The first `sentences` (seeded) test rows, as texts and as class ids (gold)."""
+    rows = subsample(load_classification_spec(app["data"], app.get("data_root") or TC_DATA)[1]["test"], 1.0, sentences)
+    return [row.text for row in rows], [int(app["label2id"][row.label]) for row in rows]
+
+
+CLASSIFICATION_KIND = register_app_kind(
+    AppKind(
+        name=CLASSIFICATION,
+        protocol=ClassificationProtocol,
+        data_root=TC_DATA,
+        train=train_classification_app,
+        test_texts=classification_test_texts,
+        head_class="MtpfForSequenceClassification",
+        slot=SLOT,
+        onnx_output="sentence_logits",
+        endpoint="classify",
+        pipeline_tag="text-classification",
+        label_kind="Classes",
+        score_rows=(
+            ("test", "accuracy", "test_accuracy"),
+            ("test", "macro-F1", "test_macro_f1"),
+            ("dev", "accuracy", "dev_accuracy"),
+        ),
+    )
+)

@@ -18,23 +18,12 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
-from peft import PeftModel
 
-from mtpf.apps.classification import (
-    CLASSIFICATION,
-    ClassificationProtocol,
-    check_classes,
-    load_classification_spec,
-    train_classifier,
-)
-from mtpf.data.roots import NER_DATA, TC_DATA
-from mtpf.errors import MtpfError
-from mtpf.evaluation.ner import DOWNSTREAM, NerProtocol, train_ner
-from mtpf.evaluation.ner_data import check_label_sets, load_ner_spec
+from mtpf.apps.kinds import APP_KINDS, AppError, TrainedApp, get_app_kind
 from mtpf.io import atomic_directory, check_output_folder, update_json
 from mtpf.models import LoadedModel, is_release, load_model
 from mtpf.release import BACKBONE_DIR, BASE_MARKER, backbone_digest
@@ -43,42 +32,12 @@ from mtpf.training.downstream import AdapterProtocol
 logger = logging.getLogger(__name__)
 
 APP_FILE = "mtpf_app.json"
-APP_TASKS = ("ner", "classification")
-PROTOCOLS: dict[str, type[AdapterProtocol]] = {"ner": NerProtocol, "classification": ClassificationProtocol}
-DATA_ROOTS = {"ner": NER_DATA, "classification": TC_DATA}
-
-
-class AppError(MtpfError, ValueError):
-    """An app that cannot be built or loaded; the message names the file or the argument."""
-
-
-@dataclass
-class TrainedApp:
-    """What one task's protocol produced: the model to save (its adapter's name) and what the card reports."""
-
-    adapter: str
-    model: PeftModel
-    dataset: str
-    labels: list[str]
-    scores: dict[str, float]
-    run: dict
 
 
 def train_app(
     task: str, loaded: LoadedModel, data: str, data_root: str | os.PathLike, protocol: AdapterProtocol, seed: int
 ) -> TrainedApp:
-    if task == "ner":
-        name, splits = load_ner_spec(data, data_root)
-        labels = check_label_sets(splits, name)
-        run, model = train_ner(loaded, name, splits, labels, protocol, seed=seed)
-        scores = {"test_f1": run.test_f1, "dev_f1": run.dev_f1, "best_epoch": run.best_epoch}
-        return TrainedApp(DOWNSTREAM, model, name, labels, scores, asdict(run))
-    name, splits = load_classification_spec(data, data_root)
-    classes = check_classes(splits)
-    run, model = train_classifier(loaded, name, splits, classes, protocol, seed=seed)
-    scores = {"test_accuracy": run.test_accuracy, "test_macro_f1": run.test_macro_f1,
-              "dev_accuracy": run.dev_accuracy, "best_epoch": run.best_epoch}  # fmt: skip
-    return TrainedApp(CLASSIFICATION, model, name, classes, scores, asdict(run))
+    return get_app_kind(task).train(loaded, data, str(data_root), protocol, seed)
 
 
 def finetune_app(
@@ -92,15 +51,14 @@ def finetune_app(
     data_root: str | os.PathLike | None = None,
 ) -> Path:
     """Fine-tune the app's adapter on `data` from the release and write the app folder atomically."""
-    if task not in APP_TASKS:
-        raise AppError(f"--task {task!r}: apps are built for {list(APP_TASKS)}.")
+    kind = get_app_kind(task)
     if not is_release(str(release)):
         raise AppError(f"{release}: not a release folder (no {BACKBONE_DIR}/); make one with `mtpf init` or training.")
-    protocol = protocol or PROTOCOLS[task]()
-    if not isinstance(protocol, PROTOCOLS[task]):
-        raise AppError(f"--task {task}: expected a {PROTOCOLS[task].__name__}, got a {type(protocol).__name__}.")
+    protocol = protocol or kind.protocol()
+    if not isinstance(protocol, kind.protocol):
+        raise AppError(f"--task {task}: expected a {kind.protocol.__name__}, got a {type(protocol).__name__}.")
     output = check_output_folder(output, overwrite, APP_FILE, "an app", AppError)
-    data_root = Path(data_root or DATA_ROOTS[task])
+    data_root = Path(data_root or kind.data_root)
     trained = train_app(task, load_model(str(release)), data, data_root, protocol, seed)
     backbone_dir = Path(release).resolve() / BACKBONE_DIR
     with atomic_directory(output) as staging:
@@ -148,18 +106,9 @@ def read_app(app_dir: str | os.PathLike) -> dict:
         app = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise AppError(f"{path}: not a readable mtpf app description ({err}).") from err
-    if app.get("task") not in APP_TASKS or not isinstance(app.get("id2label"), dict):
-        raise AppError(f"{path}: expected a task in {list(APP_TASKS)} and an id2label mapping.")
+    if app.get("task") not in APP_KINDS or not isinstance(app.get("id2label"), dict):
+        raise AppError(f"{path}: expected a task in {sorted(APP_KINDS)} and an id2label mapping.")
     return app
-
-
-CARD_KINDS = {  # task -> (pipeline tag, head class, what the labels are, slot, score rows)
-    "ner": ("token-classification", "AutoModelForTokenClassification", "Entity types", "ner",
-            [("test", "seqeval entity F1 (strict IOB2)", "test_f1"), ("dev", "seqeval entity F1", "dev_f1")]),
-    "classification": ("text-classification", "AutoModelForSequenceClassification", "Classes", "tc",
-                       [("test", "accuracy", "test_accuracy"), ("test", "macro-F1", "test_macro_f1"),
-                        ("dev", "accuracy", "dev_accuracy")]),
-}  # fmt: skip
 
 
 def check_app_backbone(app_dir: str | os.PathLike, digest: str, backbone_dir: str | os.PathLike) -> None:
@@ -182,12 +131,19 @@ def saved_head(tensors: dict) -> tuple | None:
 
 def app_card(app: dict) -> ModelCard:
     """The app's model card: what it does, its scores, and how to load it with transformers + PEFT alone."""
-    pipeline_tag, head_class, label_kind, slot, rows = CARD_KINDS[app["task"]]
+    kind = get_app_kind(app["task"])
+    pipeline_tag, head_class, label_kind, slot, rows = (
+        kind.pipeline_tag,
+        kind.auto_class,
+        kind.label_kind,
+        kind.slot,
+        kind.score_rows,
+    )
     scores = app["scores"]
     data = ModelCardData(library_name="peft", pipeline_tag=pipeline_tag, tags=["mtpf", app["task"], "lora"])
     labels = ", ".join(sorted({label.split("-", 1)[-1] for label in app["id2label"].values() if label != "O"}))
     table = "\n".join(f"| {split} | {metric} | {scores[key]:.2f} |" for split, metric, key in rows)
-    options = ', aggregation_strategy="first"' if app["task"] == "ner" else ""
+    options = "".join(f', {key}="{value}"' for key, value in kind.pipeline_options.items())
     return ModelCard(
         f"""---
 {data.to_yaml()}

@@ -75,7 +75,7 @@ def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sent
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from mtpf.apps import check_app_backbone, read_app
+    from mtpf.apps import check_app_backbone, get_app_kind, read_app
     from mtpf.release import backbone_digest
 
     app = read_app(app_dir)
@@ -84,36 +84,14 @@ def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sent
         raise ExportError(f"--backbone {backbone}: not a release backbone folder (no model.safetensors).")
     check_app_backbone(app_dir, backbone_digest(Path(backbone)), backbone)  # before any weight is loaded
     labels = {int(i): label for i, label in app["id2label"].items()}
-    model = app_head_class(app["task"]).from_pretrained(
+    kind = get_app_kind(app["task"])
+    model = kind.head_model_class().from_pretrained(
         backbone, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
     )
     merged = PeftModel.from_pretrained(model, str(app_dir)).merge_and_unload().eval()
-    texts, gold = app_test_texts(app, sentences)
+    texts, gold = kind.test_texts(app, sentences)
     return Exportable(_Outputs(merged, "logits").eval(), AutoTokenizer.from_pretrained(backbone), "logits", texts,
                       gold, labels, int(app["protocol"]["max_length"]))  # fmt: skip
-
-
-def app_head_class(task: str) -> type:
-    from modeling_mtpf import MtpfForSequenceClassification, MtpfForTokenClassification
-
-    return MtpfForTokenClassification if task == "ner" else MtpfForSequenceClassification
-
-
-def app_test_texts(app: dict, sentences: int) -> tuple[list[str], list]:
-    """The first `sentences` (seeded) of the app's test split: texts and gold (tagged sentences, or class ids)."""
-    from mtpf.apps.finetune import DATA_ROOTS
-    from mtpf.training.downstream import subsample
-
-    data_root = app.get("data_root") or DATA_ROOTS[app["task"]]
-    if app["task"] == "ner":
-        from mtpf.evaluation.ner_data import load_ner_spec
-
-        gold = subsample(load_ner_spec(app["data"], data_root)[1]["test"], 1.0, sentences)
-        return [" ".join(s.tokens) for s in gold], gold
-    from mtpf.apps.classification import load_classification_spec
-
-    rows = subsample(load_classification_spec(app["data"], data_root)[1]["test"], 1.0, sentences)
-    return [row.text for row in rows], [int(app["label2id"][row.label]) for row in rows]
 
 
 def exportable_slot(release: str, slot: str | None, texts: list[str]) -> Exportable:

@@ -36,7 +36,17 @@ logger = logging.getLogger(__name__)
 
 SHARED_REPORT = "export_report.json"
 PEFT_PREFIX = "base_model.model."
+# The graph's three outputs, by what reads them (a slot reads the embedding; an app kind names its own output).
 OUTPUTS = {"ner": "token_logits", "classification": "sentence_logits", "embedding": "sentence_embedding"}
+
+
+def output_of(task: str) -> str:
+    """The graph output an app of this kind (or `embedding`, a slot) reads."""
+    if task == "embedding":
+        return OUTPUTS["embedding"]
+    from mtpf.apps import get_app_kind
+
+    return get_app_kind(task).onnx_output
 
 
 @dataclass
@@ -224,11 +234,11 @@ def export_shared(
             adapter = write_adapter(
                 app_inputs(app, modules, graph, rank), staging / "adapters" / f"{app.name}.onnx_adapter"
             )
-            entry = {"task": app.task, "output": OUTPUTS[app.task], "adapter": f"adapters/{adapter.name}",
+            entry = {"task": app.task, "output": output_of(app.task), "adapter": f"adapters/{adapter.name}",
                      "adapter_megabytes": _megabytes(adapter),
                      "id2label": {str(k): v for k, v in app.reference.id2label.items()}}  # fmt: skip
             for name, precision in backbones.items():
-                check = fidelity(app.reference, adapter_runner(staging / name, adapter, OUTPUTS[app.task]))
+                check = fidelity(app.reference, adapter_runner(staging / name, adapter, output_of(app.task)))
                 entry[name] = {**check, "accepted": accepted(check, int8=precision == "int8")}
             report["apps"][app.name] = entry
             logger.info("shared export, app %s: %s", app.name, entry)

@@ -27,7 +27,8 @@ from peft.utils import set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from mtpf.apps import AppError, check_app_backbone, read_app, saved_head
+from mtpf.apps import AppError, check_app_backbone, get_app_kind, read_app, saved_head
+from mtpf.apps.kinds import kind_of_endpoint
 from mtpf.errors import MtpfError
 from mtpf.fused_lora import cached_weight_bytes, set_weight_cache, use_fused_linear
 from mtpf.models import load_model
@@ -36,8 +37,6 @@ from mtpf.release import BACKBONE_DIR, backbone_digest
 logger = logging.getLogger(__name__)
 BASE = "base"
 MERGED_WEIGHTS_MB = 256  # the default cache budget in MiB (a 2-layer MiniLM slot costs 11.25)
-KINDS = ("embedding", "ner", "classification")
-KIND_NAMES = {"embedding": "an embedding model", "ner": "a NER app", "classification": "a classification app"}
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # PEFT's own names (`__base__`) cannot be taken
 
 
@@ -63,7 +62,7 @@ class Served:
     draining: bool = False  # being removed: no new requests, the queued ones are still answered
 
     def describe(self) -> dict:
-        tasks = ["embeddings", *({"ner": ["ner"], "classification": ["classify"]}.get(self.kind, []))]
+        tasks = ["embeddings", *([] if self.kind == "embedding" else [get_app_kind(self.kind).endpoint])]
         return {"id": self.name, "object": "model", "kind": self.kind, "endpoints": tasks, "path": self.path,
                 "labels": list(self.id2label.values())}  # fmt: skip
 
@@ -141,7 +140,7 @@ class Engine:
 
     def _dry_run(self, served: Served) -> None:
         """One forward of a test sentence through the app's adapter and head, for every endpoint it answers."""
-        tasks = ["embeddings", {"ner": "ner", "classification": "classify"}[served.kind]]
+        tasks = ["embeddings", get_app_kind(served.kind).endpoint]
         text = "A short test sentence from Paris."
         rows = [Row(served, text, task, len(self.counter(text)["input_ids"])) for task in tasks]
         for answer in self.run(rows):
@@ -295,11 +294,12 @@ def lookup_served(served_names: dict[str, Served], name: str, task: str) -> Serv
         raise ServeError(f"model {name!r} is not served; served: {sorted(served_names)}.", 404, param="model")
     if served.draining:
         raise ServeError(f"model {name!r} is being removed; it takes no new requests.", 409, param="model")
-    needs = {"ner": "ner", "classify": "classification"}.get(task)
-    if needs is not None and served.kind != needs:
+    needs = kind_of_endpoint(task)
+    if needs is not None and served.kind != needs.name:
         serves = ", ".join(f"/v1/{endpoint}" for endpoint in served.describe()["endpoints"])
-        raise ServeError(f"model {name!r} is {KIND_NAMES[served.kind]}; it cannot answer /v1/{task} (it answers "
-                         f"{serves}).", 404, param="model", code="model_not_found")  # fmt: skip
+        what = "an embedding model" if served.kind == "embedding" else f"a {served.kind} app"
+        raise ServeError(f"model {name!r} is {what}; it cannot answer /v1/{task} (it answers {serves}).", 404,
+                         param="model", code="model_not_found")  # fmt: skip
     return served
 
 
