@@ -53,6 +53,8 @@ class Task:
     family_tag: ClassVar[str] = "feature-extraction"  # the Hub pipeline tag of its result family
     family_title: ClassVar[str] = ""  # how model cards name the family
     resume_keys: ClassVar[tuple[str, ...]] = ()  # run-info fields that must match to resume a checkpoint
+    # The task's own options: a dataclass parsed with the run's arguments (YAML keys and flags), read in `from_args`.
+    arguments: ClassVar[type | None] = None
     # How much of this task's gradient reaches the shared backbone (1: all; 0: it trains only its slot and head).
     backbone_gradient_scale: float = 1.0
 

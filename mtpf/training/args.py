@@ -11,8 +11,10 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from configuration_mtpf import DEFAULT_TARGET_ROLES
-from mtpf.data.roots import CONLL_TEST, PAIRS_DATA, UNLABELED_DATA
-from mtpf.tasks import DEFAULT_SLOTS, task_order
+from mtpf.data.roots import CONLL_TEST
+from mtpf.tasks import DEFAULT_SLOTS, TASKS, task_order
+from mtpf.tasks.ner.args import NerArguments
+from mtpf.tasks.tc.args import TcArguments
 from mtpf.training.precision import use_cpu_bf16
 
 MODES = {
@@ -112,54 +114,10 @@ class ModelArguments(SlotArguments):
 
 
 @dataclass
-class DataArguments:
-    pairs: list[str] = field(
-        default_factory=lambda: [PAIRS_DATA],
-        metadata={"help": "Text-pair sources: .tsv/.csv/.jsonl, folders with pairs.tsv (or of such folders), hf://ID."},
-    )
-    tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per TC batch, over all processes."})
-    tc_mini_batch_size: int = field(
-        default=0, metadata={"help": "Gradient caching: texts embedded at once (0: no caching)."}
-    )
-    tc_length_chunk: int = field(
-        default=0,
-        metadata={
-            "help": "Embed each TC batch in length-sorted chunks of N texts, each padded only to its own longest "
-            "(same loss, less padding; with gradient caching the mini-batches are length-sorted instead). 0: off."
-        },
-    )
-    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
-    tc_anchor_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "Anchor λ: add λ·mean(1 − cos) between the TC embeddings and the frozen starting encoder's "
-            "embeddings of the same texts (self-distillation; keeps what a strong base embeds well). 0: off."
-        },
-    )
-    pair_sampling_temperature: float = field(
-        default=1.0, metadata={"help": "Dataset draw ~ size**(1/T): 1 size-proportional, larger flatter."}
-    )
-    ner_corpus: list[str] = field(
-        default_factory=lambda: [f"{UNLABELED_DATA}/wikipedia_en_sentences_altlex.txt"],
-        metadata={"help": "Unlabeled text files (one sentence per line) for NER distillation."},
-    )
-    teacher: str = field(default="numind/NuNER-v1.0", metadata={"help": "NER teacher encoder (folder or Hub id)."})
-    num_clusters: int = field(default=200, metadata={"help": "k of the k-means pseudo-labels."})
-    max_ner_sentences: int | None = field(default=None, metadata={"help": "Cap on corpus sentences (None: all)."})
-    ner_batch_size: int = field(default=256, metadata={"help": "Sentences per NER batch, over all processes."})
-    ner_length_buckets: int = field(
-        default=0,
-        metadata={"help": "Sort each run of N shuffled NER batches by length before cutting them (0: off)."},
-    )
-    ner_backbone_grad_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "Scale of the NER loss's gradient into the shared backbone (1: all of it; 0: NER trains only "
-            "its slot and head, so the backbone moves by TC alone)."
-        },
-    )
+class RunDataArguments:
+    """What a run's data and release need besides any one task's options."""
+
     max_seq_length: int = field(default=128, metadata={"help": "Sub-tokens per text."})
-    pseudo_label_dir: str = field(default="outputs/pseudo-labels", metadata={"help": "Pseudo-label cache folder."})
     task_schedule: str = field(
         default="both", metadata={"help": "'both': each step one NER + one TC batch; 'alternate'."}
     )
@@ -184,39 +142,24 @@ class DataArguments:
     analysis_data: str = field(default=CONLL_TEST, metadata={"help": "BIO CoNLL file for the analysis."})
     analysis_sentences: int = field(default=2000, metadata={"help": "Sentences measured per analysis (paper: 2,000)."})
 
-    def __post_init__(self) -> None:
-        """Reject impossible sizes up front, naming the flag, instead of failing after a training step."""
-        at_least = {"tc_batch_size": 2, "ner_batch_size": 1, "num_clusters": 2, "max_seq_length": 2}
-        for name, minimum in at_least.items():
-            if getattr(self, name) < minimum:
-                raise ValueError(f"--{name} {getattr(self, name)}: must be at least {minimum}.")
-        if self.tc_length_chunk < 0:
-            raise ValueError(f"--tc_length_chunk {self.tc_length_chunk}: must be 0 (off) or positive.")
-        if self.tc_mini_batch_size < 0:
-            raise ValueError(f"--tc_mini_batch_size {self.tc_mini_batch_size}: must be 0 (off) or positive.")
-        if self.max_ner_sentences is not None and self.max_ner_sentences < 1:
-            raise ValueError(f"--max_ner_sentences {self.max_ner_sentences}: must be positive (or unset: all).")
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature {self.temperature}: must be positive.")
+    def validate(self) -> None:
+        if self.max_seq_length < 2:
+            raise ValueError(f"--max_seq_length {self.max_seq_length}: must be at least 2.")
         if self.release_layer_alphas and self.release_interpolation is None:
             raise ValueError("--release_layer_alphas needs --release_interpolation (the α of what is not a layer).")
         for alpha in [self.release_interpolation, *(self.release_layer_alphas or [])]:
             if alpha is not None and not 0.0 <= alpha <= 1.0:
                 raise ValueError(f"--release_interpolation/--release_layer_alphas {alpha}: must be in [0, 1].")
 
-    def pair_paths(self) -> list[str]:
-        """Expand folders of pair folders (like ../shared/data/pairs) into their pairs.tsv files."""
-        paths = []
-        for spec in self.pairs:
-            folder = Path(spec)
-            if folder.is_dir() and not (folder / "pairs.tsv").is_file():
-                children = sorted(str(child) for child in folder.iterdir() if (child / "pairs.tsv").is_file())
-                if not children:
-                    raise FileNotFoundError(f"{folder}: no pairs.tsv in it or in its sub-folders.")
-                paths.extend(children)
-            else:
-                paths.append(spec)
-        return paths
+
+@dataclass
+class DataArguments(RunDataArguments, NerArguments, TcArguments):
+    """The run's data arguments: its own plus each built-in task's (a task registered later brings its own
+    dataclass as `Task.arguments`; `parse_args` adds it, so its options need no edit here)."""
+
+    def __post_init__(self) -> None:
+        for part in (TcArguments, NerArguments, RunDataArguments):
+            part.validate(self)
 
 
 @dataclass
@@ -254,10 +197,25 @@ class MtpfTrainingArguments(TrainingArguments):
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, MtpfTrainingArguments]:
     """`CONFIG.yaml [--key value ...]`: the YAML gives defaults, command-line keys override them."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, MtpfTrainingArguments))
+    extra = task_argument_classes()
+    parser = HfArgumentParser((ModelArguments, DataArguments, *extra, MtpfTrainingArguments))
     if argv and argv[0].endswith((".yaml", ".yml")):
         argv = yaml_to_argv(Path(argv[0])) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, *task_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    for options in task_args:  # a task reads its options from the run's data arguments, like the built-in ones
+        for name, value in vars(options).items():
+            setattr(data_args, name, value)
+    return model_args, data_args, training_args
+
+
+def task_argument_classes() -> list[type]:
+    """The argument dataclasses of registered tasks that `DataArguments` does not already hold."""
+    classes = []
+    for task in TASKS.values():
+        arguments = getattr(task, "arguments", None)
+        if arguments is not None and not issubclass(DataArguments, arguments) and arguments not in classes:
+            classes.append(arguments)
+    return classes
 
 
 def yaml_to_argv(path: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -18,10 +19,22 @@ from tests.conftest import SHARED_DIR, build_smoke_trainer
 STS_TRAIN = SHARED_DIR / "data" / "pairs" / "stsb" / "raw" / "sts-train.csv"
 
 
+@dataclass
+class StsArguments:
+    """The third task's own option, parsed with the run's arguments without any edit in mtpf/training/args.py."""
+
+    sts_batch_size: int = field(default=8, metadata={"help": "Pairs per STS batch."})
+
+
 class StsTask(Task):
     """Sentence-pair similarity regression: the cosine of the two sentence embeddings learns the STS-B score / 5."""
 
     name = "sts"
+    arguments = StsArguments
+
+    @classmethod
+    def from_args(cls, data_args) -> StsTask:
+        return cls(batch_size=data_args.sts_batch_size)
 
     def __init__(self, path=STS_TRAIN, batch_size: int = 8, max_length: int = 48) -> None:
         rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
@@ -60,9 +73,11 @@ def sts_registered(monkeypatch):
 
 def test_a_third_task_trains_its_own_slot_without_touching_ner_or_tc_code(sts_registered, tmp_path, pseudo_label_cache):
     trainer = build_smoke_trainer(
-        tmp_path, pseudo_label_cache, "--tasks", "ner", "tc", "sts", "--max_steps", "3", "--save_strategy", "no"
-    )
+        tmp_path, pseudo_label_cache, "--tasks", "ner", "tc", "sts", "--max_steps", "3", "--save_strategy", "no",
+        "--sts_batch_size", "4",
+    )  # fmt: skip
     assert list(trainer.tasks) == ["ner", "tc", "sts"]
+    assert trainer.tasks["sts"].batch_size == 4  # its own option, from the command line
     trainer.train()
     assert {f"loss_{task}" for task in ("ner", "tc", "sts")} <= {k for log in trainer.state.log_history for k in log}
     release = export(trainer, DataArguments(release_dir=str(tmp_path / "release")))

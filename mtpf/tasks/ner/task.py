@@ -12,6 +12,7 @@ from torch import nn
 from mtpf.losses.pseudo_label_ce import pseudo_label_cross_entropy
 from mtpf.pseudo_labels import PseudoLabelSettings, load_or_build_pseudo_labels
 from mtpf.tasks.base import StepBatches, Task, TaskContext
+from mtpf.tasks.ner.args import NerArguments
 from mtpf.tasks.ner.batches import NerBatches
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ class NerTask(Task):
     """Pseudo-label distillation: a linear head over token embeddings, cross-entropy against cluster ids."""
 
     name = "ner"
+    arguments = NerArguments
     result_family = "ner"  # downstream: LoRA fine-tuning, seqeval entity F1 (mtpf/evaluation/ner.py)
     family_tag = "token-classification"
     family_title = "Named entity recognition"

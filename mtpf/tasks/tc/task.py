@@ -14,6 +14,7 @@ from mtpf.losses.anchor import EmbeddingAnchor
 from mtpf.losses.cached_info_nce import CachedInfoNCE
 from mtpf.losses.info_nce import InfoNCELoss
 from mtpf.tasks.base import StepBatches, Task, TaskContext, TaskStep
+from mtpf.tasks.tc.args import TcArguments
 from mtpf.tasks.tc.batches import TcBatches
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class TcTask(Task):
     """
 
     name = "tc"
+    arguments = TcArguments
     result_family = "tc"  # downstream: MTEB classification probes (mtpf/evaluation/tc.py)
     family_tag = "text-classification"
     family_title = "Text classification"
