@@ -253,3 +253,12 @@ def classifier_app(app):
            "--output", str(output), "--tc_data_root", str(TC_ROOT), *protocol]  # fmt: skip
     run_command(cli, REPO_ROOT)
     return release, output
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (servers and torchrun rendezvous in the tests)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

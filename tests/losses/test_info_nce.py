@@ -1,5 +1,4 @@
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mtpf.losses.info_nce import InfoNCELoss
-from tests.conftest import run_command
+from tests.conftest import free_port, run_command
 
 
 def reference_info_nce(anchors, positives, temperature):
@@ -41,12 +40,6 @@ def test_bad_temperature_and_shapes():
         InfoNCELoss(0)
     with pytest.raises(ValueError, match="differ in shape"):
         InfoNCELoss()(torch.randn(3, 4), torch.randn(2, 4))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_two_processes_equal_one_big_batch(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,9 @@ import torch
 
 from mtpf.models import load_model
 from mtpf.serve.server import ServeArguments, build
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 KEY = "s3cret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
