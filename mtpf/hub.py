@@ -102,7 +102,7 @@ def stage_app(app_dir: str | Path, repo_id: str, output: str | Path, base_repo_i
     check_repo_ids([repo_id, base_repo_id])
     folder = output / repo_id
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(app_dir, folder)
+    shutil.copytree(app_dir, folder, ignore=shutil.ignore_patterns(MANIFEST))  # mtpf's bookkeeping stays home
     update_json(folder / "adapter_config.json",
                 lambda c: c.update(base_model_name_or_path=base_repo_id, revision=revision))  # fmt: skip
     card = (folder / "README.md").read_text(encoding="utf-8")

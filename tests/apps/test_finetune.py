@@ -100,7 +100,7 @@ def test_app_output_rules(app, tmp_path):
         finetune_app(release, "ner", "crossner_ai", app_dir, PROTOCOL, data_root=NER_ROOT)
     with pytest.raises(AppError, match=r"not empty and not an app"):
         finetune_app(release, "ner", "crossner_ai", release, PROTOCOL, data_root=NER_ROOT)
-    with pytest.raises(AppError, match=r"--task 'qa'"):
+    with pytest.raises(AppError, match=r"Unknown app kind 'qa'"):
         finetune_app(release, "qa", "crossner_ai", tmp_path / "x", PROTOCOL)
     with pytest.raises(AppError, match="not a release folder"):
         finetune_app(tmp_path, "ner", "crossner_ai", tmp_path / "x", PROTOCOL)
