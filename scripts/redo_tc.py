@@ -1,4 +1,4 @@
-"""Retire the TC scores of a results folder made before TC embedded texts as the model defines them (issue #14).
+"""Retire the TC scores of a results folder made before TC embedded texts as the model defines them.
 
 Folders written before the TC protocol recorded `embedding` fed MTEB's probe un-normalised mean pooling at up to
 512 (or the suite's) sub-tokens, so their TC scores are not MTEB's. This drops those TC scores (records, runs and
