@@ -368,3 +368,27 @@ def test_apps_added_over_http_survive_kill_9_and_a_restart(app, classifier_app, 
     finally:
         third.stop()
     assert "app gone of" in (tmp_path / "third.log").read_text()
+
+
+def test_large_bodies_do_not_stall_the_event_loop(server):
+    """Six concurrent ~1 MB bodies are tokenised off the event loop: /health keeps answering at once."""
+    running, client, _, _, _ = server
+    body = {"model": "tc", "input": [("lorem ipsum dolor " * 200)[:3900] + str(i) for i in range(256)]}
+    answers: list[int] = []
+
+    def send() -> None:
+        answers.append(client.post("/v1/embeddings", json=body, timeout=300).status_code)
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(send) for _ in range(6)]
+        time.sleep(0.2)
+        latencies = []
+        for _ in range(10):
+            start = time.monotonic()
+            assert httpx.get(f"{running.url}/health", timeout=30).status_code == 200
+            latencies.append(time.monotonic() - start)
+            time.sleep(0.05)
+        for future in futures:
+            future.result(timeout=300)
+    assert max(latencies) < 2.0, latencies  # it took 5.7 s when tokenisation ran on the loop
+    assert all(400 <= status < 500 for status in answers), answers  # too many tokens: a clear 422, never a 500
