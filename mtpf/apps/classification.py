@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import DataCollatorWithPadding, EvalPrediction
 
 from modeling_mtpf import MtpfForSequenceClassification
-from mtpf.apps.kinds import AppKind, TrainedApp, register_app_kind
+from mtpf.apps.kinds import AppKind, RowOutput, TrainedApp, register_app_kind
 from mtpf.data.roots import TC_DATA
 from mtpf.data.splits import HUB_PREFIX, hub_dataset_name, hub_splits, with_dev
 from mtpf.errors import MtpfError
@@ -231,6 +231,17 @@ def classification_test_texts(app: dict, sentences: int) -> tuple[list[str], lis
     return [row.text for row in rows], [int(app["label2id"][row.label]) for row in rows]
 
 
+def best_label(probabilities: torch.Tensor, id2label: dict[int, str]) -> dict:
+    """A classification answer: the most likely label and its probability."""
+    best = int(probabilities.argmax())
+    return {"label": id2label[best], "score": float(probabilities[best])}
+
+
+def classifier_answer(output: RowOutput) -> dict:
+    """The label of one text and its probability (what /v1/classify answers per input)."""
+    return best_label(torch.softmax(torch.as_tensor(output.logits), dim=-1), output.id2label)
+
+
 CLASSIFICATION_KIND = register_app_kind(
     AppKind(
         name=CLASSIFICATION,
@@ -242,6 +253,7 @@ CLASSIFICATION_KIND = register_app_kind(
         slot=SLOT,
         onnx_output="sentence_logits",
         endpoint="classify",
+        answer=classifier_answer,
         pipeline_tag="text-classification",
         label_kind="Classes",
         score_rows=(

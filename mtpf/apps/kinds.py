@@ -37,6 +37,18 @@ class TrainedApp:
     run: dict
 
 
+@dataclass
+class RowOutput:
+    """What one served row's answer is made of: its logits (per token for a `token_logits` kind, else per sentence),
+    the app's labels, and the text with each token's word and character span."""
+
+    logits: Any  # torch.Tensor [tokens, labels] or [labels]
+    id2label: dict[int, str]
+    text: str
+    word_ids: list[int | None]
+    offsets: Any  # [tokens, 2] character spans
+
+
 @dataclass(frozen=True)
 class AppKind:
     """One kind of app and everything about it that the rest of mtpf asks for."""
@@ -52,6 +64,7 @@ class AppKind:
     slot: str  # the release slot that initialises its LoRA
     onnx_output: str  # what its graph returns: token_logits or sentence_logits
     endpoint: str  # the HTTP endpoint that answers it: /v1/<endpoint>
+    answer: Callable[[RowOutput], dict]  # one row's answer from its logits (both serving backends call it)
     pipeline_tag: str  # model cards and transformers' pipeline
     label_kind: str  # how a card names its labels
     score_rows: tuple[tuple[str, str, str], ...]  # card rows: (split, metric, key in the app's scores)
@@ -61,6 +74,11 @@ class AppKind:
         import modeling_mtpf
 
         return getattr(modeling_mtpf, self.head_class)
+
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether its head reads every token (a tagger) rather than the sentence embedding."""
+        return self.onnx_output == "token_logits"
 
     @property
     def auto_class(self) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from mtpf.apps.kinds import AppKind, TrainedApp, register_app_kind
+import torch
+
+from mtpf.apps.kinds import AppKind, RowOutput, TrainedApp, register_app_kind
 from mtpf.data.roots import NER_DATA
 from mtpf.evaluation.ner import DOWNSTREAM, NerProtocol, train_ner
 from mtpf.evaluation.ner_data import check_label_sets, load_ner_spec
@@ -26,6 +28,53 @@ def tagger_test_texts(app: dict, sentences: int) -> tuple[list[str], list]:
     return [" ".join(s.tokens) for s in gold], gold
 
 
+def entities_of(
+    probabilities: torch.Tensor, word_ids: list, offsets, id2label: dict[int, str], text: str
+) -> list[dict]:
+    """BIO entities with character offsets: each word tagged by its first sub-token (as the app was trained)."""
+    words: list[tuple[str, float, int, int]] = []  # (tag, score, start, end) per word
+    previous = None
+    for position, word in enumerate(word_ids):
+        if word is None:
+            continue
+        start, end = (int(x) for x in offsets[position])
+        if word != previous:
+            best = int(probabilities[position].argmax())
+            words.append((id2label[best], float(probabilities[position, best]), start, end))
+        else:
+            words[-1] = (*words[-1][:3], end)
+        previous = word
+    return bio_entities(words, text)
+
+
+def bio_entities(words: list[tuple[str, float, int, int]], text: str) -> list[dict]:
+    """Group tagged words into entities: a B- starts one, an I- of the same type right after continues it (an I-
+    after anything else starts one); each word is tagged by its first sub-token, so the entities equal transformers'
+    token-classification pipeline with `aggregation_strategy="first"`; the score is the words' mean."""
+    entities: list[dict] = []
+    current: dict | None = None
+    for tag, score, start, end in words:
+        prefix, _, kind = tag.partition("-")
+        if tag == "O" or not kind:
+            current = None
+        elif prefix == "I" and current is not None and current["entity_group"] == kind:
+            current["end"], current["scores"] = end, [*current["scores"], score]
+        else:
+            current = {"entity_group": kind, "start": start, "end": end, "scores": [score]}
+            entities.append(current)
+    return [
+        {"entity_group": e["entity_group"], "word": text[e["start"] : e["end"]], "start": e["start"], "end": e["end"],
+         "score": sum(e["scores"]) / len(e["scores"])}
+        for e in entities
+    ]  # fmt: skip
+
+
+def tagger_answer(output: RowOutput) -> dict:
+    """The entities of one text, with character offsets (what /v1/ner answers per input)."""
+    probabilities = torch.softmax(torch.as_tensor(output.logits), dim=-1)
+    return {"entities": entities_of(probabilities, output.word_ids, output.offsets, output.id2label, output.text)}
+
+
 NER_KIND = register_app_kind(
     AppKind(
         name="ner",
@@ -37,6 +86,7 @@ NER_KIND = register_app_kind(
         slot="ner",
         onnx_output="token_logits",
         endpoint="ner",
+        answer=tagger_answer,
         pipeline_tag="token-classification",
         label_kind="Entity types",
         score_rows=(("test", "seqeval entity F1 (strict IOB2)", "test_f1"), ("dev", "seqeval entity F1", "dev_f1")),

@@ -4,6 +4,7 @@
                           OpenAI-compatible: the official `openai` client and LangChain work with their defaults
     POST /v1/ner          {"model": APP, "input": ...}   entities with character offsets, per input
     POST /v1/classify     {"model": APP, "input": ...}   label and score, per input
+                          (one such route per registered app kind: `mtpf.apps.kinds`)
     GET  /v1/models[/ID]  what is served;   POST /v1/apps {"name", "path"};   DELETE /v1/apps/NAME
     GET  /health          liveness (no key needed);   GET /metrics   Prometheus text
 
@@ -33,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mtpf.apps import APP_KINDS
 from mtpf.serve.batching import BatchStats, MicroBatcher
 from mtpf.serve.engine import Engine, Row, ServeError
 from mtpf.serve.registry import AppRegistry
@@ -265,18 +267,21 @@ def create_app(engine: Engine, options: ServeOptions | None = None, registry: Ap
         return {"object": "list", "model": body.model, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
-    async def ner(body: TextsRequest, request: Request):
-        entities, _ = await answer(request, "ner", body)
-        return {"model": body.model, "data": [{"index": i, "entities": e} for i, e in enumerate(entities)]}
+    def kind_route(endpoint: str):
+        """POST /v1/<endpoint> of an app kind: each input's answer as the kind makes it, with its index."""
 
-    async def classify(body: TextsRequest, request: Request):
-        labels, _ = await answer(request, "classify", body)
-        return {"model": body.model, "data": [{"index": i, **label} for i, label in enumerate(labels)]}
+        async def route(body: TextsRequest, request: Request):
+            answers, _ = await answer(request, endpoint, body)
+            return {"model": body.model, "data": [{"index": i, **a} for i, a in enumerate(answers)]}
+
+        route.__name__ = endpoint
+        return route
 
     # the schema states this server's limits, so clients (and schemathesis) know what a valid request is
     texts_request, embeddings_request = request_models(engine.embedding_dimension, options.max_inputs)
-    for path, route, body_type in (("/v1/embeddings", embeddings, embeddings_request), ("/v1/ner", ner, texts_request),
-                                   ("/v1/classify", classify, texts_request)):  # fmt: skip
+    routes = [("/v1/embeddings", embeddings, embeddings_request)]
+    routes += [(f"/v1/{kind.endpoint}", kind_route(kind.endpoint), texts_request) for kind in APP_KINDS.values()]
+    for path, route, body_type in routes:
         route.__annotations__["body"] = body_type
         app.post(path, dependencies=[Depends(authorised)], responses=TEXT_ERRORS)(route)
 

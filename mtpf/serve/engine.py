@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mtpf.apps import AppError, check_app_backbone, get_app_kind, read_app, saved_head
-from mtpf.apps.kinds import kind_of_endpoint
+from mtpf.apps.kinds import RowOutput, kind_of_endpoint
 from mtpf.errors import MtpfError
 from mtpf.fused_lora import cached_weight_bytes, set_weight_cache, use_fused_linear
 from mtpf.models import load_model
@@ -218,11 +218,13 @@ class Engine:
         for index, row in enumerate(rows):
             if row.task == "embeddings":
                 answers.append(outputs.pooler_output[index].tolist())
-            elif row.task == "classify":
-                answers.append(self._classify(row.served, outputs.pooler_output[index]))
-            else:
-                hidden = outputs.last_hidden_state[index]
-                answers.append(self._entities(row, hidden, batch, offsets[index], index))
+                continue
+            kind = get_app_kind(row.served.kind)
+            features = outputs.last_hidden_state[index] if kind.reads_tokens else outputs.pooler_output[index]
+            weight, bias = row.served.head
+            logits = features @ weight.t() + bias
+            answers.append(kind.answer(RowOutput(logits, row.served.id2label, row.text, batch.word_ids(index),
+                                                 offsets[index])))  # fmt: skip
         return answers
 
     def _forward(self, batch, adapters: list[str]):
@@ -240,41 +242,6 @@ class Engine:
             self.model.set_adapter(only)
             self._active = only
         return self.model(**batch)
-
-    @staticmethod
-    def _classify(served: Served, embedding: torch.Tensor) -> dict:
-        weight, bias = served.head
-        return best_label(torch.softmax(embedding @ weight.t() + bias, dim=-1), served.id2label)
-
-    def _entities(self, row: Row, hidden: torch.Tensor, batch, offsets: torch.Tensor, index: int) -> list[dict]:
-        weight, bias = row.served.head
-        probabilities = torch.softmax(hidden @ weight.t() + bias, dim=-1)
-        return entities_of(probabilities, batch.word_ids(index), offsets, row.served.id2label, row.text)
-
-
-def best_label(probabilities: torch.Tensor, id2label: dict[int, str]) -> dict:
-    """A classification answer: the most likely label and its probability."""
-    best = int(probabilities.argmax())
-    return {"label": id2label[best], "score": float(probabilities[best])}
-
-
-def entities_of(
-    probabilities: torch.Tensor, word_ids: list, offsets, id2label: dict[int, str], text: str
-) -> list[dict]:
-    """BIO entities with character offsets: each word tagged by its first sub-token (as the app was trained)."""
-    words: list[tuple[str, float, int, int]] = []  # (tag, score, start, end) per word
-    previous = None
-    for position, word in enumerate(word_ids):
-        if word is None:
-            continue
-        start, end = (int(x) for x in offsets[position])
-        if word != previous:
-            best = int(probabilities[position].argmax())
-            words.append((id2label[best], float(probabilities[position, best]), start, end))
-        else:
-            words[-1] = (*words[-1][:3], end)
-        previous = word
-    return bio_entities(words, text)
 
 
 def removable_app(served_names: dict[str, Served], name: str) -> Served:
@@ -320,25 +287,3 @@ def app_labels(app_dir: str, app: dict, head: tuple[torch.Tensor, torch.Tensor] 
         raise ServeError(f"{app_dir}: the head has {outputs} outputs but id2label names ids {sorted(labels)}; "
                          "each output needs exactly one label.", 422)  # fmt: skip
     return labels
-
-
-def bio_entities(words: list[tuple[str, float, int, int]], text: str) -> list[dict]:
-    """Group tagged words into entities: a B- starts one, an I- of the same type right after continues it (an I-
-    after anything else starts one); each word is tagged by its first sub-token, so the entities equal transformers'
-    token-classification pipeline with `aggregation_strategy="first"`; the score is the words' mean."""
-    entities: list[dict] = []
-    current: dict | None = None
-    for tag, score, start, end in words:
-        prefix, _, kind = tag.partition("-")
-        if tag == "O" or not kind:
-            current = None
-        elif prefix == "I" and current is not None and current["entity_group"] == kind:
-            current["end"], current["scores"] = end, [*current["scores"], score]
-        else:
-            current = {"entity_group": kind, "start": start, "end": end, "scores": [score]}
-            entities.append(current)
-    return [
-        {"entity_group": e["entity_group"], "word": text[e["start"] : e["end"]], "start": e["start"], "end": e["end"],
-         "score": sum(e["scores"]) / len(e["scores"])}
-        for e in entities
-    ]  # fmt: skip

@@ -20,6 +20,8 @@ import torch
 from transformers import AutoTokenizer
 
 from configuration_mtpf import MtpfConfig
+from mtpf.apps import get_app_kind
+from mtpf.apps.kinds import RowOutput
 from mtpf.export.shared import OUTPUTS, SHARED_REPORT
 from mtpf.release import BACKBONE_DIR
 from mtpf.serve.engine import (
@@ -27,8 +29,6 @@ from mtpf.serve.engine import (
     Row,
     Served,
     ServeError,
-    best_label,
-    entities_of,
     lookup_served,
     removable_app,
     removed_error,
@@ -148,19 +148,17 @@ class OnnxEngine:
             "attention_mask": batch["attention_mask"].astype(np.int64),
         }
         run_options = self._runs[name][1] if name in self._runs else None
-        token_logits, sentence_logits, embeddings = self.session.run(list(OUTPUTS.values()), feeds, run_options)
+        names = list(OUTPUTS.values())
+        outputs = dict(zip(names, self.session.run(names, feeds, run_options), strict=True))
         answers: list[object] = []
         for index, row in enumerate(rows):
             if row.task == "embeddings":
-                answers.append(embeddings[index].tolist())
-            elif row.task == "classify":
-                answers.append(
-                    best_label(torch.softmax(torch.from_numpy(sentence_logits[index]), -1), row.served.id2label)
-                )
-            else:
-                probabilities = torch.softmax(torch.from_numpy(token_logits[index]), -1)
-                offsets = batch["offset_mapping"][index]
-                answers.append(
-                    entities_of(probabilities, batch.word_ids(index), offsets, row.served.id2label, row.text)
-                )
+                answers.append(outputs[OUTPUTS["embedding"]][index].tolist())
+                continue
+            kind = get_app_kind(row.served.kind)
+            logits = torch.from_numpy(outputs[kind.onnx_output][index])
+            offsets = batch["offset_mapping"][index]
+            answers.append(
+                kind.answer(RowOutput(logits, row.served.id2label, row.text, batch.word_ids(index), offsets))
+            )
         return answers

@@ -37,7 +37,7 @@ def test_one_app_batches_equal_the_mixed_path(engine):
     for answers in (alone[0], alone[3]):
         assert [a["label"] for a in answers] == [m["label"] for m in mixed[2:4]]
         assert [a["score"] for a in answers] == pytest.approx([m["score"] for m in mixed[2:4]], abs=1e-5)
-    assert [e["entity_group"] for e in alone[2][0]] == [e["entity_group"] for e in mixed[4]]
+    assert [e["entity_group"] for e in alone[2][0]["entities"]] == [e["entity_group"] for e in mixed[4]["entities"]]
     app_embeddings = engine.run(rows(engine, "emotion", "embeddings", texts))  # the app's LoRA really applied
     assert not torch.allclose(torch.tensor(app_embeddings), torch.tensor(alone[4]), atol=1e-3)
 
@@ -76,8 +76,11 @@ def test_merged_weights_are_cached_within_the_budget(app, caplog):
         for name, task in (("tc", "embeddings"), ("tagger", "ner")):
             got, expected = other.run(rows(other, name, task, text)), engine.run(rows(engine, name, task, text))
             if task == "ner":
-                assert [e["entity_group"] for e in got[0]] == [e["entity_group"] for e in expected[0]]
-                assert [e["score"] for e in got[0]] == pytest.approx([e["score"] for e in expected[0]], abs=1e-5)
+                got_entities, expected_entities = got[0]["entities"], expected[0]["entities"]
+                assert [e["entity_group"] for e in got_entities] == [e["entity_group"] for e in expected_entities]
+                assert [e["score"] for e in got_entities] == pytest.approx(
+                    [e["score"] for e in expected_entities], abs=1e-5
+                )
             else:
                 torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=1e-4)
     assert answer == engine.run(rows(engine, "tagger", "ner", text))

@@ -52,8 +52,8 @@ def test_onnx_backend_answers_like_the_pytorch_backend(shared_export):
     ):
         assert got["label"] == expected["label"] and got["score"] == pytest.approx(expected["score"], abs=1e-3)
     for got, expected in zip(answers(onnx_engine, ner_app.name, "ner"), answers(torch_engine, ner_app.name, "ner")):
-        assert [(e["entity_group"], e["start"], e["end"]) for e in got] == [
-            (e["entity_group"], e["start"], e["end"]) for e in expected
+        assert [(e["entity_group"], e["start"], e["end"]) for e in got["entities"]] == [
+            (e["entity_group"], e["start"], e["end"]) for e in expected["entities"]
         ]
 
 
