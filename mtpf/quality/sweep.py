@@ -213,7 +213,8 @@ def summarize(book: RecipeBook, jobs: list[dict[str, Any]], shipped: str | None 
         runs = {job["seed"]: job for job in jobs if job["recipe"] == name and job["seed"] is not None}
         if not runs:
             continue
-        entry: dict[str, Any] = {"name": name, "levers": recipe.levers(), "seeds": sorted(runs)}
+        inherited = book.recipes[recipe.source].levers() if recipe.source else {}  # what its release was trained with
+        entry: dict[str, Any] = {"name": name, "levers": {**inherited, **recipe.levers()}, "seeds": sorted(runs)}
         for family in FAMILIES:
             delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
             entry[family] = delta.as_dict() | {"text": delta.describe()}

@@ -77,6 +77,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, pseudo_label_cache, m
     assert by_name["plain"]["tc"]["mean_delta"] == pytest.approx(1.0)  # 72 - 71, one seed: no SE
     assert by_name["plain"]["tc"]["se"] is None
     assert by_name["plain-wise0.5"]["shipped"] and not by_name["plain"]["shipped"]
+    assert by_name["plain-wise0.5"]["levers"] == {"max_steps": 2, "release_interpolation": 0.5}  # its training too
     assert by_name["plain-wise0.5"]["cpu_minutes"] >= by_name["plain"]["cpu_minutes"] - 0.1  # its training counts
     sweep.write_summary(summary, tmp_path / "results", "test")
     assert json.loads((tmp_path / "results" / "summary.json").read_text())["recipes"][0]["name"] == "plain"
