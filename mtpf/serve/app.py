@@ -260,7 +260,6 @@ def create_app(engine: Engine, options: ServeOptions | None = None, registry: Ap
         return results, sum(tokens)
 
     async def embeddings(body: EmbeddingsRequest, request: Request):
-        engine.lookup(body.model, "embeddings")
         vectors, tokens = await answer(request, "embeddings", body)
         data = [{"object": "embedding", "index": i, "embedding": encode_vector(vector, body.encoding_format)}
                 for i, vector in enumerate(vectors)]  # fmt: skip
