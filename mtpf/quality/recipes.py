@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from mtpf.errors import MtpfError
-from mtpf.training.args import yaml_to_argv
+from mtpf.training.args import mapping_to_argv, yaml_to_argv
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -52,15 +52,7 @@ class Recipe:
         return levers
 
     def train_argv(self) -> list[str]:
-        return yaml_to_argv_of(self.args)
-
-
-def yaml_to_argv_of(args: dict[str, Any]) -> list[str]:
-    argv: list[str] = []
-    for key, value in args.items():
-        values = value if isinstance(value, list) else [value]
-        argv += [f"--{key}", *(str(v) for v in values)]
-    return argv
+        return mapping_to_argv(self.args)
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,11 @@ def yaml_to_argv(path: Path) -> list[str]:
         raise ValueError(f"{path}: not a valid YAML config ({err}).") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of argument names to values.")
+    return mapping_to_argv(data)
+
+
+def mapping_to_argv(data: dict) -> list[str]:
+    """{name: value or list} as `--name value ...` (None: left at its default), as a config file's keys are read."""
     argv: list[str] = []
     for key, value in data.items():
         if value is None:
