@@ -1,12 +1,14 @@
 """The quality sweep (code in mtpf/quality/): screen every recipe at every pre-finetuning seed, then summarise.
 
     python scripts/quality_sweep.py --recipes configs/quality/recipes.yaml --root outputs/quality --seeds 0 1 2
+    python scripts/quality_sweep.py --recipes configs/quality/recipes.yaml --root outputs/quality --seeds 0 1 2 \
+        --protocol quick --only demo NAME     # confirm the candidates on the quick protocol
     python scripts/quality_sweep.py --recipes configs/quality/recipes.yaml --root outputs/quality \
         --summarize results/quality --shipped NAME
 
-Every (recipe, seed) is one job folder under --root with a completion marker; rerunning the same command after a
-kill resumes where it stopped. Extra `--key value` pairs after `--` go to every training run (e.g. the teacher's
-folder).
+Every (recipe, seed, protocol) is one job under --root with its own completion marker; rerunning the same command
+after a kill resumes where it stopped. Extra `--key value` pairs after `--` go to every training run (e.g. the
+teacher's folder).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from mtpf.quality.recipes import load_recipes
-from mtpf.quality.sweep import finished_jobs, run_sweep, summarize, write_summary
+from mtpf.quality.sweep import MARKERS, run_sweep, summarize_all, write_summary
 
 
 @dataclass
@@ -27,6 +29,10 @@ class SweepArguments:
     recipes: str = field(default="configs/quality/recipes.yaml", metadata={"help": "The recipe file."})
     root: str = field(default="outputs/quality", metadata={"help": "One folder per (recipe, seed) job."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Pre-finetuning seeds."})
+    protocol: str = field(
+        default="screen",
+        metadata={"help": "screen (every recipe) or quick (the confirmation of candidates).", "choices": list(MARKERS)},
+    )
     only: list[str] | None = field(default=None, metadata={"help": "Run only these recipes (default: all)."})
     summarize: str | None = field(
         default=None, metadata={"help": "Instead of running: write summary.json and RESULTS.md into this folder."}
@@ -41,11 +47,11 @@ def main(argv: list[str]) -> None:
     (args,) = HfArgumentParser(SweepArguments).parse_args_into_dataclasses(args=own)
     book = load_recipes(args.recipes)
     if args.summarize:
-        summary = summarize(book, finished_jobs(Path(args.root)), args.shipped)
+        summary = summarize_all(book, Path(args.root), args.shipped)
         write_summary(summary, Path(args.summarize), " ".join(["python scripts/quality_sweep.py", *argv]))
         print(f"Summary written to {args.summarize}/summary.json and RESULTS.md")
         return
-    run_sweep(book, Path(args.root), args.seeds, args.only, overrides)
+    run_sweep(book, Path(args.root), args.seeds, args.only, overrides, protocol=args.protocol)
 
 
 if __name__ == "__main__":

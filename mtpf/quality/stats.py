@@ -49,28 +49,3 @@ def paired_delta(scores: dict[int, float], reference: dict[int, float] | float) 
         return PairedDelta(mean, None, 1)
     variance = sum((d - mean) ** 2 for d in deltas) / (n - 1)
     return PairedDelta(mean, math.sqrt(variance / n), n)
-
-
-def spearman(first: list[float], second: list[float]) -> float:
-    """Spearman's rank correlation of two score lists over the same models (average ranks for ties)."""
-    if len(first) != len(second) or len(first) < 2:
-        raise ValueError("Rank agreement needs the same models, at least two, on both protocols.")
-
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=values.__getitem__)
-        result = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                result[order[k]] = (i + j) / 2
-            i = j + 1
-        return result
-
-    a, b = ranks(first), ranks(second)
-    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b))
-    norm = math.sqrt(sum((x - mean_a) ** 2 for x in a) * sum((y - mean_b) ** 2 for y in b))
-    return cov / norm if norm else 0.0

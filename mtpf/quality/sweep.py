@@ -1,11 +1,18 @@
-"""The quality sweep: one resumable job per (recipe, pre-finetuning seed), screened, then summarised against the base.
+"""The quality sweep: one resumable job per (recipe, pre-finetuning seed, protocol), evaluated, then summarised
+against the base.
 
-    ROOT/base/                      the base model's screen (no pre-finetuning, so no seed)
+    ROOT/base/                      the base model's jobs (no pre-finetuning, so no seed)
     ROOT/<recipe>-s<seed>/train/    train_mtpf.py's output_dir (checkpoints: a killed run resumes)
                          release/   the trained release (written atomically: its presence means training is done)
                          release-interpolated/   for recipes with an interpolation
-                         screen/    the screen suite's results.json (resumes per dataset), probe.json
-                         DONE.json  written last: scores and CPU seconds; a job with it is never run again
+                         screen/    the screen protocol's results.json (resumes per dataset), probe.json
+                         DONE.json  written last: the screen's scores and CPU seconds; a job with it is never rerun
+                         quick/     the confirming protocol's results.json (resumes per dataset)
+                         DONE-quick.json   its completion marker
+
+Two protocols: `screen` (about a quarter of the quick suite's cost, every recipe at every seed) and `quick` (the quick
+suite's TC in full and its NER LoRA protocol on two datasets at full and 10 % data, for the candidates).
+`rank_agreement` says whether the screen orders models as the quick protocol does, on the models run on both.
 
 A kill at any point costs at most the step in flight. CPU seconds are measured per step (the training subprocess's
 children time; the screen's own process time) and add up in DONE.json. Several sweep processes may share one ROOT
@@ -30,6 +37,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from scipy import stats as scipy_stats
+
 from mtpf.evaluation.ner_probe import ProbeProtocol, probe_ner
 from mtpf.evaluation.suites import suite_settings
 from mtpf.io import atomic_write_text
@@ -38,6 +47,7 @@ from mtpf.quality.stats import paired_delta
 
 logger = logging.getLogger(__name__)
 DONE = "DONE.json"
+MARKERS = {"screen": DONE, "quick": "DONE-quick.json"}  # each protocol's completion marker in a job folder
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The screen: the `quick` suite's protocols, cut to about a quarter of their cost (see SCREEN_DESCRIPTION).
 SCREEN_TC_ROWS, SCREEN_TC_EXPERIMENTS = 1024, 5
@@ -51,6 +61,15 @@ SCREEN_DESCRIPTION = (
     f"NER 10 % = the quick suite's LoRA protocol on {SCREEN_LORA_DATASET} with {SCREEN_LORA_FRACTION:.0%} of its "
     "training subset."
 )
+# The confirmation: the quick suite's TC as is; its NER LoRA protocol on the two datasets below at full and 10 % data
+# (the quick suite runs five datasets at full data only: about 1 CPU-hour; this cut keeps it near 25 CPU-minutes).
+QUICK_NER_DATASETS, QUICK_FRACTIONS = ("conll2003", "mit_restaurant"), (1.0, 0.1)
+QUICK_DESCRIPTION = (
+    "quick: TC = the quick suite's 10 local MTEB tasks as the suite runs them (eval splits capped at 2,048 rows, 10 "
+    f"probe experiments); NER full and NER 10 % = the quick suite's LoRA protocol on {', '.join(QUICK_NER_DATASETS)} "
+    "with all and 10 % of its 1,000-sentence training subset (mean test F1)."
+)
+DESCRIPTIONS = {"screen": SCREEN_DESCRIPTION, "quick": QUICK_DESCRIPTION}
 
 
 @contextlib.contextmanager
@@ -136,6 +155,22 @@ def screen(model: str, folder: Path, label: str) -> dict[str, Any]:
     return scores_of(json.loads((folder / "screen" / "results.json").read_text(encoding="utf-8")), probes)
 
 
+def quick(model: str, folder: Path, label: str) -> dict[str, Any]:
+    """The confirming protocol on one model; it resumes per (dataset, fraction) from what `folder` already holds."""
+    from mtpf.evaluation.suite import SuiteRun
+
+    settings = suite_settings("quick", ner_datasets=list(QUICK_NER_DATASETS), fractions=list(QUICK_FRACTIONS))
+    SuiteRun(settings, folder / "quick", command=f"quality quick {label}={model}").run([f"{label}={model}"])
+    return scores_of(json.loads((folder / "quick" / "results.json").read_text(encoding="utf-8")), probes={})
+
+
+def evaluate(protocol: str, model: str, folder: Path, label: str) -> dict[str, Any]:
+    """The named protocol on one model (looked up when called, so that a test can stand in for one)."""
+    if protocol not in MARKERS:
+        raise ValueError(f"Unknown protocol {protocol!r}; use one of {sorted(MARKERS)}.")
+    return {"screen": screen, "quick": quick}[protocol](model, folder, label)
+
+
 def _ner_root() -> str:
     from mtpf.data.roots import NER_DATA
 
@@ -143,41 +178,54 @@ def _ner_root() -> str:
 
 
 def scores_of(results: dict[str, Any], probes: dict[str, Any]) -> dict[str, Any]:
-    """The three numbers a recipe is judged by, plus the per-dataset scores behind them."""
-    tc = {r["dataset"]: r["value"] for r in results["results"] if r["family"] == "tc"}
-    tc_std = {r["dataset"]: round(statistics.pstdev(r["experiments"]), 4) for r in results["results"]
+    """The three numbers a recipe is judged by, plus the per-dataset scores behind them. NER full is the probe's
+    mean where there are probes (the screen), else the mean of the full-data LoRA runs (the quick protocol)."""
+    rows = results["results"]
+    tc = {r["dataset"]: r["value"] for r in rows if r["family"] == "tc"}
+    tc_std = {r["dataset"]: round(statistics.pstdev(r["experiments"]), 4) for r in rows
               if r["family"] == "tc" and r.get("experiments")}  # fmt: skip
-    ner_10 = [r["value"] for r in results["results"] if r["family"] == "ner"]
-    probe = {name: run["test_f1"] for name, run in probes.items()}
+    ner = {f"{r['dataset']}@{r['fraction']:g}": r["value"] for r in rows if r["family"] == "ner"}
+    ner_10 = [r["value"] for r in rows if r["family"] == "ner" and r["fraction"] == 0.1]
+    full = [run["test_f1"] for run in probes.values()] or [
+        r["value"] for r in rows if r["family"] == "ner" and r["fraction"] == 1.0
+    ]
     return {
-        "tc": sum(tc.values()) / len(tc),
-        "ner_full": sum(probe.values()) / len(probe),
-        "ner_10": sum(ner_10) / len(ner_10),
+        "tc": statistics.fmean(tc.values()),
+        "ner_full": statistics.fmean(full),
+        "ner_10": statistics.fmean(ner_10),
         "tc_tasks": tc,
         "tc_probe_std": tc_std,
-        "ner_probe": probe,
+        "ner_tasks": ner,
+        "ner_probe": {name: run["test_f1"] for name, run in probes.items()},
     }
 
 
 def run_job(
-    book: RecipeBook, recipe: Recipe, seed: int | None, root: Path, overrides: list[str], wait: bool = True
+    book: RecipeBook,
+    recipe: Recipe,
+    seed: int | None,
+    root: Path,
+    overrides: list[str],
+    *,
+    wait: bool = True,
+    protocol: str = "screen",
 ) -> dict[str, Any] | None:
-    """One (recipe, seed) job to its DONE.json (the base when seed is None); a finished job is read, not rerun.
-    None when another process holds the job and `wait` is off."""
+    """One (recipe, seed, protocol) job to its completion marker (the base when seed is None); a finished job is
+    read, not rerun. None when another process holds the job and `wait` is off."""
     folder = job_dir(root, recipe.name, seed)
-    with locked(folder / ".job.lock", wait) as mine:
+    with locked(folder / f".job-{protocol}.lock", wait) as mine:
         if not mine:
             return None
-        done = folder / DONE
+        done = folder / MARKERS[protocol]
         if done.is_file():
             return json.loads(done.read_text(encoding="utf-8"))
-        return _run_job(book, recipe, seed, folder, root, overrides)
+        return _run_job(book, recipe, seed, folder, root, overrides, protocol)
 
 
 def _run_job(
-    book: RecipeBook, recipe: Recipe, seed: int | None, folder: Path, root: Path, overrides: list[str]
+    book: RecipeBook, recipe: Recipe, seed: int | None, folder: Path, root: Path, overrides: list[str], protocol: str
 ) -> dict[str, Any]:
-    cpu = {"train": 0.0, "screen": 0.0}
+    cpu = {"train": 0.0, protocol: 0.0}
     if seed is None:
         model = book.base_model
     else:
@@ -187,23 +235,46 @@ def _run_job(
             model_path = interpolated(recipe, model_path, folder)
         model = str(model_path)
     start = time.process_time()
-    scores = screen(model, folder, recipe.name if seed is None else f"{recipe.name}-s{seed}")
-    cpu["screen"] = time.process_time() - start
+    scores = evaluate(protocol, model, folder, recipe.name if seed is None else f"{recipe.name}-s{seed}")
+    cpu[protocol] = time.process_time() - start
     record = {"recipe": recipe.name, "seed": seed, "model": model, "levers": recipe.levers(), **scores,
-              "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, "protocol": SCREEN_DESCRIPTION}  # fmt: skip
-    atomic_write_text(folder / DONE, json.dumps(record, indent=2) + "\n")
-    logger.info("job %s done: tc %.2f, ner_full %.2f, ner_10 %.2f", folder.name, *(scores[k] for k in FAMILIES))
+              "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, "protocol": DESCRIPTIONS[protocol]}  # fmt: skip
+    atomic_write_text(folder / MARKERS[protocol], json.dumps(record, indent=2) + "\n")
+    logger.info("job %s (%s) done: tc %.2f, ner_full %.2f, ner_10 %.2f", folder.name, protocol,
+                *(scores[k] for k in FAMILIES))  # fmt: skip
     return record
 
 
 FAMILIES = ("tc", "ner_full", "ner_10")
 
 
-def finished_jobs(root: Path) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(root.glob(f"*/{DONE}"))]
+def finished_jobs(root: Path, protocol: str = "screen") -> list[dict[str, Any]]:
+    """Every finished job of one protocol, with its folder's name (`job`) added."""
+    paths = sorted(root.glob(f"*/{MARKERS[protocol]}"))
+    return [json.loads(path.read_text(encoding="utf-8")) | {"job": path.parent.name} for path in paths]
 
 
-def summarize(book: RecipeBook, jobs: list[dict[str, Any]], shipped: str | None = None) -> dict[str, Any]:
+def rank_agreement(screened: list[dict[str, Any]], confirmed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the screen orders models as the quick protocol does: per family, Spearman's rho and Kendall's tau
+    over the models (job folders, the base included) finished on both."""
+    quick_by_job = {job["job"]: job for job in confirmed}
+    both = [(job, quick_by_job[job["job"]]) for job in screened if job["job"] in quick_by_job]
+    agreement: dict[str, Any] = {"models": [screen_job["job"] for screen_job, _ in both]}
+    for family in FAMILIES:
+        if len(both) < 3:
+            agreement[family] = None
+            continue
+        first, second = [s[family] for s, _ in both], [q[family] for _, q in both]
+        agreement[family] = {
+            "spearman": round(float(scipy_stats.spearmanr(first, second).statistic), 3),
+            "kendall": round(float(scipy_stats.kendalltau(first, second).statistic), 3),
+        }
+    return agreement
+
+
+def summarize(
+    book: RecipeBook, jobs: list[dict[str, Any]], shipped: str | None = None, protocol: str = "screen"
+) -> dict[str, Any]:
     """Per recipe, the paired difference to the base on each family (mean and SE over seeds) and its CPU cost."""
     base = next((job for job in jobs if job["seed"] is None), None)
     if base is None:
@@ -219,13 +290,13 @@ def summarize(book: RecipeBook, jobs: list[dict[str, Any]], shipped: str | None 
             delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
             entry[family] = delta.as_dict() | {"text": delta.describe()}
         source_cpu = _training_cpu(jobs, recipe.source) if recipe.source else {}
-        cpu = [job["cpu_seconds"]["train"] + source_cpu.get(s, 0.0) + job["cpu_seconds"]["screen"]
+        cpu = [job["cpu_seconds"]["train"] + source_cpu.get(s, 0.0) + job["cpu_seconds"][protocol]
                for s, job in runs.items()]  # fmt: skip
         entry["cpu_minutes"] = round(sum(cpu) / len(cpu) / 60, 1)
         entry["shipped"] = name == shipped
         recipes.append(entry)
     return {
-        "protocol": SCREEN_DESCRIPTION,
+        "protocol": DESCRIPTIONS[protocol],
         "base": {"model": base["model"], **{family: round(base[family], 3) for family in FAMILIES}},
         "recipes": recipes,
     }
@@ -236,41 +307,76 @@ def _training_cpu(jobs: list[dict[str, Any]], recipe: str) -> dict[int, float]:
 
 
 def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
-    """`summary.json` and the frontier table `RESULTS.md` (the command that made them at the top)."""
+    """`summary.json` and the frontier table `RESULTS.md` (the command that made them at the top): the screen's table,
+    then, where there is one, the quick protocol's and the two protocols' rank agreement."""
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
-    base = summary["base"]
     lines = [
         "# Quality sweep: recipes against the base",
         "",
         f"Command: `{command}`",
         "",
-        f"Protocol: {summary['protocol']}",
-        "",
-        f"Base `{base['model']}`: TC {base['tc']:.2f}, NER full (probe) {base['ner_full']:.2f}, "
-        f"NER 10 % {base['ner_10']:.2f}.",
-        "",
         "Differences to the base: mean over pre-finetuning seeds ± one standard error of the paired differences; "
         "`≈` = under two standard errors (no measurable change).",
         "",
-        "| recipe | levers | seeds | TC | NER full (probe) | NER 10 % | CPU min / seed |",
+        "## Screen",
+        "",
+        *_table(summary, "NER full (probe)"),
+    ]
+    if "quick" in summary:
+        lines += ["", "## Quick protocol (confirmation)", "", *_table(summary["quick"], "NER full")]
+    if "rank_agreement" in summary:
+        lines += ["", *_agreement_lines(summary["rank_agreement"])]
+    atomic_write_text(output / "RESULTS.md", "\n".join(lines) + "\n")
+
+
+def _table(section: dict[str, Any], full_label: str) -> list[str]:
+    base = section["base"]
+    lines = [
+        f"Protocol: {section['protocol']}",
+        "",
+        f"Base `{base['model']}`: TC {base['tc']:.2f}, {full_label} {base['ner_full']:.2f}, "
+        f"NER 10 % {base['ner_10']:.2f}.",
+        "",
+        f"| recipe | levers | seeds | TC | {full_label} | NER 10 % | CPU min / seed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for entry in summary["recipes"]:
+    for entry in section["recipes"]:
         levers = ", ".join(f"`{k}={v}`" for k, v in entry["levers"].items()) or "(demo as is)"
         lines.append(
             f"| {entry['name']}{' (shipped)' if entry['shipped'] else ''} | {levers} | "
             f"{' '.join(map(str, entry['seeds']))} | {entry['tc']['text']} | {entry['ner_full']['text']} | "
             f"{entry['ner_10']['text']} | {entry['cpu_minutes']} |"
         )
-    atomic_write_text(output / "RESULTS.md", "\n".join(lines) + "\n")
+    return lines
+
+
+def _agreement_lines(agreement: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Does the screen rank models as the quick protocol does?",
+        "",
+        f"Models on both protocols ({len(agreement['models'])}): {', '.join(agreement['models'])}.",
+        "",
+        "| family | Spearman rho | Kendall tau |",
+        "|---|---|---|",
+    ]
+    for family in FAMILIES:
+        value = agreement[family]
+        lines.append(f"| {family} | {value['spearman']:+.2f} | {value['kendall']:+.2f} |" if value else
+                     f"| {family} | (fewer than 3 models) | |")  # fmt: skip
+    return lines
 
 
 def run_sweep(
-    book: RecipeBook, root: Path, seeds: list[int], only: list[str] | None = None, overrides: list[str] | None = None
+    book: RecipeBook,
+    root: Path,
+    seeds: list[int],
+    only: list[str] | None = None,
+    overrides: list[str] | None = None,
+    protocol: str = "screen",
 ) -> list[dict[str, Any]]:
-    """Every job not yet done: the base first, then each recipe seed by seed (seed-major, so that every recipe has
-    its first seed before any has its third)."""
+    """Every job of the protocol not yet done: the base first, then each recipe seed by seed (seed-major, so that
+    every recipe has its first seed before any has its third)."""
     names = only or list(book.recipes)
     unknown = sorted(set(names) - set(book.recipes))
     if unknown:
@@ -281,7 +387,18 @@ def run_sweep(
     for wait in (False, True):  # first every free job, then (waiting) those other processes held
         for index, (recipe, seed) in enumerate(jobs):
             if index not in results:
-                record = run_job(book, recipe, seed, root, overrides or [], wait=wait)
+                record = run_job(book, recipe, seed, root, overrides or [], wait=wait, protocol=protocol)
                 if record is not None:
                     results[index] = record
     return [results[index] for index in range(len(jobs))]
+
+
+def summarize_all(book: RecipeBook, root: Path, shipped: str | None = None) -> dict[str, Any]:
+    """The screen's summary, with the quick protocol's and the rank agreement where any quick job has finished."""
+    screened = finished_jobs(root, "screen")
+    summary = summarize(book, screened, shipped)
+    confirmed = finished_jobs(root, "quick")
+    if confirmed:
+        summary["quick"] = summarize(book, confirmed, shipped, protocol="quick")
+        summary["rank_agreement"] = rank_agreement(screened, confirmed)
+    return summary

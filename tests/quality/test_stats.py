@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mtpf.quality.stats import paired_delta, spearman
+from mtpf.quality.stats import paired_delta
 
 
 def test_paired_delta_against_a_seedless_base():
@@ -32,12 +32,3 @@ def test_paired_delta_one_seed_has_no_spread():
     assert delta.se is None and not delta.significant and delta.describe() == "+3.00 (1 seed)"
     with pytest.raises(ValueError, match="No seed"):
         paired_delta({0: 1.0}, {1: 1.0})
-
-
-def test_spearman():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # a tie takes the average rank
-    with pytest.raises(ValueError):
-        spearman([1], [1])

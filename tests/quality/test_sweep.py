@@ -1,5 +1,6 @@
 """The quality sweep's bookkeeping: recipe files, resumable jobs (a kill costs at most the step in flight), and the
-summary's paired differences. Training is real (the smoke config); the screen is replaced by a recorder."""
+summary's paired differences and rank agreement. Training is real (the smoke config); the protocols are replaced by
+recorders."""
 
 from __future__ import annotations
 
@@ -88,7 +89,54 @@ def test_a_job_another_process_holds_is_skipped_without_waiting(tmp_path, monkey
     book = load_recipes(recipe_file(tmp_path, RECIPES))
     monkeypatch.setattr(sweep, "screen", lambda model, folder, label: {"tc": 1.0, "ner_full": 2.0, "ner_10": 3.0})
     root = tmp_path / "jobs"
-    with sweep.locked(root / "base" / ".job.lock"):  # as another sweep process would hold it
+    with sweep.locked(root / "base" / ".job-screen.lock"):  # as another sweep process would hold it
         assert sweep.run_job(book, sweep.Recipe("base"), None, root, [], wait=False) is None
         assert not (root / "base" / "DONE.json").exists()
     assert sweep.run_job(book, sweep.Recipe("base"), None, root, [], wait=False)["tc"] == 1.0
+
+
+def test_the_quick_protocol_has_its_own_jobs_and_is_ranked_against_the_screen(tmp_path, monkeypatch):
+    book = load_recipes(recipe_file(tmp_path, "  - name: a\n  - name: b\n"))
+    root = tmp_path / "jobs"
+    quick_scores = {"base": 10, "a-s0": 30, "b-s0": 20, "a-s1": 40, "b-s1": 50}
+    screen_scores = {"base": 1, "a-s0": 2, "b-s0": 3, "a-s1": 4}  # b-s1 was never screened
+    for job in quick_scores:
+        release = root / job / "release" / "backbone"
+        release.mkdir(parents=True)
+        (release / "config.json").write_text("{}")  # a trained release: nothing to train
+    for job, score in screen_scores.items():
+        record = {
+            "recipe": job.split("-")[0],
+            "seed": None if job == "base" else int(job[-1]),
+            "model": job,
+            "cpu_seconds": {"train": 0, "screen": 1},
+            "tc": score,
+            "ner_full": score,
+            "ner_10": -score,
+        }
+        (root / job / sweep.DONE).write_text(json.dumps(record))
+    evaluated = []
+
+    def fake_quick(model, folder, label):
+        evaluated.append(label)
+        score = quick_scores[folder.name]
+        return {"tc": score, "ner_full": score, "ner_10": score}
+
+    monkeypatch.setattr(sweep, "quick", fake_quick)
+    monkeypatch.setattr(sweep, "screen", lambda *args: pytest.fail("the screen is done: never rerun"))
+    sweep.run_sweep(book, root, seeds=[0, 1], only=["a", "b"], protocol="quick")
+    sweep.run_sweep(book, root, seeds=[0, 1], only=["a", "b"], protocol="quick")  # all done: nothing runs again
+    assert evaluated == ["base", "a-s0", "b-s0", "a-s1", "b-s1"]
+    assert (root / "a-s0" / "DONE-quick.json").is_file()
+
+    summary = sweep.summarize_all(book, root)
+    assert summary["quick"]["protocol"] == sweep.QUICK_DESCRIPTION
+    by_name = {entry["name"]: entry for entry in summary["quick"]["recipes"]}
+    assert by_name["a"]["tc"]["mean_delta"] == pytest.approx(25.0)  # (30 + 40) / 2 - 10
+    agreement = summary["rank_agreement"]
+    assert agreement["models"] == ["a-s0", "a-s1", "b-s0", "base"]  # b-s1 has no screen
+    assert agreement["tc"] == {"spearman": pytest.approx(0.8), "kendall": pytest.approx(0.667, abs=1e-3)}
+    assert agreement["ner_10"]["spearman"] == pytest.approx(-0.8)  # the screen ranked NER 10 % the other way round
+    sweep.write_summary(summary, tmp_path / "results", "test")
+    text = (tmp_path / "results" / "RESULTS.md").read_text()
+    assert "## Quick protocol (confirmation)" in text and "| tc | +0.80 | +0.67 |" in text
