@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset
 from peft import PeftModel
@@ -195,8 +196,17 @@ def train_classifier(
 
     with tempfile.TemporaryDirectory(prefix="mtpf-classification-") as scratch:
         collator = DataCollatorWithPadding(candidate.tokenizer)
-        trainer, keep_best = train_two_phases(model, protocol, train_set, dev_set, collator, dev_metrics, seed,
-                                              scratch, metric="eval_accuracy")  # fmt: skip
+        trainer, keep_best = train_two_phases(
+            model,
+            protocol,
+            train_set,
+            dev_set,
+            collator=collator,
+            dev_metrics=dev_metrics,
+            seed=seed,
+            scratch=scratch,
+            metric="eval_accuracy",
+        )
         predicted = trainer.predict(test_set).predictions  # class ids (the trainer argmaxes its logits)
     gold = [label_ids[row.label] for row in test]
     run = ClassificationRun(
@@ -237,6 +247,20 @@ def best_label(probabilities: torch.Tensor, id2label: dict[int, str]) -> dict:
     return {"label": id2label[best], "score": float(probabilities[best])}
 
 
+def compare_classifier_outputs(gold: list, references: list, outputs: list, encodings: list, id2label: dict) -> dict:
+    """Accuracy of the PyTorch and the ONNX class logits against the gold classes, and how often they agree."""
+    reference = np.concatenate(references).argmax(-1)
+    onnx = np.concatenate(outputs).argmax(-1)
+    truth = np.asarray(gold)
+    report = {
+        "accuracy_pytorch": round(100 * float((reference == truth).mean()), 4),
+        "accuracy_onnx": round(100 * float((onnx == truth).mean()), 4),
+        "prediction_agreement": round(100 * float((reference == onnx).mean()), 4),
+    }
+    report["accuracy_drop"] = round(report["accuracy_pytorch"] - report["accuracy_onnx"], 4)
+    return report
+
+
 def classifier_answer(output: RowOutput) -> dict:
     """The label of one text and its probability (what /v1/classify answers per input)."""
     return best_label(torch.softmax(torch.as_tensor(output.logits), dim=-1), output.id2label)
@@ -254,6 +278,7 @@ CLASSIFICATION_KIND = register_app_kind(
         onnx_output="sentence_logits",
         endpoint="classify",
         answer=classifier_answer,
+        compare_outputs=compare_classifier_outputs,
         pipeline_tag="text-classification",
         label_kind="Classes",
         score_rows=(

@@ -1,8 +1,10 @@
 """The registry of app kinds: what an app does (tag entities, classify sentences), as one entry per kind.
 
 A kind owns what differs between apps: its training protocol and data, its head class, its model-card facts, its
-ONNX output and the endpoint that serves it. `finetune`, `export` and `serve` ask the registry and never branch on a
-kind's name; an unknown kind is an error that lists the registered ones (as `mtpf.tasks` does for pre-finetuning).
+ONNX output and how an export of it is checked, the endpoint that serves it and what one input of a request is (a
+text, or e.g. a pair of texts that the kind turns into the one text its model reads). `finetune`, `export` and
+`serve` ask the registry and never branch on a kind's name; an unknown kind is an error that lists the registered
+ones (as `mtpf.tasks` does for pre-finetuning).
 
     from mtpf.apps.kinds import register_app_kind, get_app_kind
     register_app_kind(AppKind(name="ner", ...))
@@ -65,10 +67,18 @@ class AppKind:
     onnx_output: str  # what its graph returns: token_logits or sentence_logits
     endpoint: str  # the HTTP endpoint that answers it: /v1/<endpoint>
     answer: Callable[[RowOutput], dict]  # one row's answer from its logits (both serving backends call it)
+    # the export's quality check: (gold, PyTorch outputs, ONNX outputs, encodings, id2label), outputs and encodings
+    # per batch -> {"<metric>_pytorch", "<metric>_onnx", "<metric>_drop"} (int8 is accepted when no drop exceeds
+    # mtpf.export.onnx.INT8_MAX_F1_DROP points)
+    compare_outputs: Callable[[list, list, list, list, dict], dict]
     pipeline_tag: str  # model cards and transformers' pipeline
     label_kind: str  # how a card names its labels
     score_rows: tuple[tuple[str, str, str], ...]  # card rows: (split, metric, key in the app's scores)
     pipeline_options: dict = field(default_factory=dict)  # e.g. aggregation_strategy for a tagger
+    # (tokenizer, texts, gold, max_length) -> one batch of the export's check sentences (default: the texts as is)
+    encode_check: Callable[[Any, list[str], list, int], Any] | None = None
+    input_type: Any = str  # one input of a request (a pydantic type): a text by default
+    text_of: Callable[[Any], str] = str  # the text the model reads for one input (a pair joined, for instance)
 
     def head_model_class(self) -> type:
         import modeling_mtpf

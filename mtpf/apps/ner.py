@@ -69,6 +69,41 @@ def bio_entities(words: list[tuple[str, float, int, int]], text: str) -> list[di
     ]  # fmt: skip
 
 
+def encode_words(tokenizer, texts: list[str], gold: list, max_length: int):
+    """The export check's batch, tokenised by the gold words so that each word's first sub-token meets its tag."""
+    return tokenizer([sentence.tokens for sentence in gold], is_split_into_words=True, padding=True, truncation=True,
+                     max_length=max_length, return_tensors="pt")  # fmt: skip
+
+
+def compare_tagger_outputs(gold: list, references: list, outputs: list, encodings: list, id2label: dict) -> dict:
+    """Entity F1 of the PyTorch and the ONNX token logits against the gold tags (the export's quality check)."""
+    from mtpf.evaluation.ner import entity_f1
+
+    tags = [sentence.tags for sentence in gold]
+    report = {}
+    for name, logits in (("pytorch", references), ("onnx", outputs)):
+        predicted, start = [], 0
+        for batch_logits, encoding in zip(logits, encodings):
+            predicted += first_subtoken_tags(batch_logits, encoding, gold[start : start + len(batch_logits)], id2label)
+            start += len(batch_logits)
+        report[f"f1_{name}"] = round(entity_f1(tags, predicted), 4)
+    report["f1_drop"] = round(report["f1_pytorch"] - report["f1_onnx"], 4)
+    return report
+
+
+def first_subtoken_tags(logits, encoding, sentences: list, id2label: dict) -> list[list[str]]:
+    """Word tags from token logits: each word's first sub-token, `O` for words the length limit cut off."""
+    rows = []
+    for row, sentence in enumerate(sentences):
+        tags, previous = [], None
+        for position, word in enumerate(encoding.word_ids(row)):
+            if word is not None and word != previous:
+                tags.append(id2label[int(logits[row, position].argmax())])
+            previous = word
+        rows.append(tags + ["O"] * (len(sentence.tokens) - len(tags)))
+    return rows
+
+
 def tagger_answer(output: RowOutput) -> dict:
     """The entities of one text, with character offsets (what /v1/ner answers per input)."""
     probabilities = torch.softmax(torch.as_tensor(output.logits), dim=-1)
@@ -87,6 +122,8 @@ NER_KIND = register_app_kind(
         onnx_output="token_logits",
         endpoint="ner",
         answer=tagger_answer,
+        compare_outputs=compare_tagger_outputs,
+        encode_check=encode_words,
         pipeline_tag="token-classification",
         label_kind="Entity types",
         score_rows=(("test", "seqeval entity F1 (strict IOB2)", "test_f1"), ("dev", "seqeval entity F1", "dev_f1")),

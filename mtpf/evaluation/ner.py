@@ -131,8 +131,17 @@ def train_ner(
 
     with tempfile.TemporaryDirectory(prefix="mtpf-ner-") as scratch:
         collator = DataCollatorForTokenClassification(candidate.tokenizer)
-        trainer, keep_best = train_two_phases(model, protocol, train_set, dev_set, collator, dev_metrics, seed,
-                                              scratch, metric="eval_f1")  # fmt: skip
+        trainer, keep_best = train_two_phases(
+            model,
+            protocol,
+            train_set,
+            dev_set,
+            collator=collator,
+            dev_metrics=dev_metrics,
+            seed=seed,
+            scratch=scratch,
+            metric="eval_f1",
+        )
         prediction = trainer.predict(test_set)
     test_f1 = entity_f1(
         [s.tags for s in test], decode_tags(prediction.predictions, prediction.label_ids, id2label, test)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtpf.apps.kinds import AppKind
 from mtpf.errors import MtpfError
 from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
 
@@ -51,11 +52,12 @@ class Exportable:
 
     module: nn.Module  # forward(input_ids, attention_mask) -> the one output
     tokenizer: object
-    output_name: str  # "logits" (NER, classification) or "sentence_embedding"
+    output_name: str  # "logits" (an app) or "sentence_embedding" (a slot)
     texts: list[str]  # real sentences to compare on (NER: the words of `gold` joined)
-    gold: list = field(default_factory=list)  # NER: TaggedSentence list with gold tags; classification: class ids
+    gold: list = field(default_factory=list)  # what the app's kind scores against (NER: tagged sentences)
     id2label: dict[int, str] = field(default_factory=dict)
     max_length: int = 128
+    kind: AppKind | None = None  # an app's kind: it encodes the check sentences and scores both outputs
 
 
 class _Outputs(nn.Module):
@@ -90,8 +92,9 @@ def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sent
     )
     merged = PeftModel.from_pretrained(model, str(app_dir)).merge_and_unload().eval()
     texts, gold = kind.test_texts(app, sentences)
-    return Exportable(_Outputs(merged, "logits").eval(), AutoTokenizer.from_pretrained(backbone), "logits", texts,
-                      gold, labels, int(app["protocol"]["max_length"]))  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    return Exportable(_Outputs(merged, "logits").eval(), tokenizer, "logits", texts, gold, labels,
+                      int(app["protocol"]["max_length"]), kind)  # fmt: skip
 
 
 def exportable_slot(release: str, slot: str | None, texts: list[str]) -> Exportable:
@@ -171,86 +174,56 @@ def onnx_runner(path: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
 
 def fidelity(exportable: Exportable, path: Path | Callable, batch_size: int = 32) -> dict:
-    """Compare an ONNX graph (its path, or a runner of feeds -> output) with PyTorch on the real sentences: max |Δ|,
-    and F1 (NER), accuracy (classification) or cosine (embeddings)."""
+    """Compare an ONNX graph (its path, or a runner of feeds -> output) with PyTorch on the real sentences: max |Δ|
+    (over real tokens), then an app's own quality on both (its kind's `compare_outputs`: NER entity F1,
+    classification accuracy, ...) or, for a slot's embedding, the cosine of both vectors."""
     run = onnx_runner(path) if isinstance(path, Path) else path
-    diffs, cosines, reference_rows, onnx_rows = [], [], [], []
+    references, outputs, encodings = [], [], []
     for start in range(0, len(exportable.texts), batch_size):
         batch = _encode(exportable, start, start + batch_size)
         with torch.no_grad():
-            reference = exportable.module(batch["input_ids"], batch["attention_mask"]).numpy()
-        got = run({k: batch[k].numpy() for k in ("input_ids", "attention_mask")})
-        keep = batch["attention_mask"].numpy().astype(bool)
-        if is_tagger(exportable):
-            diffs.append(float(np.abs(got - reference)[keep].max()))
-            reference_rows += _first_subtoken_tags(reference, batch, exportable, start)
-            onnx_rows += _first_subtoken_tags(got, batch, exportable, start)
-        elif exportable.output_name == "logits":  # class logits
-            diffs.append(float(np.abs(got - reference).max()))
-            reference_rows += reference.argmax(-1).tolist()
-            onnx_rows += got.argmax(-1).tolist()
-        else:
-            diffs.append(float(np.abs(got - reference).max()))
-            norms = np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
-            cosines += list((got * reference).sum(axis=1) / np.maximum(norms, 1e-12))
+            references.append(exportable.module(batch["input_ids"], batch["attention_mask"]).numpy())
+        outputs.append(run({k: batch[k].numpy() for k in ("input_ids", "attention_mask")}))
+        encodings.append(batch)
+    diffs = [_max_abs_diff(r, o, e["attention_mask"].numpy()) for r, o, e in zip(references, outputs, encodings)]
     report = {"max_abs_diff": max(diffs), "sentences": len(exportable.texts)}
-    if exportable.output_name == "logits" and not is_tagger(exportable):
-        gold = np.array(exportable.gold)
-        report |= {
-            "accuracy_pytorch": round(100 * float((np.array(reference_rows) == gold).mean()), 4),
-            "accuracy_onnx": round(100 * float((np.array(onnx_rows) == gold).mean()), 4),
-            "prediction_agreement": round(100 * float((np.array(reference_rows) == np.array(onnx_rows)).mean()), 4),
-        }
-        report["accuracy_drop"] = round(report["accuracy_pytorch"] - report["accuracy_onnx"], 4)
-    elif exportable.output_name == "logits":
-        from mtpf.evaluation.ner import entity_f1
+    if exportable.kind is None:
+        return report | _cosines(references, outputs)
+    return report | exportable.kind.compare_outputs(exportable.gold, references, outputs, encodings,
+                                                    exportable.id2label)  # fmt: skip
 
-        gold = [s.tags for s in exportable.gold]
-        report |= {
-            "f1_pytorch": round(entity_f1(gold, reference_rows), 4),
-            "f1_onnx": round(entity_f1(gold, onnx_rows), 4),
-        }
-        report["f1_drop"] = round(report["f1_pytorch"] - report["f1_onnx"], 4)
-    else:
-        report |= {"min_cosine": float(min(cosines)), "mean_cosine": float(np.mean(cosines))}
-    return report
+
+def _max_abs_diff(reference: np.ndarray, got: np.ndarray, mask: np.ndarray) -> float:
+    """The largest difference, over real tokens only for per-token outputs (padding is noise)."""
+    difference = np.abs(got - reference)
+    return float((difference[mask.astype(bool)] if difference.ndim == 3 else difference).max())
+
+
+def _cosines(references: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
+    reference, got = np.concatenate(references), np.concatenate(outputs)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
+    cosines = (got * reference).sum(axis=1) / np.maximum(norms, 1e-12)
+    return {"min_cosine": float(cosines.min()), "mean_cosine": float(cosines.mean())}
 
 
 def _encode(exportable: Exportable, start: int, end: int):
-    """A batch of the check sentences: NER by gold words (so word ids align with the tags), else plain texts."""
-    if is_tagger(exportable):
-        words = [s.tokens for s in exportable.gold[start:end]]
-        return exportable.tokenizer(words, is_split_into_words=True, padding=True, truncation=True,
-                                    max_length=exportable.max_length, return_tensors="pt")  # fmt: skip
+    """A batch of the check sentences, as the app's kind encodes them (NER: by gold words, so that word ids align
+    with the tags), else the plain texts."""
+    if exportable.kind is not None and exportable.kind.encode_check is not None:
+        return exportable.kind.encode_check(exportable.tokenizer, exportable.texts[start:end],
+                                            exportable.gold[start:end], exportable.max_length)  # fmt: skip
     return exportable.tokenizer(exportable.texts[start:end], padding=True, truncation=True,
                                 max_length=exportable.max_length, return_tensors="pt")  # fmt: skip
 
 
-def is_tagger(exportable: Exportable) -> bool:
-    """NER (gold tagged sentences, per-token logits) rather than classification or embeddings."""
-    return bool(exportable.gold) and not isinstance(exportable.gold[0], int)
-
-
-def _first_subtoken_tags(logits: np.ndarray, batch, exportable: Exportable, start: int) -> list[list[str]]:
-    """Word tags from token logits: each word's first sub-token, `O` for words the length limit cut off."""
-    rows = []
-    for row, sentence in enumerate(exportable.gold[start : start + len(logits)]):
-        tags, previous = [], None
-        for position, word in enumerate(batch.word_ids(row)):
-            if word is not None and word != previous:
-                tags.append(exportable.id2label[int(logits[row, position].argmax())])
-            previous = word
-        rows.append(tags + ["O"] * (len(sentence.tokens) - len(tags)))
-    return rows
-
-
 def accepted(report: dict, int8: bool) -> bool:
+    """fp32: PyTorch's outputs to within FP32_MAX_ABS_DIFF. int8: an app loses at most INT8_MAX_F1_DROP points of
+    each of its kind's metrics (the `*_drop` entries), a slot keeps a cosine of INT8_MIN_COSINE to PyTorch."""
     if not int8:
         return bool(report["max_abs_diff"] < FP32_MAX_ABS_DIFF)
-    if "f1_drop" in report:
-        return bool(report["f1_drop"] <= INT8_MAX_F1_DROP)
-    if "accuracy_drop" in report:
-        return bool(report["accuracy_drop"] <= INT8_MAX_F1_DROP)
+    drops = [value for key, value in report.items() if key.endswith("_drop")]
+    if drops:
+        return all(drop <= INT8_MAX_F1_DROP for drop in drops)
     return bool(report["min_cosine"] >= INT8_MIN_COSINE)
 
 

@@ -31,10 +31,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtpf.apps import APP_KINDS
+from mtpf.apps.kinds import AppKind
 from mtpf.serve.batching import BatchStats, MicroBatcher
 from mtpf.serve.engine import Engine, Row, ServeError
 from mtpf.serve.registry import AppRegistry
@@ -85,6 +86,19 @@ def request_models(dimension: int, max_inputs: int) -> tuple[type[TextsRequest],
 
     Texts.__name__, Embeddings.__name__ = "TextsRequest", "EmbeddingsRequest"
     return Texts, Embeddings
+
+
+def kind_request_model(kind: AppKind, texts_request: type[TextsRequest], max_inputs: int) -> type[BaseModel]:
+    """The body of POST /v1/<endpoint> for an app kind: texts, or one input of the kind's own type (a pair, say) or
+    a list of them."""
+    if kind.input_type is str:
+        return texts_request
+    many = Annotated[list[kind.input_type], Field(min_length=1, max_length=max_inputs)]
+    return create_model(
+        f"{kind.name.title().replace('_', '')}Request",
+        model=(str, Field(min_length=1, description=f"A served {kind.name} app.")),
+        input=(kind.input_type | many, Field(description="One input or a list of inputs.")),
+    )
 
 
 class AppRequest(BaseModel):
@@ -237,10 +251,11 @@ def create_app(engine: Engine, options: ServeOptions | None = None, registry: Ap
         body = _error(str(err), "invalid_request_error", err.param, err.code or ERROR_CODES.get(err.status))
         return JSONResponse(body, err.status)
 
-    async def answer(request: Request, endpoint: str, body: TextsRequest) -> tuple[list, int]:
-        """Every input's answer (in order) and the inputs' token count."""
+    async def answer(request: Request, endpoint: str, body: BaseModel, text_of=str) -> tuple[list, int]:
+        """Every input's answer (in order) and the inputs' token count; `text_of` makes one input the text the model
+        reads (an app kind's inputs may be pairs, say)."""
         served = engine.lookup(body.model, endpoint)
-        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        texts = [text_of(item) for item in (body.input if isinstance(body.input, list) else [body.input])]
         check_texts(texts, options.max_inputs)
         tokens = await asyncio.get_running_loop().run_in_executor(tokenizing, engine.count_tokens, texts)
         for index, count in enumerate(tokens):
@@ -266,20 +281,21 @@ def create_app(engine: Engine, options: ServeOptions | None = None, registry: Ap
         return {"object": "list", "model": body.model, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
-    def kind_route(endpoint: str):
+    def kind_route(kind: AppKind):
         """POST /v1/<endpoint> of an app kind: each input's answer as the kind makes it, with its index."""
 
         async def route(body: TextsRequest, request: Request):
-            answers, _ = await answer(request, endpoint, body)
+            answers, _ = await answer(request, kind.endpoint, body, kind.text_of)
             return {"model": body.model, "data": [{"index": i, **a} for i, a in enumerate(answers)]}
 
-        route.__name__ = endpoint
+        route.__name__ = kind.endpoint
         return route
 
     # the schema states this server's limits, so clients (and schemathesis) know what a valid request is
     texts_request, embeddings_request = request_models(engine.embedding_dimension, options.max_inputs)
     routes = [("/v1/embeddings", embeddings, embeddings_request)]
-    routes += [(f"/v1/{kind.endpoint}", kind_route(kind.endpoint), texts_request) for kind in APP_KINDS.values()]
+    routes += [(f"/v1/{kind.endpoint}", kind_route(kind), kind_request_model(kind, texts_request, options.max_inputs))
+               for kind in APP_KINDS.values()]  # fmt: skip
     for path, route, body_type in routes:
         route.__annotations__["body"] = body_type
         app.post(path, dependencies=[Depends(authorised)], responses=TEXT_ERRORS)(route)
@@ -371,7 +387,7 @@ def install_error_handlers(app: FastAPI, max_inputs: int = 256) -> None:
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         if where.startswith("input"):  # the server's own words for what is wrong with the texts
             given = err.body.get("input") if isinstance(err.body, dict) else None
-            if isinstance(given, list) and given and all(isinstance(x, int | list) for x in given):
+            if isinstance(given, list) and given and all(is_token_ids(x) for x in given):
                 message = ("input holds token ids; this server embeds text only (its own tokenizer reads it). Send "
                            "strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).")  # fmt: skip
                 return JSONResponse(_error(message, "invalid_request_error", "input", "invalid_value"), 400)
@@ -388,13 +404,19 @@ def install_error_handlers(app: FastAPI, max_inputs: int = 256) -> None:
             return JSONResponse(_error(message, "invalid_request_error", "dimensions", "invalid_value"), 400)
         message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
                             for e in problems[:3]) or "invalid request"  # fmt: skip
-        return JSONResponse(_error(message, "invalid_request_error", where or None, "invalid_value"), 422)
+        field_name = where.split(".")[0] or None  # the body field at fault (a union adds its member to the path)
+        return JSONResponse(_error(message, "invalid_request_error", field_name, "invalid_value"), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if err.status_code < 500 else "server_error"
         body = _error(str(err.detail), kind, code=ERROR_CODES.get(err.status_code))
         return JSONResponse(body, err.status_code, headers=err.headers)  # a 405 keeps its Allow header
+
+
+def is_token_ids(value: object) -> bool:
+    """A token id, or a list of them (what OpenAI's clients send when they tokenise themselves)."""
+    return isinstance(value, int) or (isinstance(value, list) and all(isinstance(x, int) for x in value))
 
 
 def add_protected_docs(app: FastAPI, authorised) -> None:

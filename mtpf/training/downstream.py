@@ -169,7 +169,7 @@ class KeepBestOnDev(TrainerCallback):
 
     def __init__(self, model: torch.nn.Module, metric: str = "eval_f1") -> None:
         self.model, self.metric = model, metric
-        self.best_score = -1.0
+        self.best_score = -math.inf  # any first score is better (a correlation may be negative)
         self.best_epoch = 0.0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.curve: list[float] = []
@@ -199,13 +199,18 @@ def train_two_phases(
     protocol: AdapterProtocol,
     train_set: Dataset,
     dev_set: Dataset,
+    *,
     collator: Callable,
     dev_metrics: Callable,
     seed: int,
     scratch: str,
     metric: str,
+    predictions: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Trainer, KeepBestOnDev]:
-    """Warm the head up alone, then train LoRA + head; restore the epoch with the best dev `metric`."""
+    """Warm the head up alone, then train LoRA + head; restore the epoch with the best dev `metric`. `predictions`
+    turns the head's logits into what `dev_metrics` and `predict` see: the class (or tag) ids by default, a
+    regression head's own value for a kind that scores."""
+    reduce = predictions or argmax_predictions
     keep_best = KeepBestOnDev(model, metric)
     phases = [(False, protocol.warmup_epochs, protocol.warmup_learning_rate or protocol.learning_rate)]
     phases.append((True, protocol.epochs, protocol.learning_rate))
@@ -223,7 +228,7 @@ def train_two_phases(
             eval_dataset=dev_set,
             data_collator=collator,
             compute_metrics=dev_metrics,
-            preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+            preprocess_logits_for_metrics=lambda logits, labels: reduce(logits),
             callbacks=[keep_best] if selects else [],
         )
         trainer.train()
@@ -232,6 +237,11 @@ def train_two_phases(
     keep_best.restore()
     trainer.compute_metrics = None  # dev metrics only; the caller scores test against its full gold
     return trainer, keep_best
+
+
+def argmax_predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The class (or, per token, tag) ids of a classification head's logits."""
+    return logits.argmax(-1)
 
 
 def training_arguments(
