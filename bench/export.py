@@ -28,7 +28,7 @@ from common import best_of, write_report
 
 from mtpf.apps import finetune_app
 from mtpf.apps.classification import ClassificationProtocol
-from mtpf.evaluation.ner import NerProtocol
+from mtpf.apps.ner.train import NerProtocol
 from mtpf.export import export, export_shared, exportable_app, shared_apps
 from mtpf.export.onnx import Exportable
 from mtpf.export.shared import OUTPUTS, adapter_runner

@@ -213,7 +213,7 @@ def smoke_eval(slotted_release, tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 # ----- apps (mtpf finetune): a real 2-layer encoder, so the app finds entities -----------------------------------
-from mtpf.evaluation.ner import NerProtocol  # noqa: E402
+from mtpf.apps.ner.train import NerProtocol  # noqa: E402
 
 NER_ROOT = SHARED_DIR / "data" / "ner"
 # Small enough for CI, large enough that the real 2-layer encoder finds entities (test F1 > 0).

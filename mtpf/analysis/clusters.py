@@ -17,8 +17,8 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
+from mtpf.apps.ner.data import load_ner_dataset
 from mtpf.data.conll import TaggedSentence
-from mtpf.evaluation.ner_data import load_ner_dataset
 from mtpf.io import atomic_write_text
 from mtpf.models import split_label
 from mtpf.pseudo_labels import embed_words

@@ -1,6 +1,6 @@
 """An app's own adapter, fine-tuned from a release: `python -m mtpf finetune RELEASE --task ner|classification ...`.
 
-NER runs the very protocol `mtpf-eval` scores (`mtpf.evaluation.ner.train_ner`: LoRA r=32/alpha=64 on every layer,
+NER runs the very protocol `mtpf-eval` scores (`mtpf.apps.ner.train`: LoRA r=32/alpha=64 on every layer,
 initialised from the release's `ner` slot, head warm-up, dev selection, seqeval on test), so an app's test F1 is
 the number the evaluation suite reports for the same settings. A classification app trains the same way on the
 model's sentence embedding, its LoRA initialised from the `tc` slot (`mtpf.apps.classification`). The app folder

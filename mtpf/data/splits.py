@@ -1,6 +1,6 @@
 """Train / dev / test splits of any downstream dataset: Hub loading, the dataset's recorded name, a missing dev.
 
-NER data (`mtpf.evaluation.ner_data`) and classification apps (`mtpf.apps.classification`) read different row
+NER data (`mtpf.apps.ner.data`) and classification apps (`mtpf.apps.classification`) read different row
 types, but name, load and complete their splits by these same rules.
 """
 

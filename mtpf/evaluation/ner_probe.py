@@ -18,9 +18,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from mtpf.apps.ner.data import check_label_sets, load_ner_spec
+from mtpf.apps.ner.train import entity_f1
 from mtpf.data.conll import TaggedSentence
-from mtpf.evaluation.ner import entity_f1
-from mtpf.evaluation.ner_data import check_label_sets, load_ner_spec
 from mtpf.models import LoadedModel
 from mtpf.training.downstream import subsample
 

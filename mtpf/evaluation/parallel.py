@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT, ner_dataset_name
+from mtpf.apps.ner.data import DEFAULT_DATA_ROOT, ner_dataset_name
 from mtpf.evaluation.store import ResultsStore, merge_results
 from mtpf.evaluation.suite import SuiteRun
 from mtpf.evaluation.suites import SuiteSettings, settings_from_dict

@@ -13,9 +13,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mtpf.evaluation.ner import train_ner
-from mtpf.evaluation.ner_data import DEFAULT_DATA_ROOT as DEFAULT_NER_ROOT
-from mtpf.evaluation.ner_data import PAPER_NER_DATASETS, check_label_sets, load_ner_spec
+from mtpf.apps.ner.data import DEFAULT_DATA_ROOT as DEFAULT_NER_ROOT
+from mtpf.apps.ner.data import PAPER_NER_DATASETS, check_label_sets, load_ner_spec
+from mtpf.apps.ner.train import train_ner
 from mtpf.evaluation.store import ResultsStore
 from mtpf.evaluation.suites import SuiteSettings
 from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, evaluate_tc

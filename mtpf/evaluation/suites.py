@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mtpf.evaluation.ner import NerProtocol
-from mtpf.evaluation.ner_data import PAPER_NER_DATASETS
+from mtpf.apps.ner.data import PAPER_NER_DATASETS
+from mtpf.apps.ner.train import NerProtocol
 from mtpf.evaluation.tc import LEGACY_PROTOCOL, TC_TASKS, TcProtocol
 
 

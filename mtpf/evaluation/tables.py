@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from statistics import mean, stdev
 
-from mtpf.evaluation.ner_data import PAPER_NER_DATASETS
+from mtpf.apps.ner.data import PAPER_NER_DATASETS
 from mtpf.evaluation.tc import TC_TASKS
 from mtpf.results import ResultRecord
 

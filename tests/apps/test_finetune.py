@@ -11,8 +11,8 @@ import torch
 
 from mtpf.apps import AppError, finetune_app, read_app
 from mtpf.apps.classification import ClassificationDataError, check_classes, load_classification_spec
-from mtpf.evaluation.ner import train_ner
-from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
+from mtpf.apps.ner.data import check_label_sets, load_ner_dataset
+from mtpf.apps.ner.train import train_ner
 from mtpf.models import load_model
 from mtpf.release import validate_release
 from tests.conftest import APP_PROTOCOL as PROTOCOL

@@ -23,7 +23,7 @@ class NerTask(Task):
 
     name = "ner"
     arguments = NerArguments
-    result_family = "ner"  # downstream: LoRA fine-tuning, seqeval entity F1 (mtpf/evaluation/ner.py)
+    result_family = "ner"  # downstream: LoRA fine-tuning, seqeval entity F1 (mtpf/apps/ner/train.py)
     family_tag = "token-classification"
     family_title = "Named entity recognition"
     resume_keys = ("num_clusters", "ner_length_buckets")

@@ -3,8 +3,8 @@ import random
 import pytest
 import torch
 
-from mtpf.data.conll import TaggedSentence
-from mtpf.evaluation.ner import (
+from mtpf.apps.ner.data import check_label_sets, load_ner_dataset
+from mtpf.apps.ner.train import (
     DOWNSTREAM,
     NerProtocol,
     build_ner_model,
@@ -14,7 +14,7 @@ from mtpf.evaluation.ner import (
     sort_by_length,
     train_ner,
 )
-from mtpf.evaluation.ner_data import check_label_sets, load_ner_dataset
+from mtpf.data.conll import TaggedSentence
 from mtpf.models import load_model
 from mtpf.training.downstream import repeat_to_min_steps, subsample
 from tests.conftest import SHARED_DIR, TINY

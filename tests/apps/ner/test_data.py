@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from mtpf.analysis.perturbation import entity_spans
-from mtpf.data.conll import read_conll
-from mtpf.evaluation.ner_data import (
+from mtpf.apps.ner.data import (
     LOCAL_NER_DATASETS,
     NerDataError,
     check_label_sets,
     load_ner_dataset,
     load_user_ner_data,
 )
+from mtpf.data.conll import read_conll
 from tests.conftest import SHARED_DIR
 
 NER_ROOT = SHARED_DIR / "data" / "ner"
@@ -77,7 +77,7 @@ def test_datasets_library_ner_data_with_classlabel_tags(tmp_path):
     """`hf://ID` goes through `datasets.load_dataset`; a local folder of parquet splits stands in for a Hub id."""
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
-    from mtpf.evaluation.ner_data import load_hub_ner_data
+    from mtpf.apps.ner.data import load_hub_ner_data
 
     tags = ClassLabel(names=["O", "B-PER", "I-PER"])
     features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(tags)})
@@ -93,7 +93,7 @@ def test_datasets_library_ner_data_with_classlabel_tags(tmp_path):
 
 
 def test_a_training_set_without_entities_is_refused_naming_the_file(tmp_path):
-    from mtpf.evaluation.ner_data import NerDataError, check_label_sets, load_ner_spec
+    from mtpf.apps.ner.data import NerDataError, check_label_sets, load_ner_spec
 
     folder = tmp_path / "all-o"
     folder.mkdir()

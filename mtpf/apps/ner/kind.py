@@ -1,5 +1,6 @@
-"""The NER app kind: a tagger whose LoRA starts from the release's `ner` slot, trained by the very protocol
-`mtpf-eval` scores (`mtpf.evaluation.ner.train_ner`), so an app's test F1 is the number the suite reports."""
+"""The NER app kind: a tagger whose LoRA starts from the release's `ner` slot, trained by the very protocol the
+evaluation suite scores (`train.py`, which `mtpf.evaluation` calls), so an app's test F1 is the number the suite
+reports. Here: the registration, served answers (entities with character offsets) and the export's F1 check."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from dataclasses import asdict
 import torch
 
 from mtpf.apps.kinds import AppKind, RowOutput, TrainedApp, register_app_kind
+from mtpf.apps.ner.data import check_label_sets, load_ner_spec
+from mtpf.apps.ner.train import DOWNSTREAM, NerProtocol, entity_f1, train_ner
 from mtpf.data.roots import NER_DATA
-from mtpf.evaluation.ner import DOWNSTREAM, NerProtocol, train_ner
-from mtpf.evaluation.ner_data import check_label_sets, load_ner_spec
 from mtpf.training.downstream import subsample
 
 
@@ -77,8 +78,6 @@ def encode_words(tokenizer, texts: list[str], gold: list, max_length: int):
 
 def compare_tagger_outputs(gold: list, references: list, outputs: list, encodings: list, id2label: dict) -> dict:
     """Entity F1 of the PyTorch and the ONNX token logits against the gold tags (the export's quality check)."""
-    from mtpf.evaluation.ner import entity_f1
-
     tags = [sentence.tags for sentence in gold]
     report = {}
     for name, logits in (("pytorch", references), ("onnx", outputs)):
