@@ -21,7 +21,7 @@ from huggingface_hub import HfApi
 from transformers import HfArgumentParser
 
 from mtpf.apps import APP_FILE
-from mtpf.hub import DEFAULT_ADAPTER_PATTERN, publish, stage_app, stage_release
+from mtpf.hub import DEFAULT_ADAPTER_PATTERN, HubTarget, publish, stage_app, stage_release
 from mtpf.results import load_results, records_for_model
 
 
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> list[str]:
             if not args.base_repo_id:
                 raise SystemExit(f"{args.release} is an app: give --base-repo-id, the backbone repo it runs on.")
             return stage_app(args.release, args.repo_id, output, args.base_repo_id, args.revision)
-        return stage_release(args.release, args.repo_id, output, records, args.revision, args.adapter_repo_pattern)
+        target = HubTarget(args.repo_id, args.revision, args.adapter_repo_pattern)
+        return stage_release(args.release, target, output, records)
 
     if args.dry_run:
         staged = stage(args.dry_run)

@@ -18,14 +18,9 @@ import argparse
 import sys
 import tempfile
 from collections import defaultdict
-from pathlib import Path
-
-from torch.profiler import ProfilerActivity, profile, record_function
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import bench_trainer, optimizer_step, roofline, write_report
+from torch.profiler import ProfilerActivity, profile, record_function
 
 MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
 CAST = {"aten::_to_copy", "aten::copy_", "aten::to", "aten::clone"}
@@ -84,9 +79,13 @@ def main() -> None:
             bf16 = profile_mode(options.config, mode, options.steps, True, workdir)
             non_matmul_bf16 = bf16["total"] - bf16["matmul"]
             bound = fp32["total"] / (non_matmul_bf16 + fp32["matmul"] / matmul_speedup)
-            results[mode] = {"fp32": fp32, "bf16": bf16, "speedup": round(fp32["total"] / bf16["total"], 3),
-                             "matmul_speedup_in_step": round(fp32["matmul"] / bf16["matmul"], 3),
-                             "bound_if_only_matmuls_sped_up": round(bound, 3)}  # fmt: skip
+            results[mode] = {
+                "fp32": fp32,
+                "bf16": bf16,
+                "speedup": round(fp32["total"] / bf16["total"], 3),
+                "matmul_speedup_in_step": round(fp32["matmul"] / bf16["matmul"], 3),
+                "bound_if_only_matmuls_sped_up": round(bound, 3),
+            }
             print(mode, results[mode], flush=True)
     report = {**machine, "matmul_speedup": round(matmul_speedup, 3), "steps": options.steps, "modes": results}
     write_report(options.output, " ".join(["python", *sys.argv]), report)

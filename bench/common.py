@@ -110,8 +110,18 @@ def bench_trainer(config: str, output_dir: str | Path, steps: int, *flags: str):
     from mtpf.training import build_trainer
     from mtpf.training.args import parse_args
 
-    argv = [config, *flags, "--output_dir", str(output_dir), "--max_steps", str(steps + 1), "--report_to", "none",
-            "--save_strategy", "no"]  # fmt: skip
+    argv = [
+        config,
+        *flags,
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(steps + 1),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+    ]
     trainer = build_trainer(*parse_args(argv))
     trainer.create_optimizer_and_scheduler(steps + 1)
     return trainer

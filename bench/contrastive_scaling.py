@@ -19,9 +19,8 @@ import sys
 import time
 
 import torch
+from common import encoder_forward_flops, peak_rss_gb, roofline, write_report
 
-sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from bench.common import encoder_forward_flops, peak_rss_gb, roofline, write_report
 from mtpf.data.roots import PAIRS_DATA
 
 PAIRS = f"{PAIRS_DATA}/flickr30k_captions"

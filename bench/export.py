@@ -20,28 +20,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import best_of, write_report
 
-from mtpf.apps import finetune_app
+from mtpf.apps import FinetuneArguments, finetune_app
 from mtpf.apps.classification import ClassificationProtocol
 from mtpf.apps.ner.train import NerProtocol
 from mtpf.export import export, export_shared, exportable_app, shared_apps
 from mtpf.export.onnx import Exportable
 from mtpf.export.shared import OUTPUTS, adapter_runner
 
-NER = dict(warmup_epochs=2, epochs=8, batch_size=16, learning_rate=1e-3, max_length=128, max_dev_sentences=200,
-           max_test_sentences=400)  # fmt: skip
+NER = dict(
+    warmup_epochs=2,
+    epochs=8,
+    batch_size=16,
+    learning_rate=1e-3,
+    max_length=128,
+    max_dev_sentences=200,
+    max_test_sentences=400,
+)
 APPS = {  # name -> (task, data, protocol)
     "ai-ner": ("ner", "crossner_ai", NerProtocol(**NER)),
     "music-ner": ("ner", "crossner_music", NerProtocol(**NER)),
-    "emotion": ("classification", "emotion", ClassificationProtocol(
-        warmup_epochs=2, epochs=2, max_length=64, max_train_sentences=2000, max_dev_sentences=500,
-        max_test_sentences=1000)),
-}  # fmt: skip
+    "emotion": (
+        "classification",
+        "emotion",
+        ClassificationProtocol(
+            warmup_epochs=2,
+            epochs=2,
+            max_length=64,
+            max_train_sentences=2000,
+            max_dev_sentences=500,
+            max_test_sentences=1000,
+        ),
+    ),
+}
 TIMED_SENTENCES = 64
 
 
@@ -59,16 +71,23 @@ def batches_of(reference: Exportable, size: int) -> list[dict[str, np.ndarray]]:
     count = min(TIMED_SENTENCES, len(reference.texts))
     lengths = [len(reference.tokenizer(text)["input_ids"]) for text in reference.texts[:count]]
     order = sorted(range(count), key=lengths.__getitem__)
-    ordered = replace(reference, texts=[reference.texts[i] for i in order],
-                      gold=[reference.gold[i] for i in order] if reference.gold else [])  # fmt: skip
+    ordered = replace(
+        reference,
+        texts=[reference.texts[i] for i in order],
+        gold=[reference.gold[i] for i in order] if reference.gold else [],
+    )
     keys = ("input_ids", "attention_mask")
-    return [{k: v.numpy() for k, v in _encode(ordered, start, start + size).items() if k in keys}
-            for start in range(0, count, size)]  # fmt: skip
+    return [
+        {k: v.numpy() for k, v in _encode(ordered, start, start + size).items() if k in keys}
+        for start in range(0, count, size)
+    ]
 
 
 def latency(run, reference: Exportable) -> dict[str, float]:
-    return {f"ms_batch_{size}": round(ms_per_sentence(run, batches_of(reference, size), TIMED_SENTENCES), 3)
-            for size in (1, 32)}  # fmt: skip
+    return {
+        f"ms_batch_{size}": round(ms_per_sentence(run, batches_of(reference, size), TIMED_SENTENCES), 3)
+        for size in (1, 32)
+    }
 
 
 def session_runner(path: Path, threads: int):
@@ -98,15 +117,14 @@ def train_apps(release: str, workdir: Path) -> dict[str, Path]:
     for name, (task, data, protocol) in APPS.items():
         app_dirs[name] = workdir / "apps" / name
         if not (app_dirs[name] / "mtpf_app.json").is_file():  # resume: an app already trained is kept
-            finetune_app(release, task, data, app_dirs[name], protocol)
+            finetune_app(FinetuneArguments(release, data, str(app_dirs[name]), task=task), protocol)
     return app_dirs
 
 
 def per_app_rows(name: str, app_dir: Path, workdir: Path, threads: int) -> list[dict]:
     """PyTorch (merged) and the app's own fp32 / int8 graphs."""
     reference = exportable_app(app_dir, sentences=200)
-    last_layer = reference.module.model.config.num_layers - 1
-    folder = export(reference, workdir / "per-app" / name, "int8", True, last_layer, str(app_dir))
+    folder = export(reference, workdir / "per-app" / name, quantize="int8", overwrite=True, source=str(app_dir))
     report = json.loads((folder / "export_report.json").read_text())
     rows = [{"app": name, "form": "pytorch", "megabytes": None, **latency(pytorch_runner(reference), reference)}]
     for file, entry in report["artifacts"].items():
@@ -118,27 +136,35 @@ def per_app_rows(name: str, app_dir: Path, workdir: Path, threads: int) -> list[
 
 def shared_rows(release: str, app_dirs: dict[str, Path], workdir: Path) -> tuple[list[dict], dict]:
     """Every app on the one shared backbone graph (fp32, int8), each with its adapter file active."""
-    backbone, tokenizer, apps = shared_apps(release, [str(d) for d in app_dirs.values()], [], [], 200)
-    length = max(app.reference.max_length for app in apps)
-    shared = export_shared(backbone, tokenizer, apps, workdir / "shared", "int8", True, release, length)
+    source = shared_apps(release, [str(d) for d in app_dirs.values()], [], [], 200)
+    shared = export_shared(source, workdir / "shared", quantize="int8", overwrite=True)
     report = json.loads((shared / "export_report.json").read_text())
     rows = []
-    for app in apps:
+    for app in source.apps:
         entry = report["apps"][app.name]
         for file, backbone_entry in report["backbones"].items():
             run = adapter_runner(shared / file, shared / entry["adapter"], OUTPUTS[app.task])
             megabytes = round(backbone_entry["megabytes"] + entry["adapter_megabytes"], 2)
-            rows.append({"app": app.name, "form": f"shared {backbone_entry['precision']}", "megabytes": megabytes,
-                         "adapter_megabytes": entry["adapter_megabytes"], **latency(run, app.reference),
-                         **score(entry[file])})  # fmt: skip
+            rows.append(
+                {
+                    "app": app.name,
+                    "form": f"shared {backbone_entry['precision']}",
+                    "megabytes": megabytes,
+                    "adapter_megabytes": entry["adapter_megabytes"],
+                    **latency(run, app.reference),
+                    **score(entry[file]),
+                }
+            )
     return rows, report
 
 
 def disk_totals(rows: list[dict], shared: dict) -> dict[str, float]:
     """MB on a device holding all three apps, per form."""
     adapters = sum(app["adapter_megabytes"] for app in shared["apps"].values())
-    totals = {f"{form}, 3 apps": round(sum(r["megabytes"] for r in rows if r["form"] == form), 2)
-              for form in ("per-app fp32", "per-app int8")}  # fmt: skip
+    totals = {
+        f"{form}, 3 apps": round(sum(r["megabytes"] for r in rows if r["form"] == form), 2)
+        for form in ("per-app fp32", "per-app int8")
+    }
     for entry in shared["backbones"].values():
         totals[f"shared {entry['precision']}, 3 apps"] = round(entry["megabytes"] + adapters, 2)
     return totals
@@ -174,8 +200,14 @@ def main() -> None:
     print_table(rows)
     print(json.dumps(totals, indent=1))
     scores = {name: json.loads((d / "mtpf_app.json").read_text())["scores"] for name, d in app_dirs.items()}
-    results = {"release": options.release, "threads": options.threads, "timed_sentences": TIMED_SENTENCES,
-               "apps": scores, "rows": rows, "disk_totals_mb": totals}  # fmt: skip
+    results = {
+        "release": options.release,
+        "threads": options.threads,
+        "timed_sentences": TIMED_SENTENCES,
+        "apps": scores,
+        "rows": rows,
+        "disk_totals_mb": totals,
+    }
     write_report(options.output, " ".join(["python", *sys.argv]), results)
 
 

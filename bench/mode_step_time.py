@@ -20,7 +20,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,10 +27,6 @@ from pathlib import Path
 
 import torch
 import transformers
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import bench_trainer, chunk_masks, encoder_forward_flops, masks_of, optimizer_step, roofline
 
 TC_CHUNK = 16  # texts per length-sorted TC chunk in the `+ length chunks` variants
@@ -79,8 +74,11 @@ class Timing:
 
     def summary(self) -> dict:
         seconds = sum(self.steps)
-        return {"seconds_per_step": seconds / len(self.steps), "real_tokens_per_s": self.real_tokens / seconds,
-                "gflops_per_s": self.flops / seconds / 1e9}  # fmt: skip
+        return {
+            "seconds_per_step": seconds / len(self.steps),
+            "real_tokens_per_s": self.real_tokens / seconds,
+            "gflops_per_s": self.flops / seconds / 1e9,
+        }
 
 
 def build(config: str, variant: Variant, steps: int, workdir: Path, bf16: bool) -> Timing:
@@ -153,22 +151,39 @@ def main() -> None:
     for variant in variants:
         timings = [r[variant.label] for r in repeats]
         median = {key: statistics.median(t[key] for t in timings) for key in timings[0]}
-        results.append({"variant": variant.label, "mode": variant.mode, "pcgrad": variant.pcgrad,
-                        "flags": variant.argv()[4:], "seconds_per_step": round(median["seconds_per_step"], 3),
-                        "all_seconds_per_step": [round(t["seconds_per_step"], 3) for t in timings],
-                        "real_tokens_per_s": round(median["real_tokens_per_s"]),
-                        "gflops_per_s": round(median["gflops_per_s"], 1),
-                        "share_of_fp32_matmul": round(median["gflops_per_s"] / fp32_rate, 3)})  # fmt: skip
-        print(f"{variant.label:40s} {median['seconds_per_step']:7.3f} s/step "
-              f"{median['real_tokens_per_s']:8.0f} tok/s {median['gflops_per_s']:6.1f} GFLOP/s")  # fmt: skip
-    report = {"config": args.config, "steps_timed": args.steps, "repeats": args.repeats, "bf16": args.bf16,
-              "interleaved": True, "results": results, **machine,
-              "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}  # fmt: skip
+        results.append(
+            {
+                "variant": variant.label,
+                "mode": variant.mode,
+                "pcgrad": variant.pcgrad,
+                "flags": variant.argv()[4:],
+                "seconds_per_step": round(median["seconds_per_step"], 3),
+                "all_seconds_per_step": [round(t["seconds_per_step"], 3) for t in timings],
+                "real_tokens_per_s": round(median["real_tokens_per_s"]),
+                "gflops_per_s": round(median["gflops_per_s"], 1),
+                "share_of_fp32_matmul": round(median["gflops_per_s"] / fp32_rate, 3),
+            }
+        )
+        print(
+            f"{variant.label:40s} {median['seconds_per_step']:7.3f} s/step "
+            f"{median['real_tokens_per_s']:8.0f} tok/s {median['gflops_per_s']:6.1f} GFLOP/s"
+        )
+    report = {
+        "config": args.config,
+        "steps_timed": args.steps,
+        "repeats": args.repeats,
+        "bf16": args.bf16,
+        "interleaved": True,
+        "results": results,
+        **machine,
+        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
     for name, (numerator, denominators) in RATIOS.items():
         if all(label in repeats[0] for label in (numerator, *denominators)):
-            ratios = [r[numerator]["seconds_per_step"] / sum(r[d]["seconds_per_step"] for d in denominators)
-                      for r in repeats]  # fmt: skip
+            ratios = [
+                r[numerator]["seconds_per_step"] / sum(r[d]["seconds_per_step"] for d in denominators) for r in repeats
+            ]
             report[name] = round(statistics.median(ratios), 3)
             report[f"{name}_per_repeat"] = [round(x, 3) for x in ratios]
             print(f"{name}: {numerator} / {' + '.join(denominators)} = {report[name]} {report[f'{name}_per_repeat']}")

@@ -22,9 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import bench_trainer, best_of, masks_of, optimizer_step, roofline, write_report
 
 from mtpf.data.conll import ConllFormat, read_conll
@@ -37,8 +34,9 @@ from mtpf.weights import resolve_model_path
 def ours(config: str, steps: int, workdir: str, mini: int = 0) -> tuple[float, list[list[str]], int]:
     """Seconds per timed pf_tc step (GradCache with `mini` texts per forward when set), the texts of each step's
     pairs (for the peer), and real tokens per step."""
-    trainer = bench_trainer(config, workdir, steps, "--mode", "pf_tc", "--analysis_steps", "0",
-                            "--tc_mini_batch_size", str(mini))  # fmt: skip
+    trainer = bench_trainer(
+        config, workdir, steps, "--mode", "pf_tc", "--analysis_steps", "0", "--tc_mini_batch_size", str(mini)
+    )
     tokenizer = trainer.processing_class
     texts, durations, tokens = [], [], 0
     for step in range(steps + 1):
@@ -65,12 +63,18 @@ def peer(step_texts: list[list[str]], max_length: int, workdir: str, mini: int =
     model = SentenceTransformer(str(resolve_model_path("offline:minilm-l6")), device="cpu")
     model.max_seq_length = max_length
     half = len(step_texts[0]) // 2  # our TC batch is anchors then positives
-    rows = {"anchor": [t for texts in step_texts for t in texts[:half]],
-            "positive": [t for texts in step_texts for t in texts[half:]]}  # fmt: skip
+    rows = {
+        "anchor": [t for texts in step_texts for t in texts[:half]],
+        "positive": [t for texts in step_texts for t in texts[half:]],
+    }
     args = SentenceTransformerTrainingArguments(
-        output_dir=workdir, per_device_train_batch_size=half, use_cpu=True, report_to=[],
-        max_steps=len(step_texts), learning_rate=5e-5,
-    )  # fmt: skip
+        output_dir=workdir,
+        per_device_train_batch_size=half,
+        use_cpu=True,
+        report_to=[],
+        max_steps=len(step_texts),
+        learning_rate=5e-5,
+    )
     if mini:
         loss = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=mini)
     else:
@@ -102,9 +106,13 @@ def encoders(sentences: list[str], repeats: int) -> dict:
         .abs()
         .max()
     )
-    return {"sentences": len(sentences), "ours_sentences_per_s": round(len(sentences) / ours_s, 1),
-            "peer_sentences_per_s": round(len(sentences) / peer_s, 1), "ratio": round(peer_s / ours_s, 3),
-            "max_abs_difference": float(difference)}  # fmt: skip
+    return {
+        "sentences": len(sentences),
+        "ours_sentences_per_s": round(len(sentences) / ours_s, 1),
+        "peer_sentences_per_s": round(len(sentences) / peer_s, 1),
+        "ratio": round(peer_s / ours_s, 3),
+        "max_abs_difference": float(difference),
+    }
 
 
 def main() -> None:
@@ -122,11 +130,14 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as workdir:
                 seconds, texts, tokens = ours(options.config, options.steps, workdir, mini)
                 peer_seconds = peer(texts, max_length, workdir, mini)
-            training[name].append({"ours_s_per_step": seconds, "peer_s_per_step": peer_seconds,
-                                   "real_tokens_per_step": tokens})  # fmt: skip
+            training[name].append(
+                {"ours_s_per_step": seconds, "peer_s_per_step": peer_seconds, "real_tokens_per_step": tokens}
+            )
             print(name, training[name][-1], flush=True)
-    ratios = {name: round(statistics.median(t["peer_s_per_step"] / t["ours_s_per_step"] for t in runs), 3)
-              for name, runs in training.items()}  # fmt: skip
+    ratios = {
+        name: round(statistics.median(t["peer_s_per_step"] / t["ours_s_per_step"] for t in runs), 3)
+        for name, runs in training.items()
+    }
     sentences = [" ".join(s.tokens) for s in read_conll(Path(CONLL_TEST), ConllFormat())][:512]
     results = {
         **roofline(),

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from bench.common import peak_rss_gb, write_report
+from common import peak_rss_gb, write_report
+
 from mtpf.data.roots import UNLABELED_DATA
 
 CORPUS = f"{UNLABELED_DATA}/wikipedia_en_sentences_altlex.txt"

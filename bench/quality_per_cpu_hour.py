@@ -18,12 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import write_report
+from transformers import TrainerCallback
 
 from mtpf.evaluation.suite import SuiteRun
 from mtpf.evaluation.suites import suite_settings
@@ -52,16 +48,25 @@ class CpuTimeBudget(TrainerCallback):
 
 def pretrain(config: str, mode: str, minutes: float, workdir: Path) -> dict:
     overrides = [
-        "--mode", mode,
-        "--output_dir", str(workdir / mode),
-        "--release_dir", str(workdir / f"{mode}-release"),
-        "--max_steps", "100000",  # an upper bound; the time budget ends the run
-        "--lr_scheduler_type", "constant_with_warmup",
-        "--warmup_steps", "10",
-        "--save_strategy", "no",
-        "--report_to", "none",
-        "--analysis_steps", "0",
-    ]  # fmt: skip
+        "--mode",
+        mode,
+        "--output_dir",
+        str(workdir / mode),
+        "--release_dir",
+        str(workdir / f"{mode}-release"),
+        "--max_steps",
+        "100000",  # an upper bound; the time budget ends the run
+        "--lr_scheduler_type",
+        "constant_with_warmup",
+        "--warmup_steps",
+        "10",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--analysis_steps",
+        "0",
+    ]
     model_args, data_args, args = parse_args([config, *overrides])
     trainer = build_trainer(model_args, data_args, args)
     trainer.add_callback(CpuTimeBudget(minutes * 60))
@@ -69,8 +74,13 @@ def pretrain(config: str, mode: str, minutes: float, workdir: Path) -> dict:
     trainer.train()
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
     release = export(trainer, data_args)
-    return {"mode": mode, "release": str(release), "steps": trainer.state.global_step, "cpu_seconds": round(cpu),
-            "wall_seconds": round(wall)}  # fmt: skip
+    return {
+        "mode": mode,
+        "release": str(release),
+        "steps": trainer.state.global_step,
+        "cpu_seconds": round(cpu),
+        "wall_seconds": round(wall),
+    }
 
 
 def main() -> None:
@@ -98,9 +108,14 @@ def main() -> None:
         run.update(
             tc_average=round(averages[run["release"]], 2), gain=round(gain, 2), gain_per_cpu_hour=round(gain / hours, 2)
         )
-    results = {"budget_minutes": options.minutes, "base": base, "base_tc_average": round(averages[base], 2),
-               "tasks": sorted({r["dataset_name"] for r in payload["results"]}), "runs": runs,
-               "missing": sorted({m["dataset"] for m in payload["missing"]})}  # fmt: skip
+    results = {
+        "budget_minutes": options.minutes,
+        "base": base,
+        "base_tc_average": round(averages[base], 2),
+        "tasks": sorted({r["dataset_name"] for r in payload["results"]}),
+        "runs": runs,
+        "missing": sorted({m["dataset"] for m in payload["missing"]}),
+    }
     print(f"{'model':<10} {'steps':>6} {'CPU s':>6} {'wall s':>7} {'TC avg':>7} {'gain':>6} {'gain/CPU-h':>11}")
     print(f"{'base':<10} {'-':>6} {'-':>6} {'-':>7} {averages[base]:7.2f}")
     for run in runs:

@@ -19,10 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import interleaved_medians, write_report
 
 from mtpf.data.roots import TC_DATA

@@ -29,10 +29,6 @@ from pathlib import Path
 
 import httpx
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import encoder_forward_flops, roofline, write_report
 
 from mtpf.data.conll import ConllFormat, read_conll
@@ -66,16 +62,22 @@ def engine_part(engine: Engine, apps: list[str], sentences: list[str]) -> dict:
     # Every row asks for its app's embedding: the same output work in every way, so only batching and the mix differ.
     rows = [Row(served[0], sentences[i], "embeddings", tokens[i]) for i in order]
     mixed = [Row(served[k % 3], row.text, "embeddings", row.tokens) for k, row in enumerate(rows)]
-    ways = {"batch_1": [[row] for row in rows], "batch_32": [rows[i : i + 32] for i in range(0, len(rows), 32)],
-            "batch_32_mixed_3_apps": [mixed[i : i + 32] for i in range(0, len(mixed), 32)]}  # fmt: skip
+    ways = {
+        "batch_1": [[row] for row in rows],
+        "batch_32": [rows[i : i + 32] for i in range(0, len(rows), 32)],
+        "batch_32_mixed_3_apps": [mixed[i : i + 32] for i in range(0, len(mixed), 32)],
+    }
     real_tokens = sum(tokens)
     out = {}
     for name, batches in ways.items():
         seconds = time_batches(engine, batches)
         flops = sum(forward_flops(engine, batch) for batch in batches)
-        out[name] = {"sentences_per_s": round(len(rows) / seconds, 1), "seconds": round(seconds, 3),
-                     "real_tokens_per_s": round(real_tokens / seconds),
-                     "gflops_per_s": round(flops / seconds / 1e9, 1)}  # fmt: skip
+        out[name] = {
+            "sentences_per_s": round(len(rows) / seconds, 1),
+            "seconds": round(seconds, 3),
+            "real_tokens_per_s": round(real_tokens / seconds),
+            "gflops_per_s": round(flops / seconds / 1e9, 1),
+        }
     out["batched_over_batch_1"] = round(out["batch_32"]["sentences_per_s"] / out["batch_1"]["sentences_per_s"], 2)
     out["mixed_over_single_app_time"] = round(out["batch_32_mixed_3_apps"]["seconds"] / out["batch_32"]["seconds"], 3)
     return out
@@ -87,8 +89,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_part(release: str, app_dirs: dict[str, Path], sentences: list[str], seconds: float, clients: int,
-              extra: list[str]) -> dict:  # fmt: skip
+def http_part(
+    release: str, app_dirs: dict[str, Path], sentences: list[str], load: tuple[float, int], extra: list[str]
+) -> dict:
+    """Requests/s through `mtpf serve` (started with `extra` flags) from `load` = (seconds, clients)."""
+    seconds, clients = load
     port = free_port()
     command = [sys.executable, "-m", "mtpf", "serve", release, "--port", str(port), *extra]
     for name, folder in app_dirs.items():
@@ -126,10 +131,16 @@ def http_part(release: str, app_dirs: dict[str, Path], sentences: list[str], sec
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=60)
     latencies.sort()
-    return {"requests": len(latencies), "errors": errors[0], "seconds": seconds, "clients": clients,
-            "sentences_per_s": round(len(latencies) / seconds, 1),
-            "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
-            "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1), "server_options": extra}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "errors": errors[0],
+        "seconds": seconds,
+        "clients": clients,
+        "sentences_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
+        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
+        "server_options": extra,
+    }
 
 
 def main() -> None:
@@ -155,9 +166,11 @@ def main() -> None:
             results["engine_bf16"] = engine_part(engine, list(app_dirs), conll)
     del engine
     threads = ["--threads", str(options.threads)]
-    results["http_batched"] = http_part(options.release, app_dirs, conll, options.seconds, options.clients, threads)
-    results["http_batch_1"] = http_part(options.release, app_dirs, conll, options.seconds / 2, options.clients,
-                                        [*threads, "--max_batch_tokens", "1"])  # fmt: skip
+    load = (options.seconds, options.clients)
+    results["http_batched"] = http_part(options.release, app_dirs, conll, load, threads)
+    results["http_batch_1"] = http_part(
+        options.release, app_dirs, conll, (options.seconds / 2, options.clients), [*threads, "--max_batch_tokens", "1"]
+    )
     for key, value in results.items():
         print(key, value)
     write_report(options.output, " ".join(["python", *sys.argv]), results)

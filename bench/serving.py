@@ -19,9 +19,8 @@ import copy
 import sys
 
 import torch
+from common import interleaved_medians, write_report
 
-sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from bench.common import interleaved_medians, write_report
 from mtpf.data.roots import CONLL_TEST
 from mtpf.fused_lora import set_weight_cache
 
@@ -29,8 +28,10 @@ SLOTS = ["ner", "tc", "app3", "app4"]
 DATA = CONLL_TEST
 
 
-def measure(batch_size, base, slotted, unmerged, merged, tokenizer, sentences, repeats) -> dict:
-    """ms per sentence of each way to serve, and ratios to the backbone alone."""
+def measure(batch_size: int, models: dict, tokenizer, sentences: list[str], repeats: int) -> dict:
+    """ms per sentence of each way to serve, and ratios to the backbone alone (`models`: base, slotted, unmerged,
+    merged)."""
+    base, slotted, unmerged, merged = (models[key] for key in ("base", "slotted", "unmerged", "merged"))
     batch = dict(tokenizer(sentences[:batch_size], padding=True, return_tensors="pt"))
 
     def alternating_slots():  # two forwards, each after a switch: `calls` below halves its time
@@ -98,8 +99,11 @@ def cold_cache_cost(base, slotted, batch: dict, repeats: int) -> dict:
     timings = interleaved_medians({"backbone": lambda: base(**batch), "cold_cache": cold_cache}, repeats)
     cold_ms, added_ms = timings["cold_cache"] * 1000, (timings["cold_cache"] - timings["backbone"]) * 1000
     print(f"cold cache {cold_ms:.3f} ms, {added_ms:.3f} ms over the backbone", flush=True)
-    return {"ms_per_sentence": round(cold_ms, 3), "vs_backbone": round(timings["cold_cache"] / timings["backbone"], 3),
-            "added_ms": round(added_ms, 3)}  # fmt: skip
+    return {
+        "ms_per_sentence": round(cold_ms, 3),
+        "vs_backbone": round(timings["cold_cache"] / timings["backbone"], 3),
+        "added_ms": round(added_ms, 3),
+    }
 
 
 def profile_difference(base, slotted, batch: dict, calls: int) -> dict:
@@ -114,9 +118,13 @@ def profile_difference(base, slotted, batch: dict, calls: int) -> dict:
         return {e.key: (e.count // calls, e.self_cpu_time_total / 1000 / calls) for e in profiler.key_averages()}
 
     plain, slot = per_operator(base), per_operator(slotted)
-    added = {name: {"calls_added": count - plain.get(name, (0, 0.0))[0],
-                    "ms_added": round(ms - plain.get(name, (0, 0.0))[1], 4)}
-             for name, (count, ms) in slot.items()}  # fmt: skip
+    added = {
+        name: {
+            "calls_added": count - plain.get(name, (0, 0.0))[0],
+            "ms_added": round(ms - plain.get(name, (0, 0.0))[1], 4),
+        }
+        for name, (count, ms) in slot.items()
+    }
     extra = {name: row for name, row in added.items() if row["calls_added"] > 0}  # operators only the slot runs
     print(f"profile: operators the slot adds per forward: {extra}", flush=True)
     return {"calls": calls, "operators_added": extra}
@@ -140,9 +148,13 @@ def lora_linear_cost(slotted, batch: dict, repeats: int, backbone_ms: float) -> 
     added_ms = added * 1000
     share = added_ms / backbone_ms
     print(f"the {len(layers)} LoRA linears add {added_ms:.3f} ms = {share:.1%} of the backbone forward", flush=True)
-    return {"lora_linears": len(layers), "base_linears_ms": round(base_total * 1000, 4),
-            "lora_linears_ms": round(lora_total * 1000, 4), "added_ms": round(added_ms, 4),
-            "expected_vs_backbone": round(1 + share, 3)}  # fmt: skip
+    return {
+        "lora_linears": len(layers),
+        "base_linears_ms": round(base_total * 1000, 4),
+        "lora_linears_ms": round(lora_total * 1000, 4),
+        "added_ms": round(added_ms, 4),
+        "expected_vs_backbone": round(1 + share, 3),
+    }
 
 
 def main() -> None:
@@ -173,10 +185,8 @@ def main() -> None:
     sentences = [" ".join(s.tokens) for s in read_conll(DATA)[:64] if len(s.tokens) > 5][:32]
 
     torch.set_grad_enabled(False)
-    results = {
-        f"batch_{size}": measure(size, base, slotted, unmerged, merged, tokenizer, sentences, args.repeats)
-        for size in (1, 32)
-    }
+    models = {"base": base, "slotted": slotted, "unmerged": unmerged, "merged": merged}
+    results = {f"batch_{size}": measure(size, models, tokenizer, sentences, args.repeats) for size in (1, 32)}
     write_report(args.output, " ".join(["python", *sys.argv]), results)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from configuration_mtpf import DEFAULT_TASKS
-from mtpf.data.roots import CONLL_TEST, NER_DATA, TC_DATA
+from mtpf.data.roots import NER_DATA, TC_DATA, DataSources
 from mtpf.errors import MtpfError
 
 
@@ -57,61 +57,27 @@ def run_info(argv: list[str]) -> None:
         )
 
 
-@dataclass
-class AnalyzeArguments:
-    """Interference metrics (paper Sec. 5) of saved models, and Fig. 3-style plots of training curves."""
-
-    output: str = field(metadata={"help": "Folder for analysis.json and the plot."})
-    models: list[str] = field(default_factory=list, metadata={"help": "Release folders or encoders (folder/Hub id)."})
-    curves: list[str] = field(default_factory=list, metadata={"help": "interference.json files of training runs."})
-    data: str = field(default=CONLL_TEST, metadata={"help": "BIO CoNLL file."})
-    sentences: int = field(default=2000, metadata={"help": "Sentences measured (paper: 2,000)."})
-    variants: int = field(default=4, metadata={"help": "Perturbed variants per sentence (paper: 4)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the entity replacement."})
-
-
 def run_analyze(argv: list[str]) -> None:
     from mtpf.analysis.plot import plot_curves
-    from mtpf.analysis.tracking import analyze_models
+    from mtpf.analysis.tracking import AnalyzeArguments, analyze_models
 
     (args,) = HfArgumentParser(AnalyzeArguments).parse_args_into_dataclasses(args=argv)
     if not args.models and not args.curves:
         raise SystemExit("mtpf analyze: give --models and/or --curves")
     if args.models:
-        path = analyze_models(args.models, args.output, args.data, args.sentences, args.variants, args.seed)
+        path = analyze_models(args)
         print(f"Metrics written to {path}")
     if args.curves:
         print(f"Plot written to {plot_curves(args.curves, f'{args.output}/interference.png')}")
 
 
-@dataclass
-class ClusterArguments:
-    """Do an encoder's k-means word clusters follow entity types? (the quality of a pseudo-label source)"""
-
-    output: str = field(metadata={"help": "Folder for cluster_quality.json."})
-    models: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Teachers, encoders or releases (ner slot active); LABEL=PATH names one."},
-    )
-    datasets: list[str] = field(
-        default_factory=lambda: ["conll2003", "ontonotes5", "mit_restaurant", "jnlpba", "crossner"],
-        metadata={"help": "Local NER datasets whose test split is clustered."},
-    )
-    ner_data_root: str = field(default=NER_DATA, metadata={"help": "Local NER datasets."})
-    sentences: int = field(default=2000, metadata={"help": "Test sentences per dataset (seeded subset)."})
-    num_clusters: int = field(default=200, metadata={"help": "K of k-means (the paper's pseudo-labels: 200)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the subset and of k-means."})
-
-
 def run_clusters(argv: list[str]) -> None:
-    from mtpf.analysis.clusters import cluster_quality
+    from mtpf.analysis.clusters import ClusterArguments, cluster_quality
 
     (args,) = HfArgumentParser(ClusterArguments).parse_args_into_dataclasses(args=argv)
     if not args.models:
         raise SystemExit("mtpf clusters: give --models")
-    path = cluster_quality(
-        args.models, args.output, args.datasets, args.ner_data_root, args.sentences, args.num_clusters, args.seed
-    )
+    path = cluster_quality(args)
     print(f"Cluster quality written to {path}")
 
 
@@ -190,25 +156,15 @@ def run_eval(argv: list[str]) -> None:
         tc={"n_experiments": args.tc_n_experiments},
     )
     command = " ".join(["mtpf-eval", *argv])
+    sources = DataSources(args.ner_data_root, args.tc_data_root, hub_reachable=not constants.HF_HUB_OFFLINE)
     if args.workers > 1:
-        from mtpf.evaluation.parallel import evaluate_in_parallel
+        from mtpf.evaluation.parallel import Workers, evaluate_in_parallel
 
-        path = evaluate_in_parallel(
-            args.model,
-            settings,
-            args.output,
-            args.workers,
-            command,
-            ner=not args.skip_ner,
-            tc=not args.skip_tc,
-            ner_root=args.ner_data_root,
-            tc_root=args.tc_data_root,
-            hub_reachable=not constants.HF_HUB_OFFLINE,
-        )
+        families = tuple(family for family, skip in (("ner", args.skip_ner), ("tc", args.skip_tc)) if not skip)
+        workers = Workers(args.workers, command, families, sources)
+        path = evaluate_in_parallel(args.model, settings, args.output, workers)
     else:
-        run = SuiteRun(
-            settings, args.output, args.ner_data_root, args.tc_data_root, not constants.HF_HUB_OFFLINE, command
-        )
+        run = SuiteRun(settings, args.output, sources, command)
         path = run.run(args.model, ner=not args.skip_ner, tc=not args.skip_tc)
     from mtpf.evaluation.tables import score_lines
 
@@ -216,30 +172,8 @@ def run_eval(argv: list[str]) -> None:
     print(f"Results written to {path} and {path.with_suffix('.md')}")
 
 
-@dataclass
-class FinetuneArguments:
-    """An app's own adapter from a release: `python -m mtpf finetune RELEASE --task ner|classification --data D
-    --output APP` (the protocol options after it depend on --task; see --help with a --task)."""
-
-    release: str = field(metadata={"help": "Release folder (backbone/ + adapters/): the backbone the app runs on."})
-    data: str = field(
-        metadata={
-            "help": "NER: a local dataset name, a folder of CoNLL files (train*/dev*/test*), hf://ID[:CONFIG]. "
-            "classification: a local task name, a folder of train/dev/test .jsonl or .csv (text, label), "
-            "hf://ID[:CONFIG]."
-        }
-    )
-    output: str = field(metadata={"help": "App folder to write (a standard PEFT adapter repo)."})
-    task: str = field(default="ner", metadata={"help": "The app's kind (registered: ner, classification, ...)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the head, the LoRA init and the data order."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an app already at --output."})
-    data_root: str | None = field(default=None, metadata={"help": "Where local datasets live (default: the kind's)."})
-    ner_data_root: str | None = field(default=None, metadata={"help": "Deprecated: --data_root."})
-    tc_data_root: str | None = field(default=None, metadata={"help": "Deprecated: --data_root."})
-
-
 def run_finetune(argv: list[str]) -> None:
-    from mtpf.apps import finetune_app, get_app_kind
+    from mtpf.apps import FinetuneArguments, finetune_app, get_app_kind
 
     if argv and not argv[0].startswith("-"):  # the release may come first, positionally
         argv = ["--release", argv[0], *argv[1:]]
@@ -248,11 +182,9 @@ def run_finetune(argv: list[str]) -> None:
     kind = get_app_kind(task_only.parse_known_args(argv)[0].task)  # it decides which protocol's options exist
     parser = HfArgumentParser((FinetuneArguments, kind.protocol))
     args, protocol = parser.parse_args_into_dataclasses(args=argv)
-    legacy = args.ner_data_root or args.tc_data_root
-    if legacy:
+    if args.ner_data_root or args.tc_data_root:
         logging.getLogger(__name__).warning("--ner_data_root/--tc_data_root are deprecated: use --data_root.")
-    root = args.data_root or legacy or kind.data_root
-    path = finetune_app(args.release, kind.name, args.data, args.output, protocol, args.seed, args.overwrite, root)
+    path = finetune_app(args, protocol)
     print(f"App written to {path}")
 
 
@@ -307,17 +239,15 @@ def run_export(argv: list[str]) -> None:
 
         slots = [args.slot] if args.slot else []
         texts = check_texts() if slots else []
-        backbone, tokenizer, apps = shared_apps(args.source, args.shared, slots, texts, args.sentences)
-        length = max(app.reference.max_length for app in apps)
-        path = export_shared(backbone, tokenizer, apps, args.output, args.quantize, args.overwrite, args.source, length)
+        shared = shared_apps(args.source, args.shared, slots, texts, args.sentences)
+        path = export_shared(shared, args.output, quantize=args.quantize, overwrite=args.overwrite)
         print(f"Shared export written to {path}")
         return
     if (Path(args.source) / "mtpf_app.json").is_file():
         exportable = exportable_app(args.source, args.backbone, args.sentences)
     else:
         exportable = exportable_slot(args.source, args.slot, check_texts())
-    last_layer = exportable.module.model.config.num_layers - 1
-    path = export(exportable, args.output, args.quantize, args.overwrite, last_layer, args.source)
+    path = export(exportable, args.output, quantize=args.quantize, overwrite=args.overwrite, source=args.source)
     print(f"Export written to {path}")
 
 
@@ -347,12 +277,13 @@ class InterpolateArguments:
 
 
 def run_interpolate(argv: list[str]) -> None:
-    from mtpf.interpolation import interpolate_release
+    from mtpf.interpolation import Interpolation, interpolate_release
 
     if argv and not argv[0].startswith("-"):  # the release may come first, positionally
         argv = ["--release", argv[0], *argv[1:]]
     (args,) = HfArgumentParser(InterpolateArguments).parse_args_into_dataclasses(args=argv)
-    path = interpolate_release(args.release, args.output, args.alpha, args.base, args.layer_alphas, args.overwrite)
+    interpolation = Interpolation(args.alpha, args.layer_alphas, args.base)
+    path = interpolate_release(args.release, args.output, interpolation, overwrite=args.overwrite)
     print(f"Release written to {path}")
 
 

@@ -109,8 +109,16 @@ class FusedLoraLinear(LoraLinear):
         """`W + s·B·A` of `adapter`, formed again only when one of its inputs changed (or it was evicted)."""
         lora_a, lora_b, scaling = self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.scaling[adapter]
         # an in-place change bumps a tensor's version; a new tensor (`.data =`, `.to()`) has a new address
-        key = (scaling, weight.data_ptr(), weight._version, lora_a.data_ptr(), lora_a._version, lora_b.data_ptr(),
-               lora_b._version, weight.device)  # fmt: skip
+        key = (
+            scaling,
+            weight.data_ptr(),
+            weight._version,
+            lora_a.data_ptr(),
+            lora_a._version,
+            lora_b.data_ptr(),
+            lora_b._version,
+            weight.device,
+        )
         cache = self._weight_cache
         entry = cache.get(adapter)
         if entry is None or entry[0] != key:

@@ -51,16 +51,22 @@ def check_repo_ids(repo_ids: list[str]) -> None:
             raise ValueError(f"Invalid repo id {repo_id!r}: use ORG/NAME.")
 
 
+@dataclass(frozen=True)
+class HubTarget:
+    """Where a release goes on the Hub: its backbone repo, the revision its adapters pin (None: the default branch)
+    and how an adapter repo is named from the backbone repo and the task."""
+
+    repo_id: str
+    revision: str | None = None
+    adapter_pattern: str = DEFAULT_ADAPTER_PATTERN
+
+
 def stage_release(
-    release: str | Path,
-    repo_id: str,
-    output: str | Path,
-    results: list[ResultRecord] | None = None,
-    revision: str | None = None,
-    adapter_pattern: str = DEFAULT_ADAPTER_PATTERN,
+    release: str | Path, target: HubTarget, output: str | Path, results: list[ResultRecord] | None = None
 ) -> list[StagedRepo]:
     """Write the folders to upload under `output/<repo id>`; everything is checked before anything is written."""
     release, output = Path(release), Path(output)
+    repo_id, revision, adapter_pattern = target.repo_id, target.revision, target.adapter_pattern
     tasks = validate_release(release)
     adapters = adapter_repo_ids(repo_id, tasks, adapter_pattern)
     check_repo_ids([repo_id, *adapters.values()])
@@ -87,13 +93,14 @@ def stage_release(
             folder / "adapter_config.json", lambda c: c.update(base_model_name_or_path=repo_id, revision=revision)
         )
         own = [r for r in results if r.family == task]
-        adapter_card(task, config, repo_id, adapter_repo, own, revision).save(folder / "README.md")
+        adapter_card(task, config, target, adapter_repo, own).save(folder / "README.md")
         staged.append(StagedRepo(adapter_repo, folder, task))
     return staged
 
 
-def stage_app(app_dir: str | Path, repo_id: str, output: str | Path, base_repo_id: str,
-              revision: str | None = None) -> list[StagedRepo]:  # fmt: skip
+def stage_app(
+    app_dir: str | Path, repo_id: str, output: str | Path, base_repo_id: str, revision: str | None = None
+) -> list[StagedRepo]:
     """An app folder (`mtpf finetune`) as its own PEFT repo whose base is the published backbone `base_repo_id`."""
     from mtpf.apps import read_app
 
@@ -103,8 +110,9 @@ def stage_app(app_dir: str | Path, repo_id: str, output: str | Path, base_repo_i
     folder = output / repo_id
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(app_dir, folder, ignore=shutil.ignore_patterns(MANIFEST))  # mtpf's bookkeeping stays home
-    update_json(folder / "adapter_config.json",
-                lambda c: c.update(base_model_name_or_path=base_repo_id, revision=revision))  # fmt: skip
+    update_json(
+        folder / "adapter_config.json", lambda c: c.update(base_model_name_or_path=base_repo_id, revision=revision)
+    )
     card = (folder / "README.md").read_text(encoding="utf-8")
     card = card.replace(f"`{app['backbone']}`", f"[{base_repo_id}](https://huggingface.co/{base_repo_id})")
     (folder / "README.md").write_text(card.replace('"BACKBONE"', f'"{base_repo_id}"').replace('"APP', f'"{repo_id}'))
@@ -282,9 +290,9 @@ English only; lightweight encoders trade accuracy for size. Offline releases of 
     return ModelCard(content)
 
 
-def adapter_card(
-    task: str, config: dict, backbone_repo: str, repo_id: str, results: list[ResultRecord], revision: str | None
-) -> ModelCard:
+def adapter_card(task: str, config: dict, target: HubTarget, repo_id: str, results: list[ResultRecord]) -> ModelCard:
+    """The card of one slot's adapter repo (`repo_id`), whose base is the backbone repo of `target`."""
+    backbone_repo, revision = target.repo_id, target.revision
     task_type, task_name = result_families().get(task, ("feature-extraction", task))
     data = ModelCardData(
         license="apache-2.0",

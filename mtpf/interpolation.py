@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,16 +86,22 @@ def interpolate_backbone(
             tensor.copy_(torch.lerp(base_state[name].to(tensor.dtype), tensor, alphas[name]))
 
 
+@dataclass(frozen=True)
+class Interpolation:
+    """θ = (1 − α)·θ_base + α·θ_release: `alpha` for every backbone weight, or `layer_alphas` one per layer (the
+    embeddings take `alpha`); `base` defaults to the encoder the release was trained from."""
+
+    alpha: float
+    layer_alphas: list[float] | None = None
+    base: str | None = None
+
+
 def interpolate_release(
-    release: str | os.PathLike,
-    output: str | os.PathLike,
-    alpha: float,
-    base: str | None = None,
-    layer_alphas: list[float] | None = None,
-    overwrite: bool = False,
+    release: str | os.PathLike, output: str | os.PathLike, interpolation: Interpolation, *, overwrite: bool = False
 ) -> Path:
-    """A new release: `release`'s backbone interpolated towards `base` (default: the encoder it was trained from),
-    its slots unchanged; recorded in the config as `pretraining.interpolation`."""
+    """A new release: `release`'s backbone interpolated towards the base, its slots unchanged; recorded in the config
+    as `pretraining.interpolation`."""
+    alpha, layer_alphas, base = interpolation.alpha, interpolation.layer_alphas, interpolation.base
     tasks = validate_release(release)
     output = check_release_target(output, overwrite)
     base = base or base_of(release)

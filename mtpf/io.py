@@ -89,11 +89,15 @@ def check_output_folder(
         raise error(f"{output}: {kind} is already there; pass --overwrite to replace it.")
     foreign = foreign_files(output)
     if foreign is None:
-        raise error(f"{output}: {kind} without mtpf's list of the files it wrote ({MANIFEST}), so --overwrite cannot "
-                    "tell your files from mtpf's; delete it yourself or choose another folder.")  # fmt: skip
+        raise error(
+            f"{output}: {kind} without mtpf's list of the files it wrote ({MANIFEST}), so --overwrite cannot "
+            "tell your files from mtpf's; delete it yourself or choose another folder."
+        )
     if foreign:
-        raise error(f"{output}: holds files mtpf did not write ({foreign[:5]}); --overwrite would delete them. "
-                    "Move them away or choose another folder.")  # fmt: skip
+        raise error(
+            f"{output}: holds files mtpf did not write ({foreign[:5]}); --overwrite would delete them. "
+            "Move them away or choose another folder."
+        )
     return output
 
 

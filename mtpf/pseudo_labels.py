@@ -104,20 +104,42 @@ def cluster_teacher_embeddings(
         raise CorpusError(f"The corpus {settings.corpus} holds no words.")
     if settings.num_clusters > num_words:
         raise ValueError(f"num_clusters={settings.num_clusters} is larger than the {num_words} words of the corpus.")
-    teacher, tokenizer = load_teacher(settings.teacher)
-    hidden = teacher.config.hidden_size
-    embeddings = np.lib.format.open_memmap(
-        workdir / "embeddings.npy", mode="w+", dtype=np.float16, shape=(num_words, hidden)
-    )
-    valid = np.zeros(num_words, dtype=bool)
     kmeans = MiniBatchKMeans(
         n_clusters=settings.num_clusters, random_state=settings.seed, batch_size=settings.kmeans_chunk, n_init=3
     )
+    path = workdir / "embeddings.npy"
+    embeddings, valid = _embed_and_fit(sentences, settings, kmeans, path)
+    for _ in range(settings.kmeans_epochs - 1):  # more passes over the stored embeddings, chunk by chunk
+        for chunk in _chunks(num_words, settings.kmeans_chunk):
+            rows = embeddings[chunk][valid[chunk]].astype(np.float32)
+            if len(rows):
+                kmeans.partial_fit(rows)
+    flat = np.full(num_words, IGNORED_WORD, dtype=np.int64)
+    for chunk in _chunks(num_words, settings.kmeans_chunk):
+        mask = valid[chunk]
+        if mask.any():
+            flat[chunk][mask] = kmeans.predict(embeddings[chunk][mask].astype(np.float32))
+    del embeddings
+    os.remove(path)
+    return _split_per_sentence(flat, sentences), kmeans.cluster_centers_.astype(np.float32)
+
+
+def _embed_and_fit(
+    sentences: list[list[str]], settings: PseudoLabelSettings, kmeans: MiniBatchKMeans, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first pass: every word's teacher embedding stored (fp16 memmap at `path`) and k-means fitted on the stream
+    as chunks fill up; returns the embeddings and which words have one (words cut by the length limit do not)."""
+    teacher, tokenizer = load_teacher(settings.teacher)
+    hidden = teacher.config.hidden_size
+    num_words = sum(map(len, sentences))
+    embeddings = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_words, hidden))
+    valid = np.zeros(num_words, dtype=bool)
     pending: list[np.ndarray] = []
     row = 0
     for start in tqdm(range(0, len(sentences), settings.batch_size), desc="teacher word embeddings", unit="batch"):
-        batch = sentences[start : start + settings.batch_size]
-        vectors, kept = embed_words(teacher, tokenizer, batch, settings.max_length)
+        vectors, kept = embed_words(
+            teacher, tokenizer, sentences[start : start + settings.batch_size], settings.max_length
+        )
         embeddings[row : row + len(kept)] = vectors.astype(np.float16)
         valid[row : row + len(kept)] = kept
         row += len(kept)
@@ -130,19 +152,7 @@ def cluster_teacher_embeddings(
         raise ValueError(f"num_clusters={settings.num_clusters} is larger than the {int(valid.sum())} embedded words.")
     if len(leftover):
         kmeans.partial_fit(leftover)
-    for _ in range(settings.kmeans_epochs - 1):
-        for chunk in _chunks(num_words, settings.kmeans_chunk):
-            rows = embeddings[chunk][valid[chunk]].astype(np.float32)
-            if len(rows):
-                kmeans.partial_fit(rows)
-    flat = np.full(num_words, IGNORED_WORD, dtype=np.int64)
-    for chunk in _chunks(num_words, settings.kmeans_chunk):
-        mask = valid[chunk]
-        if mask.any():
-            flat[chunk][mask] = kmeans.predict(embeddings[chunk][mask].astype(np.float32))
-    del embeddings
-    os.remove(workdir / "embeddings.npy")
-    return _split_per_sentence(flat, sentences), kmeans.cluster_centers_.astype(np.float32)
+    return embeddings, valid
 
 
 def _chunks(total: int, size: int):

@@ -18,13 +18,14 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from configuration_mtpf import DEFAULT_TARGET_ROLES, DEFAULT_TASKS, MtpfConfig
+from configuration_mtpf import DEFAULT_TASKS, MtpfConfig
 from modeling_mtpf import MtpfModel
 from mtpf.errors import MtpfError
 from mtpf.io import atomic_directory, check_output_folder, file_digest, update_json
@@ -97,26 +98,14 @@ def init_release(
     backbone: str,
     output: str | os.PathLike,
     tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
-    tpl_layers: int = 2,
-    r: int = 32,
-    lora_alpha: int = 64,
-    lora_dropout: float = 0.0,
-    target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGET_ROLES,
+    *,
     overwrite: bool = False,
-    layers_by_task: dict[str, int] | None = None,
+    **slot_shape: Any,
 ) -> Path:
-    """An initial release of any encoder: its weights unchanged, fresh (identity) LoRA slots."""
+    """An initial release of any encoder: its weights unchanged, fresh (identity) LoRA slots shaped by `slot_shape`
+    (`load_mtpf_encoder`'s: tpl_layers=2, r=32, lora_alpha=64, lora_dropout=0.0, target_modules, layers_by_task)."""
     check_release_target(output, overwrite)  # before the encoder is loaded: refuse early
-    model, tokenizer = load_mtpf_encoder(
-        backbone,
-        tasks=tasks,
-        tpl_layers=tpl_layers,
-        r=r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=target_modules,
-        layers_by_task=layers_by_task,
-    )
+    model, tokenizer = load_mtpf_encoder(backbone, tasks=tasks, **slot_shape)
     return export_release(attach_slots(model, list(tasks)), tokenizer, output, overwrite=overwrite)
 
 

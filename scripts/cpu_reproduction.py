@@ -83,26 +83,52 @@ def main() -> None:
         releases.append(f"{label}={release}")
         if (release / "backbone" / "model.safetensors").is_file() and label in runs:
             continue
-        command = [sys.executable, "train_mtpf.py", options.config, *SWEEP[label], "--output_dir", str(work / label),
-                   "--release_dir", str(release), "--save_strategy", "no"]  # fmt: skip
+        command = [
+            sys.executable,
+            "train_mtpf.py",
+            options.config,
+            *SWEEP[label],
+            "--output_dir",
+            str(work / label),
+            "--release_dir",
+            str(release),
+            "--save_strategy",
+            "no",
+        ]
         if label in CURVES:
             command += ["--analysis_steps", str(options.analysis_steps)]
         cost = run(command, output / "logs" / f"train-{label}.log")
-        runs[label] = {"command": " ".join(command[1:]), "train_seconds": cost["seconds"],
-                       "train_cpu_seconds": cost["cpu_seconds"]}  # fmt: skip
+        runs[label] = {
+            "command": " ".join(command[1:]),
+            "train_seconds": cost["seconds"],
+            "train_cpu_seconds": cost["cpu_seconds"],
+        }
         if label in CURVES:
             shutil.copy(work / label / "interference.json", output / f"curves-{label}.json")
         runs_path.write_text(json.dumps(runs, indent=2) + "\n")
     curves = [str(output / f"curves-{label}.json") for label in CURVES if (output / f"curves-{label}.json").is_file()]
     if curves:
-        run([sys.executable, "-m", "mtpf", "analyze", "--output", str(output), "--curves", *curves],
-            output / "logs" / "analyze.log")  # fmt: skip
+        run(
+            [sys.executable, "-m", "mtpf", "analyze", "--output", str(output), "--curves", *curves],
+            output / "logs" / "analyze.log",
+        )
     if options.train_only:
         print(f"done: releases under {work}, curves in {output}")
         return
     models = [f"base={config['backbone']}", *releases]
-    evaluation = ["mtpf-eval", "--suite", options.suite, "--fractions", *options.fractions,
-                  "--workers", str(options.eval_workers), "--output", str(output), "--model", *models]  # fmt: skip
+    evaluation = [
+        "mtpf-eval",
+        "--suite",
+        options.suite,
+        "--fractions",
+        *options.fractions,
+        "--workers",
+        str(options.eval_workers),
+        "--output",
+        str(output),
+        "--model",
+        *models,
+    ]
     cost = run(evaluation, output / "logs" / "eval.log")
     runs["evaluation"] = {"command": " ".join(evaluation), "workers": options.eval_workers, **cost}
     runs_path.write_text(json.dumps(runs, indent=2) + "\n")

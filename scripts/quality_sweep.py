@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from mtpf.quality.recipes import load_recipes
-from mtpf.quality.sweep import MARKERS, run_sweep, summarize_all, write_summary
+from mtpf.quality.sweep import MARKERS, Sweep, run_sweep, summarize_all, write_summary
 
 
 @dataclass
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
         write_summary(summary, Path(args.summarize), " ".join(["python scripts/quality_sweep.py", *argv]))
         print(f"Summary written to {args.summarize}/summary.json and RESULTS.md")
         return
-    run_sweep(book, Path(args.root), args.seeds, args.only, overrides, protocol=args.protocol)
+    run_sweep(Sweep(book, Path(args.root), args.protocol, tuple(overrides)), args.seeds, args.only)
 
 
 if __name__ == "__main__":

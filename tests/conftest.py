@@ -217,9 +217,17 @@ from mtpf.apps.ner.train import NerProtocol  # noqa: E402
 
 NER_ROOT = SHARED_DIR / "data" / "ner"
 # Small enough for CI, large enough that the real 2-layer encoder finds entities (test F1 > 0).
-APP_PROTOCOL = NerProtocol(warmup_epochs=1, epochs=3, batch_size=16, learning_rate=3e-3, max_length=48,
-                       max_train_sentences=200, max_dev_sentences=64, max_test_sentences=100,
-                       min_steps_per_epoch=2)  # fmt: skip
+APP_PROTOCOL = NerProtocol(
+    warmup_epochs=1,
+    epochs=3,
+    batch_size=16,
+    learning_rate=3e-3,
+    max_length=48,
+    max_train_sentences=200,
+    max_dev_sentences=64,
+    max_test_sentences=100,
+    min_steps_per_epoch=2,
+)
 
 
 @pytest.fixture(scope="session")
@@ -229,8 +237,24 @@ def app(tmp_path_factory):
 
     release = init_release(str(real_encoder_dir("splade-tiny")), folder / "release", tpl_layers=1)
     protocol = [f"--{k}={v}" for k, v in vars(APP_PROTOCOL).items() if k != "target_modules" and v is not None]
-    cli = [sys.executable, "-m", "mtpf", "finetune", str(release), "--task", "ner", "--data", "crossner_ai",
-           "--output", str(folder / "app"), "--ner_data_root", str(NER_ROOT), "--seed", "1", *protocol]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-m",
+        "mtpf",
+        "finetune",
+        str(release),
+        "--task",
+        "ner",
+        "--data",
+        "crossner_ai",
+        "--output",
+        str(folder / "app"),
+        "--ner_data_root",
+        str(NER_ROOT),
+        "--seed",
+        "1",
+        *protocol,
+    ]
     run_command(cli, REPO_ROOT)
     return release, folder / "app"
 
@@ -238,9 +262,15 @@ def app(tmp_path_factory):
 from mtpf.apps.classification import ClassificationProtocol  # noqa: E402
 
 TC_ROOT = SHARED_DIR / "data" / "tc"
-CLASSIFIER_PROTOCOL = ClassificationProtocol(warmup_epochs=1, epochs=2, batch_size=16, max_length=48,
-                                             max_train_sentences=300, max_dev_sentences=64,
-                                             max_test_sentences=150)  # fmt: skip
+CLASSIFIER_PROTOCOL = ClassificationProtocol(
+    warmup_epochs=1,
+    epochs=2,
+    batch_size=16,
+    max_length=48,
+    max_train_sentences=300,
+    max_dev_sentences=64,
+    max_test_sentences=150,
+)
 
 
 @pytest.fixture(scope="session")
@@ -249,8 +279,22 @@ def classifier_app(app):
     release, ner_app = app
     protocol = [f"--{k}={v}" for k, v in vars(CLASSIFIER_PROTOCOL).items() if k != "target_modules" and v is not None]
     output = ner_app.parent / "classifier"
-    cli = [sys.executable, "-m", "mtpf", "finetune", str(release), "--task", "classification", "--data", "emotion",
-           "--output", str(output), "--tc_data_root", str(TC_ROOT), *protocol]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-m",
+        "mtpf",
+        "finetune",
+        str(release),
+        "--task",
+        "classification",
+        "--data",
+        "emotion",
+        "--output",
+        str(output),
+        "--tc_data_root",
+        str(TC_ROOT),
+        *protocol,
+    ]
     run_command(cli, REPO_ROOT)
     return release, output
 

@@ -15,8 +15,14 @@ from tests.conftest import REPO_ROOT
 
 
 def mtpf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mtpf", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          check=False, env={"HF_HUB_OFFLINE": "1", "PATH": ""})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "mtpf", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
 
 
 def test_a_user_error_is_one_line_and_exit_2(tmp_path):
@@ -34,8 +40,13 @@ def test_a_user_error_is_one_line_and_exit_2(tmp_path):
 def test_train_mtpf_reports_a_bad_config_in_one_line(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("mode: [unclosed\n")
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train_mtpf.py"), str(config)], capture_output=True,
-                            text=True, check=False, cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train_mtpf.py"), str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{config}: not a valid YAML config" in result.stderr
 

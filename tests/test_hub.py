@@ -17,9 +17,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from modeling_mtpf import MtpfForTokenClassification
-from mtpf.hub import PublishError, publish, stage_release
+from mtpf.hub import HubTarget, PublishError, publish, stage_release
 from mtpf.release import BASE_MARKER, ReleaseError, init_release, load_release, release_hash
 from mtpf.results import SCHEMA, ResultRecord, ResultsSchemaError, averaged, load_results, save_results
+from mtpf.weights import tiny_encoder_dir as packaged_tiny_encoder
 from push_to_hub import main as push_main
 from tests.conftest import REPO_ROOT, build_smoke_trainer, run_command
 
@@ -57,9 +58,16 @@ def results_file(tmp_path, trained_release) -> Path:
         conll_f1(88.5, seed=0, config_hash=weights),
         conll_f1(88.9, seed=1, config_hash=weights),
         conll_f1(66.1, fraction=0.1, config_hash=weights),
-        conll_f1(79.5, family="tc", dataset="mteb/banking77", dataset_name="Banking77", metric="accuracy",
-                 config_hash=weights, experiments=[79.0, 80.0]),
-    ]  # fmt: skip
+        conll_f1(
+            79.5,
+            family="tc",
+            dataset="mteb/banking77",
+            dataset_name="Banking77",
+            metric="accuracy",
+            config_hash=weights,
+            experiments=[79.0, 80.0],
+        ),
+    ]
     path = tmp_path / "results.json"
     save_results(records, path)
     return path
@@ -216,7 +224,7 @@ def fake_hub(monkeypatch):
 
 def test_upload_makes_one_commit_per_repo(trained_release, tmp_path, fake_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    staged = stage_release(trained_release, REPO_ID, tmp_path / "stage", revision="v1")
+    staged = stage_release(trained_release, HubTarget(REPO_ID, revision="v1"), tmp_path / "stage")
     api = HfApi(endpoint=f"http://127.0.0.1:{fake_hub.server_port}")
     assert publish(staged, api, private=True, revision="v1") == [REPO_ID, f"{REPO_ID}-ner", f"{REPO_ID}-tc"]
     assert fake_hub.created == [(REPO_ID, "private"), (f"{REPO_ID}-ner", "private"), (f"{REPO_ID}-tc", "private")]
@@ -251,7 +259,7 @@ def test_upload_makes_one_commit_per_repo(trained_release, tmp_path, fake_hub, m
 def test_failed_upload_says_what_was_published(trained_release, tmp_path, fake_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     fake_hub.fail_repo = f"{REPO_ID}-ner"
-    staged = stage_release(trained_release, REPO_ID, tmp_path / "stage")
+    staged = stage_release(trained_release, HubTarget(REPO_ID), tmp_path / "stage")
     with pytest.raises(
         PublishError, match=rf"Publishing {REPO_ID}-ner failed .*already published: {REPO_ID}\."
     ) as info:
@@ -259,9 +267,7 @@ def test_failed_upload_says_what_was_published(trained_release, tmp_path, fake_h
     assert TOKEN not in str(info.value)
 
 
-def test_bad_input_fails_before_any_upload(
-    trained_release, tmp_path, fake_hub, results_file, monkeypatch, tiny_encoder_dir
-):
+def test_bad_input_fails_before_any_upload(trained_release, tmp_path, fake_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     endpoint = ["--endpoint", f"http://127.0.0.1:{fake_hub.server_port}"]
     with pytest.raises(ValueError, match="Invalid repo id 'acme/bad name'"):
@@ -275,7 +281,7 @@ def test_bad_input_fails_before_any_upload(
     (broken / "adapters" / "tc" / "adapter_config.json").unlink()
     with pytest.raises(ReleaseError, match=r"adapters/tc/adapter_config\.json: missing"):
         push_main([str(broken), "--repo-id", REPO_ID, *endpoint])
-    other = init_release(str(tiny_encoder_dir), tmp_path / "other", tpl_layers=1, r=2, lora_alpha=4)
+    other = init_release(str(packaged_tiny_encoder()), tmp_path / "other", tpl_layers=1, r=2, lora_alpha=4)
     mixed = tmp_path / "mixed"
     subprocess.run(["cp", "-r", str(trained_release), str(mixed)], check=True)
     (mixed / "adapters" / "ner" / BASE_MARKER).write_text((other / "adapters" / "ner" / BASE_MARKER).read_text())

@@ -214,8 +214,22 @@ def test_init_into_the_current_folder(tiny_encoder_dir, tmp_path):
     empty.mkdir()
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    init = [sys.executable, "-m", "mtpf", "init", "--backbone", str(tiny_encoder_dir), "--output", ".",
-            "--tpl_layers", "1", "--rank", "2", "--alpha", "4"]  # fmt: skip
+    init = [
+        sys.executable,
+        "-m",
+        "mtpf",
+        "init",
+        "--backbone",
+        str(tiny_encoder_dir),
+        "--output",
+        ".",
+        "--tpl_layers",
+        "1",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+    ]
     run_command(init, empty)
     assert validate_release(empty) == ["ner", "tc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "empty"]  # no hidden ..tmp-* left
@@ -237,8 +251,9 @@ def test_adapter_of_another_backbone_of_the_same_shape_is_refused(trained_releas
     import shutil
 
     release, _ = trained_release
-    other = init_release(str(build_tiny_encoder(tmp_path / "twin", seed=7)), tmp_path / "twin-rel",
-                         tpl_layers=2, r=4, lora_alpha=8)  # fmt: skip
+    other = init_release(
+        str(build_tiny_encoder(tmp_path / "twin", seed=7)), tmp_path / "twin-rel", tpl_layers=2, r=4, lora_alpha=8
+    )
     mixed = tmp_path / "mixed"
     shutil.copytree(release, mixed)
     shutil.rmtree(mixed / "adapters" / "tc")

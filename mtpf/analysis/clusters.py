@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from sklearn.metrics.cluster import contingency_matrix
 
 from mtpf.apps.ner.data import load_ner_dataset
 from mtpf.data.conll import TaggedSentence
+from mtpf.data.roots import NER_DATA
 from mtpf.io import atomic_write_text
 from mtpf.models import split_label
 from mtpf.pseudo_labels import embed_words
@@ -27,6 +29,7 @@ from mtpf.training.downstream import subsample
 
 logger = logging.getLogger(__name__)
 OUTSIDE = "O"
+MAX_LENGTH, BATCH_SIZE = 128, 64  # sub-tokens per sentence and sentences per forward, as the pseudo-labeller
 
 
 def entity_type(tag: str) -> str:
@@ -58,19 +61,13 @@ def cluster_agreement(clusters: np.ndarray, types: list[str]) -> dict[str, float
 
 
 def word_cluster_quality(
-    model,
-    tokenizer,
-    sentences: list[TaggedSentence],
-    num_clusters: int = 200,
-    seed: int = 0,
-    max_length: int = 128,
-    batch_size: int = 64,
+    model, tokenizer, sentences: list[TaggedSentence], *, num_clusters: int = 200, seed: int = 0
 ) -> dict[str, float]:
     """Embed every word as the pseudo-labeller does (mean of sub-tokens), cluster with k-means, score vs gold."""
     vectors, types = [], []
-    for start in range(0, len(sentences), batch_size):
-        batch = sentences[start : start + batch_size]
-        embedded, kept = embed_words(model, tokenizer, [s.tokens for s in batch], max_length)
+    for start in range(0, len(sentences), BATCH_SIZE):
+        batch = sentences[start : start + BATCH_SIZE]
+        embedded, kept = embed_words(model, tokenizer, [s.tokens for s in batch], MAX_LENGTH)
         vectors.append(embedded[kept])
         tags = [tag for s in batch for tag in s.tags]
         types += [entity_type(tag) for tag, keep in zip(tags, kept) if keep]
@@ -89,29 +86,49 @@ def ner_view(name_or_path: str):
     return encoder.eval(), tokenizer
 
 
-def cluster_quality(
-    models: list[str],
-    output: str,
-    datasets: list[str],
-    ner_root: str,
-    sentences: int = 2000,
-    num_clusters: int = 200,
-    seed: int = 0,
-) -> Path:
+@dataclass
+class ClusterArguments:
+    """Do an encoder's k-means word clusters follow entity types? (the quality of a pseudo-label source)"""
+
+    output: str = field(metadata={"help": "Folder for cluster_quality.json."})
+    models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Teachers, encoders or releases (ner slot active); LABEL=PATH names one."},
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: ["conll2003", "ontonotes5", "mit_restaurant", "jnlpba", "crossner"],
+        metadata={"help": "Local NER datasets whose test split is clustered."},
+    )
+    ner_data_root: str = field(default=NER_DATA, metadata={"help": "Local NER datasets."})
+    sentences: int = field(default=2000, metadata={"help": "Test sentences per dataset (seeded subset)."})
+    num_clusters: int = field(default=200, metadata={"help": "K of k-means (the paper's pseudo-labels: 200)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the subset and of k-means."})
+
+
+def cluster_quality(arguments: ClusterArguments) -> Path:
     """Cluster quality of every model (a release: backbone + `ner` slot) on the test split of every dataset."""
-    data = {name: subsample(load_ner_dataset(name, ner_root)["test"], 1.0, sentences, seed) for name in datasets}
+    datasets, sentences, num_clusters, seed = (
+        arguments.datasets,
+        arguments.sentences,
+        arguments.num_clusters,
+        arguments.seed,
+    )
+    data = {
+        name: subsample(load_ner_dataset(name, arguments.ner_data_root)["test"], 1.0, sentences, seed)
+        for name in datasets
+    }
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for spec in models:
+    for spec in arguments.models:
         label, path = split_label(spec)
         encoder, tokenizer = ner_view(path)
         results[label] = {
-            dataset: word_cluster_quality(encoder, tokenizer, rows, num_clusters, seed)
+            dataset: word_cluster_quality(encoder, tokenizer, rows, num_clusters=num_clusters, seed=seed)
             for dataset, rows in data.items()
         }
         logger.info("%s: %s", label, results[label])
     settings = {"datasets": datasets, "sentences": sentences, "num_clusters": num_clusters, "seed": seed}
     payload = {"settings": settings, "models": results}
-    target = Path(output) / "cluster_quality.json"
+    target = Path(arguments.output) / "cluster_quality.json"
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(target.with_suffix(".md"), cluster_quality_markdown(payload))
     return target

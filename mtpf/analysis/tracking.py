@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from mtpf.analysis.metrics import interference_metrics
 from mtpf.analysis.perturbation import perturbed_set
 from mtpf.data.conll import ConllFormat, TaggedSentence, read_conll
+from mtpf.data.roots import CONLL_TEST
 from mtpf.io import atomic_write_text
 from mtpf.slots import activate_slot
 
@@ -96,15 +97,29 @@ def load_for_analysis(name_or_path: str):
     return loaded.with_slots(), loaded.tokenizer
 
 
-def analyze_models(models: list[str], output: str, data: str, sentences: int, variants: int, seed: int) -> Path:
+@dataclass
+class AnalyzeArguments:
+    """Interference metrics (paper Sec. 5) of saved models, and Fig. 3-style plots of training curves."""
+
+    output: str = field(metadata={"help": "Folder for analysis.json and the plot."})
+    models: list[str] = field(default_factory=list, metadata={"help": "Release folders or encoders (folder/Hub id)."})
+    curves: list[str] = field(default_factory=list, metadata={"help": "interference.json files of training runs."})
+    data: str = field(default=CONLL_TEST, metadata={"help": "BIO CoNLL file."})
+    sentences: int = field(default=2000, metadata={"help": "Sentences measured (paper: 2,000)."})
+    variants: int = field(default=4, metadata={"help": "Perturbed variants per sentence (paper: 4)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the entity replacement."})
+
+
+def analyze_models(arguments: AnalyzeArguments) -> Path:
     """Both metrics for every slot of every model, written to OUTPUT/analysis.json."""
+    data, sentences, variants, seed = arguments.data, arguments.sentences, arguments.variants, arguments.seed
     analysis = AnalysisSet.from_conll(data, sentences, variants, seed)
     results = {}
-    for name in models:
+    for name in arguments.models:
         encoder, tokenizer = load_for_analysis(name)
         results[name] = measure_slots(encoder, tokenizer, analysis)
         logger.info("%s: %s", name, results[name])
-    path = Path(output) / "analysis.json"
+    path = Path(arguments.output) / "analysis.json"
     settings = {"data": data, "sentences": sentences, "variants": variants, "seed": seed}
     atomic_write_text(path, json.dumps({"settings": settings, "models": results}, indent=2) + "\n")
     return path

@@ -4,6 +4,7 @@
 from mtpf.apps import classification, ner  # the built-in kinds register themselves on import
 from mtpf.apps.finetune import (
     APP_FILE,
+    FinetuneArguments,
     check_app_backbone,
     finetune_app,
     read_app,
@@ -16,6 +17,7 @@ __all__ = [
     "APP_KINDS",
     "AppError",
     "AppKind",
+    "FinetuneArguments",
     "check_app_backbone",
     "classification",
     "finetune_app",

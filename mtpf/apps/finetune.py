@@ -18,14 +18,14 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from mtpf.apps.kinds import APP_KINDS, AppError, TrainedApp, get_app_kind
+from mtpf.apps.kinds import APP_KINDS, AppError, AppKind, TrainedApp, get_app_kind
 from mtpf.io import atomic_directory, check_output_folder, update_json
-from mtpf.models import LoadedModel, is_release, load_model
+from mtpf.models import is_release, load_model
 from mtpf.release import BACKBONE_DIR, BASE_MARKER, backbone_digest
 from mtpf.training.downstream import AdapterProtocol
 
@@ -34,39 +34,52 @@ logger = logging.getLogger(__name__)
 APP_FILE = "mtpf_app.json"
 
 
-def train_app(
-    task: str, loaded: LoadedModel, data: str, data_root: str | os.PathLike, protocol: AdapterProtocol, seed: int
-) -> TrainedApp:
-    return get_app_kind(task).train(loaded, data, str(data_root), protocol, seed)
+@dataclass
+class FinetuneArguments:
+    """An app's own adapter from a release: `python -m mtpf finetune RELEASE --task ner|classification --data D
+    --output APP` (the protocol options after it depend on --task; see --help with a --task)."""
+
+    release: str = field(metadata={"help": "Release folder (backbone/ + adapters/): the backbone the app runs on."})
+    data: str = field(
+        metadata={
+            "help": "NER: a local dataset name, a folder of CoNLL files (train*/dev*/test*), hf://ID[:CONFIG]. "
+            "classification: a local task name, a folder of train/dev/test .jsonl or .csv (text, label), "
+            "hf://ID[:CONFIG]."
+        }
+    )
+    output: str = field(metadata={"help": "App folder to write (a standard PEFT adapter repo)."})
+    task: str = field(default="ner", metadata={"help": "The app's kind (registered: ner, classification, ...)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the head, the LoRA init and the data order."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an app already at --output."})
+    data_root: str | None = field(default=None, metadata={"help": "Where local datasets live (default: the kind's)."})
+    ner_data_root: str | None = field(default=None, metadata={"help": "Deprecated: --data_root."})
+    tc_data_root: str | None = field(default=None, metadata={"help": "Deprecated: --data_root."})
+
+    def data_folder(self, kind: AppKind) -> Path:
+        """Where a local dataset name is looked up: --data_root, a deprecated root, else the kind's own."""
+        return Path(self.data_root or self.ner_data_root or self.tc_data_root or kind.data_root)
 
 
-def finetune_app(
-    release: str | os.PathLike,
-    task: str,
-    data: str,
-    output: str | os.PathLike,
-    protocol: AdapterProtocol | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-    data_root: str | os.PathLike | None = None,
-) -> Path:
-    """Fine-tune the app's adapter on `data` from the release and write the app folder atomically."""
-    kind = get_app_kind(task)
+def finetune_app(arguments: FinetuneArguments, protocol: AdapterProtocol | None = None) -> Path:
+    """Fine-tune the app's adapter on its data from the release and write the app folder atomically (the protocol:
+    the kind's defaults unless given)."""
+    kind = get_app_kind(arguments.task)
+    release = arguments.release
     if not is_release(str(release)):
         raise AppError(f"{release}: not a release folder (no {BACKBONE_DIR}/); make one with `mtpf init` or training.")
     protocol = protocol or kind.protocol()
     if not isinstance(protocol, kind.protocol):
-        raise AppError(f"--task {task}: expected a {kind.protocol.__name__}, got a {type(protocol).__name__}.")
-    output = check_output_folder(output, overwrite, APP_FILE, "an app", AppError)
-    data_root = Path(data_root or kind.data_root)
-    trained = train_app(task, load_model(str(release)), data, data_root, protocol, seed)
+        raise AppError(f"--task {kind.name}: expected a {kind.protocol.__name__}, got a {type(protocol).__name__}.")
+    output = check_output_folder(arguments.output, arguments.overwrite, APP_FILE, "an app", AppError)
+    data_root = arguments.data_folder(kind)
+    trained = kind.train(load_model(str(release)), arguments.data, str(data_root), protocol, arguments.seed)
     backbone_dir = Path(release).resolve() / BACKBONE_DIR
     with atomic_directory(output) as staging:
         save_adapter(trained, staging)
         update_json(staging / "adapter_config.json", lambda c: c.update(base_model_name_or_path=str(backbone_dir)))
         digest = backbone_digest(backbone_dir)
         (staging / BASE_MARKER).write_text(json.dumps({"backbone_sha256": digest}, indent=2) + "\n", encoding="utf-8")
-        app = app_description(task, trained, data, protocol, str(backbone_dir))
+        app = app_description(kind.name, trained, arguments.data, protocol, str(backbone_dir))
         app["data_root"] = str(data_root.resolve())  # where a local dataset name was read (export re-reads it)
         (staging / APP_FILE).write_text(json.dumps(app, indent=2) + "\n", encoding="utf-8")
         app_card(app).save(staging / "README.md")

@@ -19,14 +19,15 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from mtpf.apps.ner.data import DEFAULT_DATA_ROOT, ner_dataset_name
-from mtpf.evaluation.store import ResultsStore, merge_results
+from mtpf.apps.ner.data import ner_dataset_name
+from mtpf.data.roots import DataSources
+from mtpf.evaluation.store import ResultsStore, ScoreKey, merge_results
 from mtpf.evaluation.suite import SuiteRun
 from mtpf.evaluation.suites import SuiteSettings, settings_from_dict
-from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, is_local_available
+from mtpf.evaluation.tc import TC_TASKS, is_local_available
 from mtpf.io import atomic_write_text
 from mtpf.models import model_hash, split_label
 
@@ -46,30 +47,40 @@ class EvalJob:
         return f"{split_label(self.model)[0]}: " + (f"NER {self.ner_dataset}" if self.ner_dataset else "TC")
 
 
+@dataclass(frozen=True)
+class Workers:
+    """How `mtpf-eval --workers N` runs: N processes, the command results.json records, the families to score and
+    where their data lives."""
+
+    count: int
+    command: str
+    families: tuple[str, ...] = ("ner", "tc")
+    sources: DataSources = field(default_factory=DataSources)
+
+
 def pending_jobs(
     models: list[str],
     hashes: dict[str, str],
     settings: SuiteSettings,
-    has: Callable[..., bool],
-    ner: bool = True,
-    tc: bool = True,
+    has: Callable[[str, str, ScoreKey], bool],
+    families: tuple[str, ...] = ("ner", "tc"),
 ) -> list[EvalJob]:
     """The jobs with scores still to make; `hashes` maps each label to the config hash of its current weights and
-    `has(label, config_hash, family, dataset, fraction, seed)` says whether a score is there (`SuiteRun.has`)."""
+    `has(label, config_hash, ScoreKey)` says whether a score is there (`SuiteRun.has`)."""
     jobs = []
     for spec in models:
         label = split_label(spec)[0]
         config_hash = hashes[label]
-        if ner:
+        if "ner" in families:
             for dataset in settings.ner_datasets:
                 name = ner_dataset_name(dataset)
                 runs = [(f, s) for f in settings.fractions for s in settings.seeds]
-                todo = sum(not has(label, config_hash, "ner", name, f, s) for f, s in runs)
+                todo = sum(not has(label, config_hash, ScoreKey("ner", name, f, s)) for f, s in runs)
                 if todo:
                     jobs.append(EvalJob(spec, dataset, float(todo)))
-        if tc:
+        if "tc" in families:
             names = [TC_TASKS[column].mteb_name for column in settings.tc_tasks]
-            todo = sum(not has(label, config_hash, "tc", name, 1.0, 0) for name in names)  # TC: full data, seed 0
+            todo = sum(not has(label, config_hash, ScoreKey("tc", name)) for name in names)  # TC: full data, seed 0
             if todo:
                 jobs.append(EvalJob(spec, None, todo * TC_TASK_COST))
     return jobs
@@ -85,21 +96,12 @@ def deal(jobs: list[EvalJob], workers: int) -> list[list[EvalJob]]:
 
 
 def evaluate_in_parallel(
-    models: list[str],
-    settings: SuiteSettings,
-    output: str | os.PathLike,
-    workers: int,
-    command: str,
-    ner: bool = True,
-    tc: bool = True,
-    ner_root: str | os.PathLike = DEFAULT_DATA_ROOT,
-    tc_root: str | os.PathLike = DEFAULT_TC_ROOT,
-    hub_reachable: bool = False,
+    models: list[str], settings: SuiteSettings, output: str | os.PathLike, workers: Workers
 ) -> Path:
-    """Run the pending jobs in `workers` processes and merge their folders into `output`.
+    """Run the pending jobs in `workers.count` processes and merge their folders into `output`.
 
-    `command` is recorded in results.json in place of the per-job runs. TC tasks that cannot run here (no local copy,
-    Hub offline) are not planned as work; a job still lists them as not evaluated.
+    `workers.command` is recorded in results.json in place of the per-job runs. TC tasks that cannot run here (no
+    local copy, Hub offline) are not planned as work; a job still lists them as not evaluated.
     """
     output = Path(output)
     results = output / "results.json"
@@ -111,8 +113,12 @@ def evaluate_in_parallel(
                 f"{results}: holds scores of {record.model!r} from other weights (config hash {record.config_hash}, "
                 f"now {hashes[record.model]}); give the new weights another label or use another --output."
             )
-    runnable = [c for c in settings.tc_tasks if hub_reachable or is_local_available(TC_TASKS[c], tc_root)]
-    shares = deal(pending_jobs(models, hashes, replace(settings, tc_tasks=runnable), previous.has, ner, tc), workers)
+    sources, command = workers.sources, workers.command
+    runnable = [
+        c for c in settings.tc_tasks if sources.hub_reachable or is_local_available(TC_TASKS[c], sources.tc_root)
+    ]
+    pending = pending_jobs(models, hashes, replace(settings, tc_tasks=runnable), previous.has, workers.families)
+    shares = deal(pending, workers.count)
     if not shares:
         logger.info("%s: every score is already there", results)
         return results
@@ -122,7 +128,7 @@ def evaluate_in_parallel(
         for folder in folders:
             merge_results(folder, [output], command=command)
     threads = max(1, len(os.sched_getaffinity(0)) // len(shares))
-    roots = {"ner_root": str(ner_root), "tc_root": str(tc_root), "hub_reachable": hub_reachable}
+    roots = {"ner_root": str(sources.ner_root), "tc_root": str(sources.tc_root), "hub_reachable": sources.hub_reachable}
     for i, share in enumerate(shares):
         logger.info("worker %d (%d threads): %s", i, threads, "; ".join(job.describe() for job in share))
         write_job_file(parts / f"worker-{i}.json", settings, folders[i], share, roots)
@@ -152,7 +158,8 @@ def run_job_file(path: str | os.PathLike) -> None:
     for job in (EvalJob(**job) for job in data["jobs"]):
         start = time.monotonic()
         only = replace(settings, ner_datasets=[job.ner_dataset] if job.ner_dataset else [])
-        run = SuiteRun(only, data["output"], data["ner_root"], data["tc_root"], data["hub_reachable"])
+        sources = DataSources(data["ner_root"], data["tc_root"], data["hub_reachable"])
+        run = SuiteRun(only, data["output"], sources)
         run.run([job.model], ner=job.ner_dataset is not None, tc=job.ner_dataset is None)
         logger.info("%s done in %.0f s", job.describe(), time.monotonic() - start)
 

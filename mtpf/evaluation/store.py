@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from mtpf.evaluation.suites import SuiteSettings, saved_protocol_of, saved_settings
 from mtpf.evaluation.tables import results_markdown, suite_commands
@@ -18,6 +19,15 @@ from mtpf.io import atomic_write_text
 from mtpf.results import SCHEMA, ResultRecord, load_results, read_results_file
 
 logger = logging.getLogger(__name__)
+
+
+class ScoreKey(NamedTuple):
+    """Which score of a model: a family's dataset at a data fraction and seed (TC: full data, seed 0)."""
+
+    family: str
+    dataset: str
+    fraction: float = 1.0
+    seed: int = 0
 
 
 class ResultsStore:
@@ -59,17 +69,12 @@ class ResultsStore:
                         f"{key}={value!r}; scores would not be comparable. Use another --output."
                     )
 
-    def has(
-        self, model: str, config_hash: str, family: str, dataset: str, fraction: float = 1.0, seed: int = 0
-    ) -> bool:
+    def has(self, model: str, config_hash: str, key: ScoreKey) -> bool:
         """Whether this score of these weights is already here (the one rule for resuming and for planning)."""
         return any(
             r.model == model
             and r.config_hash == config_hash
-            and r.family == family
-            and r.dataset == dataset
-            and r.fraction == fraction
-            and r.seed == seed
+            and (r.family, r.dataset, r.fraction, r.seed) == tuple(key)
             for r in self.records
         )
 
@@ -193,8 +198,15 @@ def merge_results(
 
 
 def _score_key(record: ResultRecord) -> tuple:
-    return (record.model, record.family, record.dataset, record.dataset_config, record.split, record.fraction,
-            record.seed)  # fmt: skip
+    return (
+        record.model,
+        record.family,
+        record.dataset,
+        record.dataset_config,
+        record.split,
+        record.fraction,
+        record.seed,
+    )
 
 
 def _union(first: list, second: list) -> list:

@@ -13,14 +13,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mtpf.apps.ner.data import DEFAULT_DATA_ROOT as DEFAULT_NER_ROOT
 from mtpf.apps.ner.data import PAPER_NER_DATASETS, check_label_sets, load_ner_spec
 from mtpf.apps.ner.train import train_ner
-from mtpf.evaluation.store import ResultsStore
+from mtpf.data.roots import DataSources
+from mtpf.evaluation.store import ResultsStore, ScoreKey
 from mtpf.evaluation.suites import SuiteSettings
-from mtpf.evaluation.tc import DEFAULT_TC_ROOT, TC_TASKS, evaluate_tc
+from mtpf.evaluation.tc import TC_TASKS, evaluate_tc
 from mtpf.models import LoadedModel, load_model
 from mtpf.results import ResultRecord
+from mtpf.training.downstream import DownstreamData
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +30,11 @@ class SuiteRun(ResultsStore):
     """One suite over several models, appending to OUTPUT/results.json as it goes."""
 
     def __init__(
-        self,
-        settings: SuiteSettings,
-        output: str | os.PathLike,
-        ner_root: str | os.PathLike = DEFAULT_NER_ROOT,
-        tc_root: str | os.PathLike = DEFAULT_TC_ROOT,
-        hub_reachable: bool = False,
-        command: str = "",
+        self, settings: SuiteSettings, output: str | os.PathLike, sources: DataSources | None = None, command: str = ""
     ) -> None:
         super().__init__(settings, output, command)
-        self.ner_root = ner_root
-        self.tc_root = tc_root
-        self.hub_reachable = hub_reachable
+        sources = sources or DataSources()
+        self.ner_root, self.tc_root, self.hub_reachable = sources.ner_root, sources.tc_root, sources.hub_reachable
 
     def run(self, model_names: list[str], ner: bool = True, tc: bool = True) -> Path:
         for name in model_names:
@@ -71,10 +65,11 @@ class SuiteRun(ResultsStore):
             labels = check_label_sets(splits, name)
             for fraction in self.settings.fractions:
                 for seed in self.settings.seeds:
-                    if self.has(candidate.name, candidate.config_hash, "ner", name, fraction, seed):
+                    if self.has(candidate.name, candidate.config_hash, ScoreKey("ner", name, fraction, seed)):
                         continue
                     logger.info("NER %s: %s, %.0f%% of train, seed %d", candidate.name, name, 100 * fraction, seed)
-                    run, _ = train_ner(candidate, name, splits, labels, self.settings.ner, fraction, seed)
+                    data = DownstreamData(name, splits, labels)
+                    run, _ = train_ner(candidate, data, self.settings.ner, fraction=fraction, seed=seed)
                     self.records.append(
                         ResultRecord(
                             model=candidate.name,
@@ -99,7 +94,7 @@ class SuiteRun(ResultsStore):
         todo = [
             c
             for c in self.settings.tc_tasks
-            if not self.has(candidate.name, candidate.config_hash, "tc", TC_TASKS[c].mteb_name)
+            if not self.has(candidate.name, candidate.config_hash, ScoreKey("tc", TC_TASKS[c].mteb_name))
         ]
         for column in todo:
             start = time.monotonic()

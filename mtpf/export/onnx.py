@@ -93,8 +93,16 @@ def exportable_app(app_dir: str | os.PathLike, backbone: str | None = None, sent
     merged = PeftModel.from_pretrained(model, str(app_dir)).merge_and_unload().eval()
     texts, gold = kind.test_texts(app, sentences)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    return Exportable(_Outputs(merged, "logits").eval(), tokenizer, "logits", texts, gold, labels,
-                      int(app["protocol"]["max_length"]), kind)  # fmt: skip
+    return Exportable(
+        _Outputs(merged, "logits").eval(),
+        tokenizer,
+        "logits",
+        texts,
+        gold,
+        labels,
+        int(app["protocol"]["max_length"]),
+        kind,
+    )
 
 
 def exportable_slot(release: str, slot: str | None, texts: list[str]) -> Exportable:
@@ -107,8 +115,9 @@ def exportable_slot(release: str, slot: str | None, texts: list[str]) -> Exporta
     encoder = loaded.encoder_for(slot) if slot else loaded.fresh_backbone()
     encoder = encoder.to("cpu").eval()
     length = encoder.sentence_max_length(loaded.tokenizer)
-    return Exportable(_Outputs(encoder, "sentence_embedding").eval(), loaded.tokenizer, "sentence_embedding", texts,
-                      max_length=length)  # fmt: skip
+    return Exportable(
+        _Outputs(encoder, "sentence_embedding").eval(), loaded.tokenizer, "sentence_embedding", texts, max_length=length
+    )
 
 
 def export_onnx(exportable: Exportable, path: Path) -> Path:
@@ -142,8 +151,13 @@ def quantize_int8(source: Path, target: Path, nodes_to_exclude: list[str] | None
     plain = target.with_name(f"{target.stem}.no-value-info.onnx")
     onnx.save(model, str(plain))
     try:
-        quantize_dynamic(str(plain), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=nodes_to_exclude or [])  # fmt: skip
+        quantize_dynamic(
+            str(plain),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=nodes_to_exclude or [],
+        )
     finally:
         plain.unlink(missing_ok=True)
     return target
@@ -189,8 +203,9 @@ def fidelity(exportable: Exportable, path: Path | Callable, batch_size: int = 32
     report = {"max_abs_diff": max(diffs), "sentences": len(exportable.texts)}
     if exportable.kind is None:
         return report | _cosines(references, outputs)
-    return report | exportable.kind.compare_outputs(exportable.gold, references, outputs, encodings,
-                                                    exportable.id2label)  # fmt: skip
+    return report | exportable.kind.compare_outputs(
+        exportable.gold, references, outputs, encodings, exportable.id2label
+    )
 
 
 def _max_abs_diff(reference: np.ndarray, got: np.ndarray, mask: np.ndarray) -> float:
@@ -210,10 +225,16 @@ def _encode(exportable: Exportable, start: int, end: int):
     """A batch of the check sentences, as the app's kind encodes them (NER: by gold words, so that word ids align
     with the tags), else the plain texts."""
     if exportable.kind is not None and exportable.kind.encode_check is not None:
-        return exportable.kind.encode_check(exportable.tokenizer, exportable.texts[start:end],
-                                            exportable.gold[start:end], exportable.max_length)  # fmt: skip
-    return exportable.tokenizer(exportable.texts[start:end], padding=True, truncation=True,
-                                max_length=exportable.max_length, return_tensors="pt")  # fmt: skip
+        return exportable.kind.encode_check(
+            exportable.tokenizer, exportable.texts[start:end], exportable.gold[start:end], exportable.max_length
+        )
+    return exportable.tokenizer(
+        exportable.texts[start:end],
+        padding=True,
+        truncation=True,
+        max_length=exportable.max_length,
+        return_tensors="pt",
+    )
 
 
 def accepted(report: dict, int8: bool) -> bool:
@@ -228,10 +249,15 @@ def accepted(report: dict, int8: bool) -> bool:
 
 
 def export(
-    exportable: Exportable, output: str | os.PathLike, quantize: str | None = None, overwrite: bool = False,
-    last_layer: int | None = None, source: str = "",
-) -> Path:  # fmt: skip
-    """Write DIR/model.onnx (fp32) and, with `quantize="int8"`, DIR/model.int8.onnx, plus DIR/export_report.json."""
+    exportable: Exportable,
+    output: str | os.PathLike,
+    *,
+    quantize: str | None = None,
+    overwrite: bool = False,
+    source: str = "",
+) -> Path:
+    """Write DIR/model.onnx (fp32) and, with `quantize="int8"`, DIR/model.int8.onnx, plus DIR/export_report.json.
+    An int8 graph that fails its check is quantised again with the head and the last layer kept in fp32."""
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only int8 is supported.")
     output = check_output_folder(output, overwrite, REPORT, "an export", ExportError)
@@ -243,8 +269,8 @@ def export(
             int8 = quantize_int8(fp32, staging / "model.int8.onnx")
             entry = {"precision": "int8", "nodes_kept_fp32": [], **fidelity(exportable, int8)}
             if not accepted(entry, int8=True):
-                kept = nodes_of_modules(fp32, ["classifier", *([f"backbone.encoder.layer.{last_layer}"]
-                                                                if last_layer is not None else [])])  # fmt: skip
+                last_layer = exportable.module.model.config.num_layers - 1
+                kept = nodes_of_modules(fp32, ["classifier", f"backbone.encoder.layer.{last_layer}"])
                 quantize_int8(fp32, int8, nodes_to_exclude=kept)
                 entry = {"precision": "int8", "first_try": entry, "nodes_kept_fp32": kept, **fidelity(exportable, int8)}
             entry["accepted"] = accepted(entry, int8=True)

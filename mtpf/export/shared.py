@@ -118,8 +118,13 @@ class SharedGraph(nn.Module):
 
 
 def input_names(modules: list[str]) -> list[str]:
-    return ["input_ids", "attention_mask", "head.weight", "head.bias",
-            *[f"lora.{m}.{part}" for m in modules for part in ("A", "B")]]  # fmt: skip
+    return [
+        "input_ids",
+        "attention_mask",
+        "head.weight",
+        "head.bias",
+        *[f"lora.{m}.{part}" for m in modules for part in ("A", "B")],
+    ]
 
 
 def zero_lora(graph: SharedGraph, module: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +148,8 @@ def app_inputs(app: SharedApp, modules: list[str], graph: SharedGraph, rank: int
     return values
 
 
-def export_graph(graph: SharedGraph, modules: list[str], rank: int, tokenizer, max_length: int, path: Path) -> None:
+def export_graph(graph: SharedGraph, modules: list[str], rank: int, shared: SharedSource, path: Path) -> None:
+    tokenizer, max_length = shared.tokenizer, shared.max_length
     example = tokenizer(["a short example", "and a second, longer example sentence"], padding=True, return_tensors="pt")
     hidden = graph.backbone.config.hidden_size
     lora = [matrix for module in modules for matrix in zero_lora(graph, module, rank)]
@@ -152,9 +158,16 @@ def export_graph(graph: SharedGraph, modules: list[str], rank: int, tokenizer, m
     dims = ({0: batch, 1: sequence}, {0: batch, 1: sequence}, {0: labels}, {0: labels}, [None] * len(lora))
     args = (example["input_ids"], example["attention_mask"], torch.zeros(2, hidden), torch.zeros(2), lora)
     with torch.no_grad():
-        torch.onnx.export(graph, args, str(path), input_names=input_names(modules),
-                          output_names=list(OUTPUTS.values()), dynamic_shapes=dims, dynamo=True,
-                          external_data=False)  # fmt: skip
+        torch.onnx.export(
+            graph,
+            args,
+            str(path),
+            input_names=input_names(modules),
+            output_names=list(OUTPUTS.values()),
+            dynamic_shapes=dims,
+            dynamo=True,
+            external_data=False,
+        )
     give_defaults(
         path, {"head.weight": args[2][:1], "head.bias": args[3][:1]} | dict(zip(input_names(modules)[4:], lora))
     )
@@ -203,11 +216,27 @@ def adapter_runner(backbone: Path, adapter: Path, output: str) -> Callable[[dict
     return run
 
 
+@dataclass
+class SharedSource:
+    """What one shared export is made of: the release's plain backbone and tokenizer, each app (and slot) with its LoRA
+    and PyTorch reference, and the release it came from."""
+
+    backbone: nn.Module
+    tokenizer: object
+    apps: list[SharedApp]
+    source: str = ""
+
+    @property
+    def max_length(self) -> int:
+        """The longest input any of its apps reads (the graph's sequence bound)."""
+        return max((app.reference.max_length for app in self.apps), default=256)
+
+
 def export_shared(
-    backbone: nn.Module, tokenizer, apps: list[SharedApp], output: str | os.PathLike, quantize: str | None = None,
-    overwrite: bool = False, source: str = "", max_length: int = 256,
-) -> Path:  # fmt: skip
+    shared: SharedSource, output: str | os.PathLike, *, quantize: str | None = None, overwrite: bool = False
+) -> Path:
     """Write DIR/backbone.onnx (+ backbone.int8.onnx), DIR/adapters/<app>.onnx_adapter and the fidelity report."""
+    apps, tokenizer, source = shared.apps, shared.tokenizer, shared.source
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only int8 is supported.")
     if not apps:
@@ -218,25 +247,36 @@ def export_shared(
     output = check_output_folder(output, overwrite, SHARED_REPORT, "an export", ExportError)
     modules = sorted({module for app in apps for module in app.lora})
     rank = max(a.shape[0] for app in apps for a, _ in app.lora.values()) if modules else 1
-    graph = SharedGraph(backbone, modules).eval()
+    graph = SharedGraph(shared.backbone, modules).eval()
     with atomic_directory(output) as staging:
-        export_graph(graph, modules, rank, tokenizer, max_length, staging / "backbone.onnx")
+        export_graph(graph, modules, rank, shared, staging / "backbone.onnx")
         backbones = {"backbone.onnx": "fp32"}
         if quantize == "int8":
             quantize_int8(staging / "backbone.onnx", staging / "backbone.int8.onnx")
             backbones["backbone.int8.onnx"] = "int8"
         (staging / "adapters").mkdir()
-        report = {"source": source, "inputs": input_names(modules)[:2], "outputs": OUTPUTS, "rank": rank,
-                  "lora_modules": modules, "backbones": {}, "apps": {}}  # fmt: skip
+        report = {
+            "source": source,
+            "inputs": input_names(modules)[:2],
+            "outputs": OUTPUTS,
+            "rank": rank,
+            "lora_modules": modules,
+            "backbones": {},
+            "apps": {},
+        }
         for name, precision in backbones.items():
             report["backbones"][name] = {"precision": precision, "megabytes": _megabytes(staging / name)}
         for app in apps:
             adapter = write_adapter(
                 app_inputs(app, modules, graph, rank), staging / "adapters" / f"{app.name}.onnx_adapter"
             )
-            entry = {"task": app.task, "output": output_of(app.task), "adapter": f"adapters/{adapter.name}",
-                     "adapter_megabytes": _megabytes(adapter),
-                     "id2label": {str(k): v for k, v in app.reference.id2label.items()}}  # fmt: skip
+            entry = {
+                "task": app.task,
+                "output": output_of(app.task),
+                "adapter": f"adapters/{adapter.name}",
+                "adapter_megabytes": _megabytes(adapter),
+                "id2label": {str(k): v for k, v in app.reference.id2label.items()},
+            }
             for name, precision in backbones.items():
                 check = fidelity(app.reference, adapter_runner(staging / name, adapter, output_of(app.task)))
                 entry[name] = {**check, "accepted": accepted(check, int8=precision == "int8")}
@@ -253,7 +293,7 @@ def _megabytes(path: Path) -> float:
 
 def shared_apps(
     release: str, app_dirs: list[str], slots: list[str], texts: list[str], sentences: int = 200
-) -> tuple[nn.Module, object, list[SharedApp]]:
+) -> SharedSource:
     """The release's plain backbone, its tokenizer, and each app (and slot) with its LoRA and PyTorch reference.
 
     An app must have been trained on this very backbone (its `mtpf_base.json` digest), or its LoRA means nothing.
@@ -281,4 +321,4 @@ def shared_apps(
             raise ExportError(f"{release}: no trained slot {slot!r}; it has {sorted(loaded.adapters)}.")
         lora, _ = read_lora(loaded.adapters[slot])
         apps.append(SharedApp(slot, "embedding", lora, None, exportable_slot(release, slot, texts)))
-    return loaded.fresh_backbone().eval(), loaded.tokenizer, apps
+    return SharedSource(loaded.fresh_backbone().eval(), loaded.tokenizer, apps, release)

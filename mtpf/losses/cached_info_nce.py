@@ -10,7 +10,7 @@ length-sorted texts (`mtpf.data.padding`): the same loss for less padding.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -43,6 +43,16 @@ def split_features(features: Features, size: int) -> list[Features]:
     return [trim_padding({k: v[start : start + size] for k, v in features.items()}) for start in range(0, total, size)]
 
 
+class EmbeddingStep(Protocol):
+    """What GradCache needs of a training step (`mtpf.tasks.base.TaskStep` is one)."""
+
+    def forward(self, features: Features) -> torch.Tensor: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def no_sync(self) -> contextlib.AbstractContextManager: ...
+
+
 class CachedInfoNCE:
     """Runs forward and backward itself; returns the (detached) loss.
 
@@ -59,16 +69,10 @@ class CachedInfoNCE:
         self.mini_batch_size = mini_batch_size
         self.sort_by_length = sort_by_length
 
-    def __call__(
-        self,
-        embed: Callable[[Features], torch.Tensor],
-        texts: Features,
-        num_pairs: int,
-        backward: Callable[[torch.Tensor], None],
-        no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-        scale: float = 1.0,
-    ) -> torch.Tensor:
-        """`texts` holds the anchors (first `num_pairs` rows) then the positives."""
+    def __call__(self, step: EmbeddingStep, texts: Features, num_pairs: int, scale: float = 1.0) -> torch.Tensor:
+        """`texts` holds the anchors (first `num_pairs` rows) then the positives; `step` embeds a mini-batch and runs
+        backward (without gradient synchronisation but for the last mini-batch)."""
+        embed, backward, no_sync = step.forward, step.backward, step.no_sync
         if self.sort_by_length:
             chunks, order = length_sorted_chunks(texts, self.mini_batch_size)
         else:

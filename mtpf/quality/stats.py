@@ -23,8 +23,11 @@ class PairedDelta:
         return self.se is not None and abs(self.mean_delta) > 2 * self.se
 
     def as_dict(self) -> dict:
-        return {"mean_delta": round(self.mean_delta, 3), "se": None if self.se is None else round(self.se, 3),
-                "n": self.n}  # fmt: skip
+        return {
+            "mean_delta": round(self.mean_delta, 3),
+            "se": None if self.se is None else round(self.se, 3),
+            "n": self.n,
+        }
 
     def describe(self) -> str:
         """`+1.23 ± 0.40` (± one SE); `≈` marks a difference under two SE, `(1 seed)` one without spread."""

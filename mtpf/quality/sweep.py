@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,22 @@ def train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: 
 def _train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: list[str]) -> tuple[Path, float]:
     release = folder / "release"
     command = [
-        sys.executable, str(REPO_ROOT / "train_mtpf.py"), str(book.base_config), *recipe.train_argv(), *overrides,
-        "--seed", str(seed), "--output_dir", str(folder / "train"), "--release_dir", str(release),
-        "--report_to", "none", "--resume_from_checkpoint", "last",
-    ]  # fmt: skip
+        sys.executable,
+        str(REPO_ROOT / "train_mtpf.py"),
+        str(book.base_config),
+        *recipe.train_argv(),
+        *overrides,
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(folder / "train"),
+        "--release_dir",
+        str(release),
+        "--report_to",
+        "none",
+        "--resume_from_checkpoint",
+        "last",
+    ]
     before = cpu_of_children()
     with open(folder / "train.log", "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
@@ -122,13 +134,13 @@ def _train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides:
 
 
 def interpolated(recipe: Recipe, trained: Path, folder: Path) -> Path:
-    from mtpf.interpolation import interpolate_release
+    from mtpf.interpolation import Interpolation, interpolate_release
 
     target = folder / "release-interpolated"
     if (target / "backbone" / "config.json").is_file():
         return target
     layer_alphas = list(recipe.layer_alphas) if recipe.layer_alphas else None
-    return interpolate_release(trained, target, recipe.interpolation, layer_alphas=layer_alphas)
+    return interpolate_release(trained, target, Interpolation(recipe.interpolation, layer_alphas))
 
 
 def screen(model: str, folder: Path, label: str) -> dict[str, Any]:
@@ -182,8 +194,11 @@ def scores_of(results: dict[str, Any], probes: dict[str, Any]) -> dict[str, Any]
     mean where there are probes (the screen), else the mean of the full-data LoRA runs (the quick protocol)."""
     rows = results["results"]
     tc = {r["dataset"]: r["value"] for r in rows if r["family"] == "tc"}
-    tc_std = {r["dataset"]: round(statistics.pstdev(r["experiments"]), 4) for r in rows
-              if r["family"] == "tc" and r.get("experiments")}  # fmt: skip
+    tc_std = {
+        r["dataset"]: round(statistics.pstdev(r["experiments"]), 4)
+        for r in rows
+        if r["family"] == "tc" and r.get("experiments")
+    }
     ner = {f"{r['dataset']}@{r['fraction']:g}": r["value"] for r in rows if r["family"] == "ner"}
     ner_10 = [r["value"] for r in rows if r["family"] == "ner" and r["fraction"] == 0.1]
     full = [run["test_f1"] for run in probes.values()] or [
@@ -200,31 +215,32 @@ def scores_of(results: dict[str, Any], probes: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def run_job(
-    book: RecipeBook,
-    recipe: Recipe,
-    seed: int | None,
-    root: Path,
-    overrides: list[str],
-    *,
-    wait: bool = True,
-    protocol: str = "screen",
-) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep: its recipes, the folder of its jobs, the protocol its jobs run, and extra training flags (e.g. the
+    teacher's folder) given to every training."""
+
+    book: RecipeBook
+    root: Path
+    protocol: str = "screen"
+    overrides: tuple[str, ...] = ()
+
+
+def run_job(sweep: Sweep, recipe: Recipe, seed: int | None, *, wait: bool = True) -> dict[str, Any] | None:
     """One (recipe, seed, protocol) job to its completion marker (the base when seed is None); a finished job is
     read, not rerun. None when another process holds the job and `wait` is off."""
-    folder = job_dir(root, recipe.name, seed)
-    with locked(folder / f".job-{protocol}.lock", wait) as mine:
+    folder = job_dir(sweep.root, recipe.name, seed)
+    with locked(folder / f".job-{sweep.protocol}.lock", wait) as mine:
         if not mine:
             return None
-        done = folder / MARKERS[protocol]
+        done = folder / MARKERS[sweep.protocol]
         if done.is_file():
             return json.loads(done.read_text(encoding="utf-8"))
-        return _run_job(book, recipe, seed, folder, root, overrides, protocol)
+        return _run_job(sweep, recipe, seed, folder)
 
 
-def _run_job(
-    book: RecipeBook, recipe: Recipe, seed: int | None, folder: Path, root: Path, overrides: list[str], protocol: str
-) -> dict[str, Any]:
+def _run_job(sweep: Sweep, recipe: Recipe, seed: int | None, folder: Path) -> dict[str, Any]:
+    book, root, overrides, protocol = sweep.book, sweep.root, list(sweep.overrides), sweep.protocol
     cpu = {"train": 0.0, protocol: 0.0}
     if seed is None:
         model = book.base_model
@@ -237,11 +253,19 @@ def _run_job(
     start = time.process_time()
     scores = evaluate(protocol, model, folder, recipe.name if seed is None else f"{recipe.name}-s{seed}")
     cpu[protocol] = time.process_time() - start
-    record = {"recipe": recipe.name, "seed": seed, "model": model, "levers": recipe.levers(), **scores,
-              "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, "protocol": DESCRIPTIONS[protocol]}  # fmt: skip
+    record = {
+        "recipe": recipe.name,
+        "seed": seed,
+        "model": model,
+        "levers": recipe.levers(),
+        **scores,
+        "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
+        "protocol": DESCRIPTIONS[protocol],
+    }
     atomic_write_text(folder / MARKERS[protocol], json.dumps(record, indent=2) + "\n")
-    logger.info("job %s (%s) done: tc %.2f, ner_full %.2f, ner_10 %.2f", folder.name, protocol,
-                *(scores[k] for k in FAMILIES))  # fmt: skip
+    logger.info(
+        "job %s (%s) done: tc %.2f, ner_full %.2f, ner_10 %.2f", folder.name, protocol, *(scores[k] for k in FAMILIES)
+    )
     return record
 
 
@@ -290,8 +314,10 @@ def summarize(
             delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
             entry[family] = delta.as_dict() | {"text": delta.describe()}
         source_cpu = _training_cpu(jobs, recipe.source) if recipe.source else {}
-        cpu = [job["cpu_seconds"]["train"] + source_cpu.get(s, 0.0) + job["cpu_seconds"][protocol]
-               for s, job in runs.items()]  # fmt: skip
+        cpu = [
+            job["cpu_seconds"]["train"] + source_cpu.get(s, 0.0) + job["cpu_seconds"][protocol]
+            for s, job in runs.items()
+        ]
         entry["cpu_minutes"] = round(sum(cpu) / len(cpu) / 60, 1)
         entry["shipped"] = name == shipped
         recipes.append(entry)
@@ -362,21 +388,18 @@ def _agreement_lines(agreement: dict[str, Any]) -> list[str]:
     ]
     for family in FAMILIES:
         value = agreement[family]
-        lines.append(f"| {family} | {value['spearman']:+.2f} | {value['kendall']:+.2f} |" if value else
-                     f"| {family} | (fewer than 3 models) | |")  # fmt: skip
+        lines.append(
+            f"| {family} | {value['spearman']:+.2f} | {value['kendall']:+.2f} |"
+            if value
+            else f"| {family} | (fewer than 3 models) | |"
+        )
     return lines
 
 
-def run_sweep(
-    book: RecipeBook,
-    root: Path,
-    seeds: list[int],
-    only: list[str] | None = None,
-    overrides: list[str] | None = None,
-    protocol: str = "screen",
-) -> list[dict[str, Any]]:
+def run_sweep(sweep: Sweep, seeds: list[int], only: list[str] | None = None) -> list[dict[str, Any]]:
     """Every job of the protocol not yet done: the base first, then each recipe seed by seed (seed-major, so that
     every recipe has its first seed before any has its third)."""
+    book = sweep.book
     names = only or list(book.recipes)
     unknown = sorted(set(names) - set(book.recipes))
     if unknown:
@@ -387,7 +410,7 @@ def run_sweep(
     for wait in (False, True):  # first every free job, then (waiting) those other processes held
         for index, (recipe, seed) in enumerate(jobs):
             if index not in results:
-                record = run_job(book, recipe, seed, root, overrides or [], wait=wait, protocol=protocol)
+                record = run_job(sweep, recipe, seed, wait=wait)
                 if record is not None:
                     results[index] = record
     return [results[index] for index in range(len(jobs))]

@@ -119,8 +119,10 @@ def install_error_handlers(app: FastAPI, max_inputs: int = 256) -> None:
         if where.startswith("input"):  # the server's own words for what is wrong with the texts
             given = err.body.get("input") if isinstance(err.body, dict) else None
             if isinstance(given, list) and given and all(is_token_ids(x) for x in given):
-                message = ("input holds token ids; this server embeds text only (its own tokenizer reads it). Send "
-                           "strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False)).")  # fmt: skip
+                message = (
+                    "input holds token ids; this server embeds text only (its own tokenizer reads it). Send "
+                    "strings (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))."
+                )
                 return JSONResponse(_error(message, "invalid_request_error", "input", "invalid_value"), 400)
             texts = [given] if isinstance(given, str) else given
             if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
@@ -130,11 +132,17 @@ def install_error_handlers(app: FastAPI, max_inputs: int = 256) -> None:
                     return JSONResponse(_error(str(problem), "invalid_request_error", "input", "invalid_value"), 422)
         if where == "dimensions":  # OpenAI's clients pass it through; say plainly what this server does
             dimension = first.get("ctx", {}).get("ge", first.get("ctx", {}).get("le"))
-            message = (f"dimensions {first.get('input')}: this server returns {dimension}-dimensional embeddings and "
-                       "does not support truncating them; leave dimensions out.")  # fmt: skip
+            message = (
+                f"dimensions {first.get('input')}: this server returns {dimension}-dimensional embeddings and "
+                "does not support truncating them; leave dimensions out."
+            )
             return JSONResponse(_error(message, "invalid_request_error", "dimensions", "invalid_value"), 400)
-        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
-                            for e in problems[:3]) or "invalid request"  # fmt: skip
+        message = (
+            "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in problems[:3]
+            )
+            or "invalid request"
+        )
         field_name = where.split(".")[0] or None  # the body field at fault (a union adds its member to the path)
         return JSONResponse(_error(message, "invalid_request_error", field_name, "invalid_value"), 422)
 

@@ -136,8 +136,14 @@ class MicroBatcher:
                 started = time.monotonic()
                 await self._run(batch)
                 seconds = time.monotonic() - started
-                self.on_batch(BatchStats(len(batch), len(batch) * max(p.tokens for p in batch),
-                                         sum(p.tokens for p in batch), seconds,
-                                         [started - p.queued for p in batch]))  # fmt: skip
+                self.on_batch(
+                    BatchStats(
+                        len(batch),
+                        len(batch) * max(p.tokens for p in batch),
+                        sum(p.tokens for p in batch),
+                        seconds,
+                        [started - p.queued for p in batch],
+                    )
+                )
             for _ in items:
                 self.queue.task_done()

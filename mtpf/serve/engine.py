@@ -63,8 +63,14 @@ class Served:
 
     def describe(self) -> dict:
         tasks = ["embeddings", *([] if self.kind == "embedding" else [get_app_kind(self.kind).endpoint])]
-        return {"id": self.name, "object": "model", "kind": self.kind, "endpoints": tasks, "path": self.path,
-                "labels": list(self.id2label.values())}  # fmt: skip
+        return {
+            "id": self.name,
+            "object": "model",
+            "kind": self.kind,
+            "endpoints": tasks,
+            "path": self.path,
+            "labels": list(self.id2label.values()),
+        }
 
 
 @dataclass
@@ -104,13 +110,18 @@ class Engine:
     def add_app(self, name: str, app_dir: str) -> Served:
         """Load an app (from `mtpf finetune`) as adapter `name`; it must be made for this very backbone."""
         if not APP_NAME.fullmatch(name or ""):
-            raise ServeError(f"app name {name!r}: start with a letter or digit, then letters, digits, '-' and '_' "
-                             "(names starting with '_' are the server's own).", 422, param="name")  # fmt: skip
+            raise ServeError(
+                f"app name {name!r}: start with a letter or digit, then letters, digits, '-' and '_' "
+                "(names starting with '_' are the server's own).",
+                422,
+                param="name",
+            )
         if name in self.served:
             raise ServeError(f"{name!r} is already served; remove it first (DELETE /v1/apps/{name}).", 409)
         if not Path(app_dir).is_dir():
-            raise ServeError(f"app folder {app_dir!r} not found (a folder written by `mtpf finetune`).", 404,
-                             param="path")  # fmt: skip
+            raise ServeError(
+                f"app folder {app_dir!r} not found (a folder written by `mtpf finetune`).", 404, param="path"
+            )
         try:
             app = read_app(app_dir)
             check_app_backbone(app_dir, self.digest, self.backbone_dir)
@@ -182,9 +193,13 @@ class Engine:
         fits = self.merged_weights_bytes // per_adapter
         set_weight_cache(self.model, fits)
         if self.merged_weights_bytes > 0 and fits < adapters:  # 0: the operator chose PEFT's unmerged LoRA
-            logger.warning("merged weights of %d of %d adapters fit in the cache (%.0f MB each): the others are "
-                           "merged again when their turn comes (raise --merged_weights_mb)", fits, adapters,
-                           per_adapter / 2**20)  # fmt: skip
+            logger.warning(
+                "merged weights of %d of %d adapters fit in the cache (%.0f MB each): the others are "
+                "merged again when their turn comes (raise --merged_weights_mb)",
+                fits,
+                adapters,
+                per_adapter / 2**20,
+            )
 
     def lookup(self, name: str, task: str) -> Served:
         return lookup_served(self.served, name, task)
@@ -210,8 +225,14 @@ class Engine:
             live = [row for row in rows if not row.served.removed]
             answers = iter(self.run(live) if live else [])
             return [removed_error(row) if row.served.removed else next(answers) for row in rows]
-        batch = self.tokenizer([row.text for row in rows], padding=True, truncation=True, max_length=self.max_tokens,
-                               return_offsets_mapping=True, return_tensors="pt")  # fmt: skip
+        batch = self.tokenizer(
+            [row.text for row in rows],
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
         offsets = batch.pop("offset_mapping")
         outputs = self._forward(batch, [row.served.adapter for row in rows])
         answers: list[object] = []
@@ -223,8 +244,9 @@ class Engine:
             features = outputs.last_hidden_state[index] if kind.reads_tokens else outputs.pooler_output[index]
             weight, bias = row.served.head
             logits = features @ weight.t() + bias
-            answers.append(kind.answer(RowOutput(logits, row.served.id2label, row.text, batch.word_ids(index),
-                                                 offsets[index])))  # fmt: skip
+            answers.append(
+                kind.answer(RowOutput(logits, row.served.id2label, row.text, batch.word_ids(index), offsets[index]))
+            )
         return answers
 
     def _forward(self, batch, adapters: list[str]):
@@ -265,8 +287,12 @@ def lookup_served(served_names: dict[str, Served], name: str, task: str) -> Serv
     if needs is not None and served.kind != needs.name:
         serves = ", ".join(f"/v1/{endpoint}" for endpoint in served.describe()["endpoints"])
         what = "an embedding model" if served.kind == "embedding" else f"a {served.kind} app"
-        raise ServeError(f"model {name!r} is {what}; it cannot answer /v1/{task} (it answers {serves}).", 404,
-                         param="model", code="model_not_found")  # fmt: skip
+        raise ServeError(
+            f"model {name!r} is {what}; it cannot answer /v1/{task} (it answers {serves}).",
+            404,
+            param="model",
+            code="model_not_found",
+        )
     return served
 
 
@@ -284,6 +310,9 @@ def app_labels(app_dir: str, app: dict, head: tuple[torch.Tensor, torch.Tensor] 
         raise ServeError(f"{app_dir}: id2label keys must be label ids ({err}).", 422) from err
     outputs = head[0].shape[0]
     if sorted(labels) != list(range(outputs)):
-        raise ServeError(f"{app_dir}: the head has {outputs} outputs but id2label names ids {sorted(labels)}; "
-                         "each output needs exactly one label.", 422)  # fmt: skip
+        raise ServeError(
+            f"{app_dir}: the head has {outputs} outputs but id2label names ids {sorted(labels)}; "
+            "each output needs exactly one label.",
+            422,
+        )
     return labels

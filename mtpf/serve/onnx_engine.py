@@ -48,8 +48,10 @@ class OnnxEngine:
         report = self._report(export)
         if precision not in PRECISIONS or PRECISIONS[precision] not in report.get("backbones", {}):
             present = sorted(report.get("backbones", {}))
-            raise ServeError(f"{export}: no {precision} backbone in this export (it has {present}); "
-                             "export with --quantize int8 for int8.")  # fmt: skip
+            raise ServeError(
+                f"{export}: no {precision} backbone in this export (it has {present}); "
+                "export with --quantize int8 for int8."
+            )
         self.release, self.precision = release, precision
         self.backbone_file = PRECISIONS[precision]
         options = ort.SessionOptions()
@@ -78,8 +80,10 @@ class OnnxEngine:
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise ServeError(f"{path}: not a shared-backbone export report ({err}); make one with `mtpf export "
-                             "RELEASE --shared [APP ...] --slot tc --output DIR`.") from err  # fmt: skip
+            raise ServeError(
+                f"{path}: not a shared-backbone export report ({err}); make one with `mtpf export "
+                "RELEASE --shared [APP ...] --slot tc --output DIR`."
+            ) from err
         if report.get("outputs") != OUTPUTS:
             raise ServeError(f"{path}: not a shared-backbone export (its outputs are {report.get('outputs')}).")
         return report
@@ -115,8 +119,11 @@ class OnnxEngine:
         return {}  # apps come from the export, not from the app registry
 
     def add_app(self, name: str, app_dir: str) -> Served:
-        raise ServeError("the ONNX backend serves the apps of its export; export the app with the others "
-                         "(`mtpf export RELEASE --shared APP ... --output DIR`) and restart.", 409)  # fmt: skip
+        raise ServeError(
+            "the ONNX backend serves the apps of its export; export the app with the others "
+            "(`mtpf export RELEASE --shared APP ... --output DIR`) and restart.",
+            409,
+        )
 
     def remove_app(self, name: str) -> None:
         served = removable_app(self.served, name)
@@ -141,8 +148,14 @@ class OnnxEngine:
         return answers
 
     def _run_one_adapter(self, name: str, rows: list[Row]) -> list[object]:
-        batch = self.tokenizer([row.text for row in rows], padding=True, truncation=True, max_length=self.max_tokens,
-                               return_offsets_mapping=True, return_tensors="np")  # fmt: skip
+        batch = self.tokenizer(
+            [row.text for row in rows],
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_offsets_mapping=True,
+            return_tensors="np",
+        )
         feeds = {
             "input_ids": batch["input_ids"].astype(np.int64),
             "attention_mask": batch["attention_mask"].astype(np.int64),

@@ -59,15 +59,22 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("mtpf_requests", "Requests answered", ["model", "endpoint", "status"],
-                                registry=self.registry)  # fmt: skip
-        self.latency = Histogram("mtpf_request_seconds", "Request latency", ["model", "endpoint"],
-                                 registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "mtpf_requests", "Requests answered", ["model", "endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "mtpf_request_seconds", "Request latency", ["model", "endpoint"], registry=self.registry
+        )
         self.queue = Histogram("mtpf_queue_seconds", "Time a row waited for its batch", registry=self.registry)
-        self.batch_rows = Histogram("mtpf_batch_rows", "Rows per forward", registry=self.registry,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
-        self.batch_tokens = Histogram("mtpf_batch_padded_tokens", "Padded tokens per forward", registry=self.registry,
-                                      buckets=(64, 256, 1024, 2048, 4096, 8192, 16384))  # fmt: skip
+        self.batch_rows = Histogram(
+            "mtpf_batch_rows", "Rows per forward", registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
+        self.batch_tokens = Histogram(
+            "mtpf_batch_padded_tokens",
+            "Padded tokens per forward",
+            registry=self.registry,
+            buckets=(64, 256, 1024, 2048, 4096, 8192, 16384),
+        )
         self.abandoned = Counter("mtpf_abandoned_rows", "Rows whose client went away", registry=self.registry)
 
     def batch(self, stats: BatchStats) -> None:
@@ -96,8 +103,13 @@ class ServerState:
     batcher: MicroBatcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.batcher = MicroBatcher(self.engine.run, self.options.max_batch_tokens, self.options.max_wait_ms,
-                                    self.metrics.batch, tenant_of=lambda row: row.served.name)  # fmt: skip
+        self.batcher = MicroBatcher(
+            self.engine.run,
+            self.options.max_batch_tokens,
+            self.options.max_wait_ms,
+            self.metrics.batch,
+            tenant_of=lambda row: row.served.name,
+        )
 
     def authorised(self, request: Request) -> None:
         """The API key, when the server has one (a FastAPI dependency of every route but /health)."""
@@ -117,8 +129,9 @@ class ServerState:
         tokens = await asyncio.get_running_loop().run_in_executor(self.tokenizing, engine.count_tokens, texts)
         for index, count in enumerate(tokens):
             if count > engine.max_tokens:
-                raise ServeError(f"input[{index}] has {count} tokens; {body.model} reads at most {engine.max_tokens}.",
-                                 422)  # fmt: skip
+                raise ServeError(
+                    f"input[{index}] has {count} tokens; {body.model} reads at most {engine.max_tokens}.", 422
+                )
         served = engine.lookup(body.model, endpoint)  # again: it may have started draining while we tokenised
         rows = [Row(served, text, endpoint, count) for text, count in zip(texts, tokens)]
         self.in_flight[served.name] += len(rows)
@@ -173,10 +186,16 @@ def embeddings_router(state: ServerState, body_type: type[EmbeddingsRequest]) ->
 
     async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
         vectors, tokens = await state.answer(request, "embeddings", body)
-        data = [{"object": "embedding", "index": i, "embedding": encode_vector(vector, body.encoding_format)}
-                for i, vector in enumerate(vectors)]  # fmt: skip
-        return {"object": "list", "model": body.model, "data": data,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode_vector(vector, body.encoding_format)}
+            for i, vector in enumerate(vectors)
+        ]
+        return {
+            "object": "list",
+            "model": body.model,
+            "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     embeddings.__annotations__["body"] = body_type  # the schema states this server's limits
     router.post("/v1/embeddings", responses=TEXT_ERRORS)(embeddings)
@@ -245,9 +264,14 @@ def admin_router(state: ServerState) -> APIRouter:
         state.registry.save(engine.app_folders())
         return {"deleted": name}
 
-    @router.get("/metrics", response_class=PlainTextResponse,
-                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                                 "description": "Prometheus text"}, **errors(*COMMON_ERRORS)})  # fmt: skip
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"},
+            **errors(*COMMON_ERRORS),
+        },
+    )
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -37,9 +37,11 @@ def request_models(dimension: int, max_inputs: int) -> tuple[type[TextsRequest],
     class Embeddings(EmbeddingsRequest):
         input: NonBlank | texts = Field(examples=["Where is my card?"], description="One text or a list of texts.")
         dimensions: int | None = Field(
-            default=None, ge=dimension, le=dimension,
+            default=None,
+            ge=dimension,
+            le=dimension,
             description=f"Only {dimension} (the model's own; truncation is not supported) or left out.",
-        )  # fmt: skip
+        )
 
     Texts.__name__, Embeddings.__name__ = "TextsRequest", "EmbeddingsRequest"
     return Texts, Embeddings
@@ -78,9 +80,15 @@ class ErrorResponse(BaseModel):
 
 def errors(*statuses: int) -> dict:
     """The error answers a route can give, declared in the OpenAPI schema (the contract clients and tests check)."""
-    reasons = {400: "Bad input", 401: "Missing or wrong API key", 404: "Not served or not found",
-               409: "Conflicts with what is served", 413: "Body too large", 422: "Invalid request",
-               500: "A forward failed (this request only)"}  # fmt: skip
+    reasons = {
+        400: "Bad input",
+        401: "Missing or wrong API key",
+        404: "Not served or not found",
+        409: "Conflicts with what is served",
+        413: "Body too large",
+        422: "Invalid request",
+        500: "A forward failed (this request only)",
+    }
     return {status: {"model": ErrorResponse, "description": reasons[status]} for status in statuses}
 
 

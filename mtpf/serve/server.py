@@ -31,9 +31,11 @@ class ServeArguments:
     threads: int = field(default=0, metadata={"help": "torch threads for the forward (0: torch's default)."})
     merged_weights_mb: float = field(
         default=MERGED_WEIGHTS_MB,
-        metadata={"help": "Memory (MiB) for the merged weights of recently used slots and apps, so that a one-app "
-                  "batch costs what the backbone costs (0: none; each adapter costs its adapted linears' weights)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Memory (MiB) for the merged weights of recently used slots and apps, so that a one-app "
+            "batch costs what the backbone costs (0: none; each adapter costs its adapted linears' weights)."
+        },
+    )
     api_key: str | None = field(
         default=None, metadata={"help": "Required header value (default: $MTPF_API_KEY); needed beyond loopback."}
     )
@@ -47,9 +49,11 @@ class ServeArguments:
     onnx_precision: str = field(default="fp32", metadata={"help": "With --backend onnx: fp32 or int8."})
     apps_state: str | None = field(
         default=None,
-        metadata={"help": "File that keeps the served apps across restarts (default: .RELEASE.serve-apps.json beside "
-                  "the release; 'none': apps added over HTTP live only in memory)."},
-    )  # fmt: skip
+        metadata={
+            "help": "File that keeps the served apps across restarts (default: .RELEASE.serve-apps.json beside "
+            "the release; 'none': apps added over HTTP live only in memory)."
+        },
+    )
 
 
 def is_loopback(host: str) -> bool:

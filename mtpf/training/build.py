@@ -12,7 +12,7 @@ from transformers import set_seed
 
 from mtpf.analysis.tracking import AnalysisSet, InterferenceCallback
 from mtpf.data.steps import MultiTaskStepDataset, TaskSchedule
-from mtpf.interpolation import interpolate_release
+from mtpf.interpolation import Interpolation, interpolate_release
 from mtpf.release import export_release, load_mtpf_encoder
 from mtpf.slots import attach_slots
 from mtpf.tasks import Task, TaskContext, get_task
@@ -104,5 +104,5 @@ def export(trainer: MtpfTrainer, data_args: DataArguments) -> Path:
     trained = export_release(
         release_model, trainer.processing_class, Path(trainer.args.output_dir) / "release-trained", overwrite=True
     )
-    alphas = data_args.release_layer_alphas
-    return interpolate_release(trained, output, data_args.release_interpolation, layer_alphas=alphas, overwrite=True)
+    interpolation = Interpolation(data_args.release_interpolation, data_args.release_layer_alphas)
+    return interpolate_release(trained, output, interpolation, overwrite=True)

@@ -102,11 +102,30 @@ def capped_splits(splits: dict[str, list[Row]], protocol: AdapterProtocol, fract
     return train, dev, test
 
 
-def build_adapter_model(
-    candidate: LoadedModel, model_class: type, labels: list[str], protocol: AdapterProtocol, adapter: str, slot: str
-) -> PeftModel:
-    """The candidate's backbone + a fresh head (`model_class`) + a downstream LoRA `adapter` on every layer,
-    initialised from the candidate's trained `slot` where it has one."""
+@dataclass
+class DownstreamData:
+    """A downstream dataset: its recorded name, its train/dev/test rows and its label set (sorted; tags or classes)."""
+
+    name: str
+    splits: dict[str, list]
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class DownstreamHead:
+    """What a downstream run puts on the backbone: the head class and its labels (tags, classes, or one output for
+    a regression), the downstream LoRA's adapter name, and the release slot that initialises it."""
+
+    model_class: type
+    labels: list[str]
+    adapter: str
+    slot: str
+
+
+def build_adapter_model(candidate: LoadedModel, head: DownstreamHead, protocol: AdapterProtocol) -> PeftModel:
+    """The candidate's backbone + a fresh head + a downstream LoRA on every layer, initialised from the candidate's
+    trained slot where it has one."""
+    labels, adapter, slot = head.labels, head.adapter, head.slot
     config = copy.deepcopy(candidate.backbone.config)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
@@ -114,7 +133,7 @@ def build_adapter_model(
     config.task_slots = {
         adapter: make_slot(config.num_layers, 0, protocol.r, protocol.lora_alpha, 0.0, protocol.target_modules)
     }
-    model = model_class(config)
+    model = head.model_class(config)
     model.backbone.load_state_dict(candidate.backbone.backbone.state_dict(), strict=True)
     lora = lora_config_for_slot(config, adapter, modules_to_save=[HEAD])  # the head ships with the adapter
     peft_model = get_peft_model(model, lora, adapter_name=adapter)
@@ -194,40 +213,57 @@ class SequentialEvalTrainer(Trainer):
         return SequentialSampler(eval_dataset)
 
 
-def train_two_phases(
-    model: PeftModel,
-    protocol: AdapterProtocol,
-    train_set: Dataset,
-    dev_set: Dataset,
-    *,
-    collator: Callable,
-    dev_metrics: Callable,
-    seed: int,
-    scratch: str,
-    metric: str,
-    predictions: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[Trainer, KeepBestOnDev]:
-    """Warm the head up alone, then train LoRA + head; restore the epoch with the best dev `metric`. `predictions`
-    turns the head's logits into what `dev_metrics` and `predict` see: the class (or tag) ids by default, a
-    regression head's own value for a kind that scores."""
-    reduce = predictions or argmax_predictions
-    keep_best = KeepBestOnDev(model, metric)
-    phases = [(False, protocol.warmup_epochs, protocol.warmup_learning_rate or protocol.learning_rate)]
-    phases.append((True, protocol.epochs, protocol.learning_rate))
+@dataclass
+class DownstreamRun:
+    """One downstream training's inputs: the encoded splits and their collator, how dev picks the epoch (its metrics
+    function, the metric's name, and how logits become predictions: class or tag ids by default, a regression
+    head's value for a kind that scores), the seed and a scratch folder for the trainer."""
+
+    train_set: Dataset
+    dev_set: Dataset
+    collator: Callable
+    dev_metrics: Callable
+    metric: str
+    seed: int
+    scratch: str
+    predictions: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One of the two phases: the head alone (warm-up) or LoRA + head (joint), for so many epochs at a rate."""
+
+    joint: bool
+    epochs: float
+    learning_rate: float
+
+
+def train_two_phases(model: PeftModel, protocol: AdapterProtocol, run: DownstreamRun) -> tuple[Trainer, KeepBestOnDev]:
+    """Warm the head up alone, then train LoRA + head; restore the epoch with the best dev metric."""
+    reduce = run.predictions or argmax_predictions
+    keep_best = KeepBestOnDev(model, run.metric)
+    phases = [
+        Phase(
+            joint=False,
+            epochs=protocol.warmup_epochs,
+            learning_rate=protocol.warmup_learning_rate or protocol.learning_rate,
+        ),
+        Phase(joint=True, epochs=protocol.epochs, learning_rate=protocol.learning_rate),
+    ]
     trainer = None
-    for joint, epochs, learning_rate in phases:
-        if epochs <= 0:
+    for phase in phases:
+        if phase.epochs <= 0:
             continue
-        set_phase(model, joint)
+        set_phase(model, phase.joint)
         # The warm-up picks no model: dev selection covers the joint epochs (or the warm-up if there are none).
-        selects = joint or protocol.epochs <= 0
+        selects = phase.joint or protocol.epochs <= 0
         trainer = SequentialEvalTrainer(
             model=model,
-            args=training_arguments(scratch, protocol, epochs, learning_rate, seed, evaluate=selects),
-            train_dataset=train_set,
-            eval_dataset=dev_set,
-            data_collator=collator,
-            compute_metrics=dev_metrics,
+            args=training_arguments(run.scratch, protocol, phase, seed=run.seed, evaluate=selects),
+            train_dataset=run.train_set,
+            eval_dataset=run.dev_set,
+            data_collator=run.collator,
+            compute_metrics=run.dev_metrics,
             preprocess_logits_for_metrics=lambda logits, labels: reduce(logits),
             callbacks=[keep_best] if selects else [],
         )
@@ -245,14 +281,14 @@ def argmax_predictions(logits: torch.Tensor) -> torch.Tensor:
 
 
 def training_arguments(
-    output_dir: str, protocol: AdapterProtocol, epochs: float, learning_rate: float, seed: int, evaluate: bool
+    output_dir: str, protocol: AdapterProtocol, phase: Phase, *, seed: int, evaluate: bool
 ) -> TrainingArguments:
     return TrainingArguments(
         output_dir=output_dir,
-        num_train_epochs=epochs,
+        num_train_epochs=phase.epochs,
         per_device_train_batch_size=protocol.batch_size,
         per_device_eval_batch_size=protocol.eval_batch_size,
-        learning_rate=learning_rate,
+        learning_rate=phase.learning_rate,
         weight_decay=protocol.weight_decay,
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="no",

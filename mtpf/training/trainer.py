@@ -196,8 +196,9 @@ def move_to_own_group(optimizer: torch.optim.Optimizer, ids: set[int], learning_
         moved = [p for p in group["params"] if id(p) in ids]
         if moved:
             group["params"] = [p for p in group["params"] if id(p) not in ids]
-            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": moved,
-                                       "lr": learning_rate})  # fmt: skip
+            optimizer.add_param_group(
+                {**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": learning_rate}
+            )
 
 
 def newest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:

@@ -9,12 +9,13 @@ import sys
 import pytest
 import torch
 
-from mtpf.apps import AppError, finetune_app, read_app
+from mtpf.apps import AppError, FinetuneArguments, finetune_app, read_app
 from mtpf.apps.classification import ClassificationDataError, check_classes, load_classification_spec
 from mtpf.apps.ner.data import check_label_sets, load_ner_dataset
 from mtpf.apps.ner.train import train_ner
 from mtpf.models import load_model
 from mtpf.release import validate_release
+from mtpf.training.downstream import DownstreamData
 from tests.conftest import APP_PROTOCOL as PROTOCOL
 from tests.conftest import CLASSIFIER_PROTOCOL, NER_ROOT, REPO_ROOT, run_command
 
@@ -23,13 +24,19 @@ def test_app_scores_what_the_evaluation_protocol_scores(app):
     release, app_dir = app
     description = read_app(app_dir)
     splits = load_ner_dataset("crossner_ai", NER_ROOT)
-    expected, _ = train_ner(load_model(str(release)), "crossner_ai", splits, check_label_sets(splits, "x"),
-                            PROTOCOL, seed=1)  # fmt: skip
+    data = DownstreamData("crossner_ai", splits, check_label_sets(splits, "x"))
+    expected, _ = train_ner(load_model(str(release)), data, PROTOCOL, seed=1)
     assert description["scores"]["test_f1"] == expected.test_f1 > 0
     assert description["run"]["dev_curve"] == expected.dev_curve
     files = sorted(p.name for p in app_dir.iterdir())
-    assert files == [".mtpf-manifest.json", "README.md", "adapter_config.json", "adapter_model.safetensors",
-                     "mtpf_app.json", "mtpf_base.json"]  # fmt: skip
+    assert files == [
+        ".mtpf-manifest.json",
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "mtpf_app.json",
+        "mtpf_base.json",
+    ]
     adapter = json.loads((app_dir / "adapter_config.json").read_text())
     assert adapter["modules_to_save"] == ["classifier"] and adapter["base_model_name_or_path"].endswith("backbone")
     assert f"{expected.test_f1:.2f}" in (app_dir / "README.md").read_text()
@@ -40,9 +47,19 @@ def run_app_pipeline(release, app_dir, text: str, tmp_path) -> tuple[dict, torch
     from examples.app_pipeline import load_app
 
     out = tmp_path / "predictions.json"
-    run_command([sys.executable, str(REPO_ROOT / "examples" / "app_pipeline.py"), str(release / "backbone"),
-                 str(app_dir), text, "--output", str(out)], tmp_path,
-                HF_MODULES_CACHE=str(tmp_path / "modules"))  # fmt: skip
+    run_command(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "app_pipeline.py"),
+            str(release / "backbone"),
+            str(app_dir),
+            text,
+            "--output",
+            str(out),
+        ],
+        tmp_path,
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+    )
     model, tokenizer, _ = load_app(str(release / "backbone"), str(app_dir))  # in this process
     with torch.no_grad():
         logits = model(**tokenizer([text], padding=True, return_tensors="pt")).logits
@@ -97,13 +114,13 @@ def test_classification_data_errors_name_file_and_line(tmp_path):
 def test_app_output_rules(app, tmp_path):
     release, app_dir = app
     with pytest.raises(AppError, match="an app is already there; pass --overwrite"):
-        finetune_app(release, "ner", "crossner_ai", app_dir, PROTOCOL, data_root=NER_ROOT)
+        finetune_app(FinetuneArguments(release, "crossner_ai", app_dir, data_root=NER_ROOT), PROTOCOL)
     with pytest.raises(AppError, match=r"not empty and not an app"):
-        finetune_app(release, "ner", "crossner_ai", release, PROTOCOL, data_root=NER_ROOT)
+        finetune_app(FinetuneArguments(release, "crossner_ai", release, data_root=NER_ROOT), PROTOCOL)
     with pytest.raises(AppError, match=r"Unknown app kind 'qa'"):
-        finetune_app(release, "qa", "crossner_ai", tmp_path / "x", PROTOCOL)
+        finetune_app(FinetuneArguments(release, "crossner_ai", tmp_path / "x", task="qa"), PROTOCOL)
     with pytest.raises(AppError, match="not a release folder"):
-        finetune_app(tmp_path, "ner", "crossner_ai", tmp_path / "x", PROTOCOL)
+        finetune_app(FinetuneArguments(tmp_path, "crossner_ai", tmp_path / "x"), PROTOCOL)
     assert validate_release(release) == ["ner", "tc"]  # the release is untouched
 
 
@@ -113,8 +130,9 @@ def test_an_app_is_published_as_its_own_peft_repo_on_the_backbone_repo(app, tmp_
     _, app_dir = app
     with pytest.raises(SystemExit, match="--base-repo-id"):
         push_to_hub.main([str(app_dir), "--repo-id", "org/ai-tagger", "--dry-run", str(tmp_path)])
-    staged = push_to_hub.main([str(app_dir), "--repo-id", "org/ai-tagger", "--base_repo_id", "org/mtpf-minilm",
-                               "--dry-run", str(tmp_path)])  # fmt: skip
+    staged = push_to_hub.main(
+        [str(app_dir), "--repo-id", "org/ai-tagger", "--base_repo_id", "org/mtpf-minilm", "--dry-run", str(tmp_path)]
+    )
     assert staged == ["org/ai-tagger"]
     folder = tmp_path / "org" / "ai-tagger"
     adapter = json.loads((folder / "adapter_config.json").read_text())

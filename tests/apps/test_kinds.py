@@ -29,9 +29,25 @@ def test_an_unknown_kind_is_an_error_listing_the_registered_ones(tmp_path):
     (tmp_path / "mtpf_app.json").write_text(json.dumps({"task": "qa", "id2label": {}}))
     with pytest.raises(AppError, match=r"expected a task in \['classification', 'ner'\]"):
         read_app(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "mtpf", "finetune", "REL", "--task", "qa", "--data", "x",
-                             "--output", str(tmp_path / "app")], cwd=REPO_ROOT, capture_output=True, text=True,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtpf",
+            "finetune",
+            "REL",
+            "--task",
+            "qa",
+            "--data",
+            "x",
+            "--output",
+            str(tmp_path / "app"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2 and "Unknown app kind 'qa'" in result.stderr and "Traceback" not in result.stderr
 
 

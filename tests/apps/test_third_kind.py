@@ -28,7 +28,13 @@ from transformers import DataCollatorWithPadding
 from modeling_mtpf import MtpfForSequenceClassification
 from mtpf.apps.kinds import APP_KINDS, AppKind, TrainedApp, register_app_kind
 from mtpf.cli import main
-from mtpf.training.downstream import AdapterProtocol, build_adapter_model, train_two_phases
+from mtpf.training.downstream import (
+    AdapterProtocol,
+    DownstreamHead,
+    DownstreamRun,
+    build_adapter_model,
+    train_two_phases,
+)
 from tests.conftest import real_encoder_dir
 
 KIND = "pair_scoring"
@@ -65,16 +71,25 @@ def train_pair_scorer(loaded, data: str, data_root: str, protocol: PairScoringPr
         return Dataset.from_dict({**tokens, "labels": scores})
 
     torch.manual_seed(seed)
-    model = build_adapter_model(loaded, MtpfForSequenceClassification, ["score"], protocol, KIND, "tc")
+    model = build_adapter_model(loaded, DownstreamHead(MtpfForSequenceClassification, ["score"], KIND, "tc"), protocol)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer, keep_best = train_two_phases(
-            model, protocol, encoded("train"), encoded("dev"), collator=DataCollatorWithPadding(loaded.tokenizer),
-            dev_metrics=lambda p: {"spearman": rho(p.label_ids, p.predictions)}, seed=seed, scratch=scratch,
-            metric="eval_spearman", predictions=lambda logits: logits.squeeze(-1),
-        )  # fmt: skip
+        run = DownstreamRun(
+            encoded("train"),
+            encoded("dev"),
+            DataCollatorWithPadding(loaded.tokenizer),
+            dev_metrics=lambda p: {"spearman": rho(p.label_ids, p.predictions)},
+            metric="eval_spearman",
+            seed=seed,
+            scratch=scratch,
+            predictions=lambda logits: logits.squeeze(-1),
+        )
+        trainer, keep_best = train_two_phases(model, protocol, run)
         predicted = trainer.predict(encoded("test")).predictions
-    scores = {"test_spearman": rho(splits["test"][1], predicted), "dev_spearman": float(keep_best.best_score),
-              "best_epoch": keep_best.best_epoch}  # fmt: skip
+    scores = {
+        "test_spearman": rho(splits["test"][1], predicted),
+        "dev_spearman": float(keep_best.best_score),
+        "best_epoch": keep_best.best_epoch,
+    }
     return TrainedApp(KIND, model, folder.name, ["score"], scores, {"seed": seed})
 
 
@@ -87,8 +102,10 @@ test_pairs.__test__ = False  # a kind's function, not a test
 
 
 def compare_scores(gold: list, references: list, outputs: list, encodings: list, id2label: dict) -> dict:
-    report = {"spearman_pytorch": rho(gold, np.concatenate(references)[:, 0]),
-              "spearman_onnx": rho(gold, np.concatenate(outputs)[:, 0])}  # fmt: skip
+    report = {
+        "spearman_pytorch": rho(gold, np.concatenate(references)[:, 0]),
+        "spearman_onnx": rho(gold, np.concatenate(outputs)[:, 0]),
+    }
     return report | {"spearman_drop": round(report["spearman_pytorch"] - report["spearman_onnx"], 4)}
 
 

@@ -1,5 +1,8 @@
 """Length-sorted chunks: fewer padded positions, the same embeddings, loss and gradients as one padded forward."""
 
+import contextlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -73,7 +76,10 @@ def test_length_sorted_gradient_cache_equals_the_plain_loss():
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     cached = CachedInfoNCE(loss_fn, mini_batch_size=5, sort_by_length=True)
-    loss = cached(lambda f: model(**f).pooler_output, batch, num_pairs=6, backward=lambda t: t.backward())
+    step = SimpleNamespace(
+        forward=lambda f: model(**f).pooler_output, backward=lambda t: t.backward(), no_sync=contextlib.nullcontext
+    )
+    loss = cached(step, batch, num_pairs=6)
     torch.testing.assert_close(loss, expected_loss.detach(), atol=1e-5, rtol=0)
     for name, grad in expected.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from mtpf.evaluation.parallel import TC_TASK_COST, EvalJob, deal, evaluate_in_parallel, pending_jobs
+from mtpf.data.roots import DataSources
+from mtpf.evaluation.parallel import TC_TASK_COST, EvalJob, Workers, deal, evaluate_in_parallel, pending_jobs
 from mtpf.evaluation.suite import SuiteRun
 from mtpf.evaluation.suites import SUITES, suite_settings
 from mtpf.models import model_hash
@@ -14,8 +15,9 @@ TC_ROOT = SHARED_DIR / "data" / "tc"
 
 
 def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
-    settings = suite_settings("quick", ner_datasets=["conll2003", "mine=/data/mine"], tc_tasks=["Emo."],
-                              fractions=[1.0, 0.1])  # fmt: skip
+    settings = suite_settings(
+        "quick", ner_datasets=["conll2003", "mine=/data/mine"], tc_tasks=["Emo."], fractions=[1.0, 0.1]
+    )
     done = {
         ("a", "h1", "ner", "conll2003", 1.0, 0),
         ("a", "h1", "ner", "conll2003", 0.1, 0),
@@ -24,8 +26,8 @@ def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
         ("b", "OLD", "ner", "conll2003", 1.0, 0),  # other weights under the label: not done
     }
 
-    def has(*key) -> bool:
-        return key in done
+    def has(model, config_hash, key) -> bool:
+        return (model, config_hash, *key) in done
 
     jobs = pending_jobs(["a=/m/a", "b=/m/b"], {"a": "h1", "b": "h2"}, settings, has)
     assert jobs == [
@@ -35,8 +37,12 @@ def test_pending_jobs_cut_by_dataset_and_skip_what_is_done():
         EvalJob("b=/m/b", None, TC_TASK_COST),
     ]
     hub = suite_settings("quick", ner_datasets=["hf://acme/ner-set:en"], tc_tasks=[])
-    assert pending_jobs(["a=/m/a"], {"a": "h1"}, hub, lambda *key: key[3] == "ner-set-en") == []  # one naming rule
-    assert pending_jobs(["b=/m/b"], {"b": "h2"}, settings, has, ner=False) == [jobs[3]]
+
+    def has_hub_set(model, config_hash, key) -> bool:
+        return key.dataset == "ner-set-en"
+
+    assert pending_jobs(["a=/m/a"], {"a": "h1"}, hub, has_hub_set) == []  # one naming rule
+    assert pending_jobs(["b=/m/b"], {"b": "h2"}, settings, has, families=("tc",)) == [jobs[3]]
 
 
 def test_deal_splits_a_model_across_workers_longest_first():
@@ -75,20 +81,26 @@ def test_parallel_refuses_other_weights_under_a_label_or_another_protocol_before
     run = SuiteRun(SUITES["smoke"], tmp_path)
     run.records.append(ResultRecord(TINY, "ner", "crossner", "test", "f1", 1.0, config_hash="not-these-weights"))
     run.save()
-    with pytest.raises(ValueError, match=rf"from other weights \(config hash not-these-weights, now "
-                       rf"{model_hash(TINY)}\)"):  # fmt: skip
-        evaluate_in_parallel([TINY], SUITES["smoke"], tmp_path, 2, "mtpf-eval")
+    with pytest.raises(
+        ValueError,
+        match=rf"from other weights \(config hash not-these-weights, now "
+        rf"{model_hash(TINY)}\)",
+    ):
+        evaluate_in_parallel([TINY], SUITES["smoke"], tmp_path, Workers(2, "mtpf-eval"))
     with pytest.raises(ValueError, match="its ner protocol has epochs=1, this run epochs=3"):
-        evaluate_in_parallel([TINY], suite_settings("smoke", ner={"epochs": 3}), tmp_path, 2, "mtpf-eval")
+        evaluate_in_parallel([TINY], suite_settings("smoke", ner={"epochs": 3}), tmp_path, Workers(2, "mtpf-eval"))
 
 
 def test_parallel_plans_no_job_for_scores_that_are_there_or_cannot_be_made_here(tmp_path, caplog):
     run = SuiteRun(SUITES["smoke"], tmp_path)
-    for family, dataset in [("ner", "crossner"), ("tc", "EmotionClassification"),
-                            ("tc", "FinancialPhrasebankClassification")]:  # fmt: skip
+    for family, dataset in [
+        ("ner", "crossner"),
+        ("tc", "EmotionClassification"),
+        ("tc", "FinancialPhrasebankClassification"),
+    ]:
         run.records.append(ResultRecord(TINY, family, dataset, "test", "f1", 1.0, config_hash=model_hash(TINY)))
     run.save()
     settings = suite_settings("smoke", tc_tasks=["Emo.", "FPB", "Patent"])  # Patent: no local copy, Hub offline
     with caplog.at_level("INFO"):
-        evaluate_in_parallel([TINY], settings, tmp_path, 2, "mtpf-eval", tc_root=TC_ROOT)
+        evaluate_in_parallel([TINY], settings, tmp_path, Workers(2, "mtpf-eval", sources=DataSources(tc_root=TC_ROOT)))
     assert "every score is already there" in caplog.text and not (tmp_path / "workers").exists()

@@ -5,14 +5,21 @@ from mtpf.evaluation.tables import results_markdown, score_lines, within_noise
 from mtpf.results import ResultRecord
 
 
-def record(model: str, family: str, dataset: str, column: str, value: float, fraction=1.0, seed=0, split="test"):
+def record(model: str, family: str, dataset: str, column: str, value: float, **where):
+    """A result row; `where` may set fraction (1.0), seed (0) and split (test)."""
+    where = {"fraction": 1.0, "seed": 0, "split": "test"} | where
     metric = "f1" if family == "ner" else "accuracy"
-    return asdict(ResultRecord(model, family, dataset, split, metric, value, column, None, fraction, seed))
+    return asdict(
+        ResultRecord(
+            model, family, dataset, where["split"], metric, value, column, None, where["fraction"], where["seed"]
+        )
+    )
 
 
 def tc_record(model: str, dataset: str, column: str, experiments: list[float]) -> dict:
-    return asdict(ResultRecord(model, "tc", dataset, "test", "accuracy", mean(experiments), column, None,
-                               experiments=experiments))  # fmt: skip
+    return asdict(
+        ResultRecord(model, "tc", dataset, "test", "accuracy", mean(experiments), column, None, experiments=experiments)
+    )
 
 
 def test_tables_average_common_datasets_and_show_gains():

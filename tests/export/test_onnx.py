@@ -21,8 +21,22 @@ def export_app(app_dir, tmp_path) -> tuple[dict, dict, dict]:
     """`python -m mtpf export APP --quantize int8`, run from another folder (the app's test set is found where
     finetune read it, not by a cwd-relative default): the report and its fp32 and int8 entries."""
     out = tmp_path / "onnx"
-    run_command([sys.executable, "-m", "mtpf", "export", str(app_dir), "--output", str(out), "--quantize", "int8",
-                 "--sentences", "60"], tmp_path)  # fmt: skip
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "mtpf",
+            "export",
+            str(app_dir),
+            "--output",
+            str(out),
+            "--quantize",
+            "int8",
+            "--sentences",
+            "60",
+        ],
+        tmp_path,
+    )
     report = json.loads((out / "export_report.json").read_text())
     return report, report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
 
@@ -44,7 +58,7 @@ def test_ner_app_exports_to_one_graph_that_matches_pytorch(app, tmp_path):
 
 def test_slot_exports_the_normalised_sentence_embedding(slotted_release, tmp_path):
     exportable = exportable_slot(str(slotted_release), "tc", TEXTS)
-    out = export(exportable, tmp_path / "tc", quantize="int8", last_layer=0, source=str(slotted_release))
+    out = export(exportable, tmp_path / "tc", quantize="int8", source=str(slotted_release))
     report = json.loads((out / "export_report.json").read_text())
     fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
     assert fp32["accepted"] and fp32["min_cosine"] > 0.99999
@@ -66,8 +80,9 @@ def test_classifier_app_exports_its_class_logits(classifier_app, tmp_path):
     assert fp32["accepted"] and fp32["max_abs_diff"] < 1e-3 and fp32["prediction_agreement"] == 100.0
     assert int8["accepted"] == (int8["accuracy_drop"] <= INT8_MAX_F1_DROP)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    batch = AutoTokenizer.from_pretrained(out / "tokenizer")(["i am so happy", "this is awful"], padding=True,
-                                                              return_tensors="np")  # fmt: skip
+    batch = AutoTokenizer.from_pretrained(out / "tokenizer")(
+        ["i am so happy", "this is awful"], padding=True, return_tensors="np"
+    )
     (logits,) = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
     assert logits.shape == (2, len(report["id2label"]))
 
@@ -97,8 +112,19 @@ def test_kill_9_during_export_leaves_nothing_read_as_complete(slotted_release, t
     import time
 
     out = tmp_path / "export"
-    command = [sys.executable, "-m", "mtpf", "export", str(slotted_release), "--slot", "tc", "--output", str(out),
-               "--sentences", "20"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mtpf",
+        "export",
+        str(slotted_release),
+        "--slot",
+        "tc",
+        "--output",
+        str(out),
+        "--sentences",
+        "20",
+    ]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not list(tmp_path.glob(".export.tmp-*")) and time.monotonic() < deadline and process.poll() is None:

@@ -38,10 +38,16 @@ def test_three_apps_run_from_one_backbone_file(app, classifier_app, tmp_path):
     run_command([sys.executable, "-m", "mtpf", "export", str(release), "--output", str(out), *command], tmp_path)
     report = json.loads((out / "export_report.json").read_text())
     assert sorted(p.name for p in out.glob("*.onnx")) == ["backbone.int8.onnx", "backbone.onnx"]
-    assert sorted(p.name for p in (out / "adapters").iterdir()) == ["app.onnx_adapter", "classifier.onnx_adapter",
-                                                                    "tc.onnx_adapter"]  # fmt: skip
+    assert sorted(p.name for p in (out / "adapters").iterdir()) == [
+        "app.onnx_adapter",
+        "classifier.onnx_adapter",
+        "tc.onnx_adapter",
+    ]
     assert {name: entry["task"] for name, entry in report["apps"].items()} == {
-        "app": "ner", "classifier": "classification", "tc": "embedding"}  # fmt: skip
+        "app": "ner",
+        "classifier": "classification",
+        "tc": "embedding",
+    }
     for entry in report["apps"].values():  # every app equals its own merged PyTorch model through the shared graph
         assert entry["backbone.onnx"]["accepted"] and entry["backbone.onnx"]["max_abs_diff"] < 1e-3
         assert "accepted" in entry["backbone.int8.onnx"]
@@ -72,7 +78,24 @@ def test_a_shared_export_may_hold_the_slot_alone(slotted_release, tmp_path):
     serve embeddings before any app exists)."""
     out = tmp_path / "slot-only"
     texts = str(SHARED_DIR / "data/tc/banking77/test.jsonl")
-    run_command([sys.executable, "-m", "mtpf", "export", str(slotted_release), "--shared", "--slot", "tc", "--output",
-                 str(out), "--sentences", "20", "--texts", texts], tmp_path)  # fmt: skip
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "mtpf",
+            "export",
+            str(slotted_release),
+            "--shared",
+            "--slot",
+            "tc",
+            "--output",
+            str(out),
+            "--sentences",
+            "20",
+            "--texts",
+            texts,
+        ],
+        tmp_path,
+    )
     report = json.loads((out / "export_report.json").read_text())
     assert list(report["apps"]) == ["tc"] and report["apps"]["tc"]["backbone.onnx"]["accepted"]

@@ -60,13 +60,13 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, pseudo_label_cache, m
 
     monkeypatch.setattr(sweep, "screen", fake_screen)
     root = tmp_path / "jobs"
-    overrides = ["--pseudo_label_dir", str(pseudo_label_cache)]
+    job_sweep = sweep.Sweep(book, root, overrides=("--pseudo_label_dir", str(pseudo_label_cache)))
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(book, root, seeds=[0], overrides=overrides)
+        sweep.run_sweep(job_sweep, seeds=[0])
     assert screened == ["base", "plain-s0"]
     assert (root / "plain-s0" / "DONE.json").is_file() and not (root / "plain-wise0.5-s0" / "DONE.json").exists()
 
-    jobs = sweep.run_sweep(book, root, seeds=[0], overrides=overrides)
+    jobs = sweep.run_sweep(job_sweep, seeds=[0])
     assert screened == ["base", "plain-s0", "plain-wise0.5-s0"]  # nothing finished was screened again
     assert (root / "plain-s0" / "train.log").read_text().count("$ ") == 1  # nor trained again
     assert (root / "plain-wise0.5-s0" / "release-interpolated" / "backbone" / "config.json").is_file()
@@ -90,9 +90,9 @@ def test_a_job_another_process_holds_is_skipped_without_waiting(tmp_path, monkey
     monkeypatch.setattr(sweep, "screen", lambda model, folder, label: {"tc": 1.0, "ner_full": 2.0, "ner_10": 3.0})
     root = tmp_path / "jobs"
     with sweep.locked(root / "base" / ".job-screen.lock"):  # as another sweep process would hold it
-        assert sweep.run_job(book, sweep.Recipe("base"), None, root, [], wait=False) is None
+        assert sweep.run_job(sweep.Sweep(book, root), sweep.Recipe("base"), None, wait=False) is None
         assert not (root / "base" / "DONE.json").exists()
-    assert sweep.run_job(book, sweep.Recipe("base"), None, root, [], wait=False)["tc"] == 1.0
+    assert sweep.run_job(sweep.Sweep(book, root), sweep.Recipe("base"), None, wait=False)["tc"] == 1.0
 
 
 def test_the_quick_protocol_has_its_own_jobs_and_is_ranked_against_the_screen(tmp_path, monkeypatch):
@@ -124,8 +124,9 @@ def test_the_quick_protocol_has_its_own_jobs_and_is_ranked_against_the_screen(tm
 
     monkeypatch.setattr(sweep, "quick", fake_quick)
     monkeypatch.setattr(sweep, "screen", lambda *args: pytest.fail("the screen is done: never rerun"))
-    sweep.run_sweep(book, root, seeds=[0, 1], only=["a", "b"], protocol="quick")
-    sweep.run_sweep(book, root, seeds=[0, 1], only=["a", "b"], protocol="quick")  # all done: nothing runs again
+    quick = sweep.Sweep(book, root, protocol="quick")
+    sweep.run_sweep(quick, seeds=[0, 1], only=["a", "b"])
+    sweep.run_sweep(quick, seeds=[0, 1], only=["a", "b"])  # all done: nothing runs again
     assert evaluated == ["base", "a-s0", "b-s0", "a-s1", "b-s1"]
     assert (root / "a-s0" / "DONE-quick.json").is_file()
 

@@ -23,9 +23,27 @@ def shared_export(app, classifier_app, tmp_path_factory):
     release, ner_app = app
     _, classifier = classifier_app
     out = tmp_path_factory.mktemp("onnx-serve") / "export"
-    run_command([sys.executable, "-m", "mtpf", "export", str(release), "--output", str(out), "--shared", str(ner_app),
-                 str(classifier), "--slot", "tc", "--sentences", "40", "--texts",
-                 str(SHARED_DIR / "data/tc/banking77/test.jsonl")], out.parent)  # fmt: skip
+    run_command(
+        [
+            sys.executable,
+            "-m",
+            "mtpf",
+            "export",
+            str(release),
+            "--output",
+            str(out),
+            "--shared",
+            str(ner_app),
+            str(classifier),
+            "--slot",
+            "tc",
+            "--sentences",
+            "40",
+            "--texts",
+            str(SHARED_DIR / "data/tc/banking77/test.jsonl"),
+        ],
+        out.parent,
+    )
     return release, ner_app, classifier, out
 
 

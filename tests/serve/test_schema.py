@@ -20,8 +20,21 @@ def test_schemathesis_finds_nothing_the_schema_does_not_declare(app, tmp_path):
         assert httpx.get(f"{server.url}/docs").status_code == 401
         headers = {"Authorization": f"Bearer {KEY}"}
         assert httpx.get(f"{server.url}/docs", headers=headers).status_code == 200
-        command = [sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json", "--checks", "all",
-                   "--max-examples", "25", "--seed", "7", "-H", f"Authorization: Bearer {KEY}"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "25",
+            "--seed",
+            "7",
+            "-H",
+            f"Authorization: Bearer {KEY}",
+        ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
         assert result.returncode == 0, result.stdout[-6000:]
         assert " passed" in result.stdout and "failure" not in result.stdout.split("SUMMARY")[-1]

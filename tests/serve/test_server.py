@@ -62,8 +62,18 @@ def server(app, classifier_app, tmp_path_factory):
     release, ner_app = app
     _, classifier = classifier_app
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    running = Server(release, "--app", f"tagger={ner_app}", "--app", f"emotion={classifier}", "--max_wait_ms", "50",
-                     "--api_key", KEY, log=log)  # fmt: skip
+    running = Server(
+        release,
+        "--app",
+        f"tagger={ner_app}",
+        "--app",
+        f"emotion={classifier}",
+        "--max_wait_ms",
+        "50",
+        "--api_key",
+        KEY,
+        log=log,
+    )
     client = httpx.Client(base_url=running.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     yield running, client, release, ner_app, classifier
     client.close()
@@ -154,7 +164,8 @@ def test_concurrent_requests_of_three_models_share_batches_and_equal_single_answ
             assert got["label"] == reference["label"] and got["score"] == pytest.approx(reference["score"], abs=1e-5)
         else:
             assert [(e["entity_group"], e["start"]) for e in got["entities"]] == [
-                (e["entity_group"], e["start"]) for e in reference["entities"]]  # fmt: skip
+                (e["entity_group"], e["start"]) for e in reference["entities"]
+            ]
     metrics = client.get("/metrics").text
     lines = [line.split() for line in metrics.splitlines() if line.startswith("mtpf_batch_rows")]
     rows = {name: float(value) for name, value in lines}
@@ -305,8 +316,12 @@ def test_deleting_an_app_under_load_never_fails_another_model(server, tmp_path):
 def test_a_client_that_leaves_frees_its_rows(server):
     running, client, _, _, _ = server
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{running.url}/v1/embeddings", json={"model": "tc", "input": ["x"] * 200},
-                   headers={"Authorization": f"Bearer {KEY}"}, timeout=0.02)  # fmt: skip
+        httpx.post(
+            f"{running.url}/v1/embeddings",
+            json={"model": "tc", "input": ["x"] * 200},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=0.02,
+        )
     time.sleep(1.0)
     assert client.get("/health").status_code == 200
     assert client.post("/v1/embeddings", json={"model": "tc", "input": "still here"}).status_code == 200
@@ -316,8 +331,14 @@ def test_refuses_to_bind_beyond_loopback_without_a_key(app, tmp_path):
     release, _ = app
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("MTPF_API_KEY", None)
-    result = subprocess.run([sys.executable, "-m", "mtpf", "serve", str(release), "--host", "0.0.0.0"], cwd=REPO_ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "mtpf", "serve", str(release), "--host", "0.0.0.0"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "--api_key" in result.stderr
 
 
@@ -331,8 +352,12 @@ def test_graceful_shutdown_answers_every_accepted_request(app, tmp_path):
     release, _ = app
     running = Server(release, "--max_wait_ms", "400", log=tmp_path / "server.log")
     with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(httpx.post, f"{running.url}/v1/embeddings", json={"model": "tc", "input": f"text {i}"},
-                               timeout=60) for i in range(6)]  # fmt: skip
+        futures = [
+            pool.submit(
+                httpx.post, f"{running.url}/v1/embeddings", json={"model": "tc", "input": f"text {i}"}, timeout=60
+            )
+            for i in range(6)
+        ]
         time.sleep(0.2)  # accepted and queued, the batch not yet formed
         code = running.stop()
         statuses = [f.result().status_code for f in futures]

@@ -4,6 +4,7 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from mtpf.tasks.base import TaskContext
 from mtpf.tasks.ner.batches import NerBatches
 from mtpf.weights import tiny_encoder_dir
 
@@ -15,7 +16,7 @@ def tokenizer():
 
 def test_ner_batches_label_first_subtokens(tokenizer):
     dataset = Dataset.from_dict({"words": [["Dominick's", "owns", "Safeway"]] * 4, "labels": [[3, 1, -1]] * 4})
-    batch = NerBatches(dataset, tokenizer, batch_size=2)(0)
+    batch = NerBatches(dataset, TaskContext(tokenizer), batch_size=2)(0)
     word_ids = tokenizer(["Dominick's", "owns", "Safeway"], is_split_into_words=True).word_ids()
     expected = []
     for position, word in enumerate(word_ids):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datasets import Dataset
 
+from mtpf.tasks.base import TaskContext
 from mtpf.tasks.ner.batches import NerBatches
 
 
@@ -11,7 +12,7 @@ def batches(tiny_tokenizer, buckets: int) -> NerBatches:
     lengths = [1 + (i * 7) % 23 for i in range(96)]
     words = [[f"w{i}"] * n for i, n in enumerate(lengths)]
     dataset = Dataset.from_dict({"words": words, "labels": [[0] * len(w) for w in words]})
-    return NerBatches(dataset, tiny_tokenizer, batch_size=8, max_length=64, seed=3, length_buckets=buckets)
+    return NerBatches(dataset, TaskContext(tiny_tokenizer, seed=3), batch_size=8, max_length=64, length_buckets=buckets)
 
 
 def test_buckets_keep_each_sentence_once_per_epoch_and_cut_padding(tiny_tokenizer):

@@ -73,9 +73,19 @@ def sts_registered(monkeypatch):
 
 def test_a_third_task_trains_its_own_slot_without_touching_ner_or_tc_code(sts_registered, tmp_path, pseudo_label_cache):
     trainer = build_smoke_trainer(
-        tmp_path, pseudo_label_cache, "--tasks", "ner", "tc", "sts", "--max_steps", "3", "--save_strategy", "no",
-        "--sts_batch_size", "4",
-    )  # fmt: skip
+        tmp_path,
+        pseudo_label_cache,
+        "--tasks",
+        "ner",
+        "tc",
+        "sts",
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        "--sts_batch_size",
+        "4",
+    )
     assert list(trainer.tasks) == ["ner", "tc", "sts"]
     assert trainer.tasks["sts"].batch_size == 4  # its own option, from the command line
     trainer.train()

@@ -4,6 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from mtpf.data.pairs import load_pair_source
+from mtpf.tasks.base import TaskContext
 from mtpf.tasks.tc.batches import TcBatches
 from mtpf.weights import tiny_encoder_dir
 from tests.conftest import SHARED_DIR
@@ -16,8 +17,8 @@ def tokenizer():
 
 def test_ranks_split_the_same_global_tc_batch(tokenizer):
     source = load_pair_source(str(SHARED_DIR / "data/pairs/stsb"))
-    single = TcBatches([source], tokenizer, batch_size=8, seed=1)
-    ranks = [TcBatches([source], tokenizer, batch_size=8, seed=1, rank=r, world_size=2) for r in range(2)]
+    single = TcBatches([source], TaskContext(tokenizer, seed=1), batch_size=8)
+    ranks = [TcBatches([source], TaskContext(tokenizer, seed=1, rank=r, world_size=2), batch_size=8) for r in range(2)]
     for step in (0, 3, single.sampler.epoch_length(0) + 1):  # also across an epoch boundary
         whole = single(step)["input_ids"]
         parts = [r(step)["input_ids"] for r in ranks]
@@ -26,4 +27,4 @@ def test_ranks_split_the_same_global_tc_batch(tokenizer):
         assert first_anchor == tokenizer.decode(whole[0], skip_special_tokens=True)
         assert second_anchor == tokenizer.decode(whole[4], skip_special_tokens=True)
     with pytest.raises(ValueError, match="does not split evenly over 3"):
-        TcBatches([source], tokenizer, batch_size=8, rank=0, world_size=3)(0)
+        TcBatches([source], TaskContext(tokenizer, rank=0, world_size=3), batch_size=8)(0)

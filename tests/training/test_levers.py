@@ -19,9 +19,16 @@ NO_SAVE = ("--save_strategy", "no")
 
 def test_ner_backbone_grad_scale_zero_leaves_the_backbone_to_tc(tmp_path, pseudo_label_cache):
     trainer = build_smoke_trainer(
-        tmp_path, pseudo_label_cache, "--max_steps", "2", "--task_schedule", "alternate",
-        "--ner_backbone_grad_scale", "0", *NO_SAVE,
-    )  # fmt: skip
+        tmp_path,
+        pseudo_label_cache,
+        "--max_steps",
+        "2",
+        "--task_schedule",
+        "alternate",
+        "--ner_backbone_grad_scale",
+        "0",
+        *NO_SAVE,
+    )
     snapshots = Snapshots(trainer)
     trainer.add_callback(snapshots)
     trainer.train()
@@ -38,9 +45,16 @@ def test_ner_backbone_grad_scale_scales_only_the_ner_share(tmp_path, pseudo_labe
 
     def gradients(scale: str) -> dict[str, torch.Tensor]:
         trainer = build_smoke_trainer(
-            tmp_path / scale, pseudo_label_cache, "--backbone", str(dropout_free_encoder_dir),
-            "--teacher", str(dropout_free_encoder_dir), "--ner_backbone_grad_scale", scale, *NO_SAVE,
-        )  # fmt: skip
+            tmp_path / scale,
+            pseudo_label_cache,
+            "--backbone",
+            str(dropout_free_encoder_dir),
+            "--teacher",
+            str(dropout_free_encoder_dir),
+            "--ner_backbone_grad_scale",
+            scale,
+            *NO_SAVE,
+        )
         inputs = trainer.train_dataset[0]
         trainer.model.zero_grad(set_to_none=True)
         trainer.training_step(trainer.model, inputs)

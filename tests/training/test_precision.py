@@ -9,7 +9,9 @@ import torch
 
 from mtpf.training import precision
 from mtpf.training.args import parse_args
-from mtpf.training.downstream import AdapterProtocol, training_arguments
+from mtpf.training.downstream import AdapterProtocol, Phase, training_arguments
+
+PHASE = Phase(joint=True, epochs=1, learning_rate=1e-3)
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path")
 
@@ -18,7 +20,7 @@ def test_native_bf16_cpu_turns_autocast_on(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "cpu_bf16_capability", lambda: {"avx512_bf16": True, "amx": False, "native": True})
     _, _, args = parse_args(["configs/demo.yaml", "--bf16", "true", "--output_dir", str(tmp_path)])
     assert args.bf16 and args.use_cpu
-    arguments = training_arguments(str(tmp_path), AdapterProtocol(bf16=True), 1, 1e-3, 0, evaluate=False)
+    arguments = training_arguments(str(tmp_path), AdapterProtocol(bf16=True), PHASE, seed=0, evaluate=False)
     assert arguments.bf16 and arguments.use_cpu
 
 
@@ -29,7 +31,7 @@ def test_emulated_bf16_falls_back_to_fp32_with_the_measured_slowdown(monkeypatch
         _, _, args = parse_args(["configs/demo.yaml", "--bf16", "true", "--output_dir", str(tmp_path)])
     assert not args.bf16
     assert "no native bf16" in caplog.text and "0.17x" in caplog.text
-    assert not training_arguments(str(tmp_path), AdapterProtocol(bf16=True), 1, 1e-3, 0, evaluate=False).bf16
+    assert not training_arguments(str(tmp_path), AdapterProtocol(bf16=True), PHASE, seed=0, evaluate=False).bf16
 
 
 def test_capability_is_reported_and_the_speedup_is_measured():

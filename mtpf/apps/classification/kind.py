@@ -14,7 +14,7 @@ from mtpf.apps.classification.train import CLASSIFICATION, SLOT, ClassificationP
 from mtpf.apps.kinds import AppKind, RowOutput, TrainedApp, register_app_kind
 from mtpf.data.roots import TC_DATA
 from mtpf.models import LoadedModel
-from mtpf.training.downstream import subsample
+from mtpf.training.downstream import DownstreamData, subsample
 
 
 def train_classification_app(
@@ -22,9 +22,13 @@ def train_classification_app(
 ) -> TrainedApp:
     name, splits = load_classification_spec(data, data_root)
     classes = check_classes(splits)
-    run, model = train_classifier(loaded, name, splits, classes, protocol, seed=seed)
-    scores = {"test_accuracy": run.test_accuracy, "test_macro_f1": run.test_macro_f1,
-              "dev_accuracy": run.dev_accuracy, "best_epoch": run.best_epoch}  # fmt: skip
+    run, model = train_classifier(loaded, DownstreamData(name, splits, classes), protocol, seed=seed)
+    scores = {
+        "test_accuracy": run.test_accuracy,
+        "test_macro_f1": run.test_macro_f1,
+        "dev_accuracy": run.dev_accuracy,
+        "best_epoch": run.best_epoch,
+    }
     return TrainedApp(CLASSIFICATION, model, name, classes, scores, asdict(run))
 
 

@@ -20,6 +20,9 @@ from mtpf.apps.classification.data import LabeledText
 from mtpf.models import LoadedModel
 from mtpf.training.downstream import (
     AdapterProtocol,
+    DownstreamData,
+    DownstreamHead,
+    DownstreamRun,
     build_adapter_model,
     capped_splits,
     repeat_to_min_steps,
@@ -64,44 +67,35 @@ def _encode(rows: list[LabeledText], candidate: LoadedModel, label_ids: dict[str
 
 
 def train_classifier(
-    candidate: LoadedModel,
-    dataset: str,
-    splits: dict[str, list[LabeledText]],
-    classes: list[str],
-    protocol: ClassificationProtocol,
-    seed: int = 0,
+    candidate: LoadedModel, data: DownstreamData, protocol: ClassificationProtocol, *, seed: int = 0
 ) -> tuple[ClassificationRun, PeftModel]:
     """Train the app's classifier; its test accuracy / macro-F1 at the epoch with the best dev accuracy."""
     start = time.monotonic()
-    train, dev, test = capped_splits(splits, protocol)
+    classes = data.labels
+    train, dev, test = capped_splits(data.splits, protocol)
     label_ids = {label: i for i, label in enumerate(classes)}
     epoch_rows = repeat_to_min_steps(train, protocol.batch_size, protocol.min_steps_per_epoch)
     train_set = _encode(epoch_rows, candidate, label_ids, protocol.max_length)
     dev_set, test_set = (_encode(rows, candidate, label_ids, protocol.max_length) for rows in (dev, test))
     torch.manual_seed(seed)
     # the backbone + a sentence head + a downstream LoRA on every layer, the `tc` slot as its init
-    model = build_adapter_model(candidate, MtpfForSequenceClassification, classes, protocol, CLASSIFICATION, SLOT)
+    model = build_adapter_model(
+        candidate, DownstreamHead(MtpfForSequenceClassification, classes, CLASSIFICATION, SLOT), protocol
+    )
 
     def dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
         return {"accuracy": 100.0 * accuracy_score(prediction.label_ids, prediction.predictions)}
 
     with tempfile.TemporaryDirectory(prefix="mtpf-classification-") as scratch:
         collator = DataCollatorWithPadding(candidate.tokenizer)
-        trainer, keep_best = train_two_phases(
-            model,
-            protocol,
-            train_set,
-            dev_set,
-            collator=collator,
-            dev_metrics=dev_metrics,
-            seed=seed,
-            scratch=scratch,
-            metric="eval_accuracy",
+        run = DownstreamRun(
+            train_set, dev_set, collator, dev_metrics, metric="eval_accuracy", seed=seed, scratch=scratch
         )
+        trainer, keep_best = train_two_phases(model, protocol, run)
         predicted = trainer.predict(test_set).predictions  # class ids (the trainer argmaxes its logits)
     gold = [label_ids[row.label] for row in test]
     run = ClassificationRun(
-        dataset=dataset,
+        dataset=data.name,
         seed=seed,
         test_accuracy=round(100.0 * accuracy_score(gold, predicted), 4),
         test_macro_f1=round(100.0 * f1_score(gold, predicted, average="macro", zero_division=0), 4),

@@ -12,13 +12,13 @@ from mtpf.apps.kinds import AppKind, RowOutput, TrainedApp, register_app_kind
 from mtpf.apps.ner.data import check_label_sets, load_ner_spec
 from mtpf.apps.ner.train import DOWNSTREAM, NerProtocol, entity_f1, train_ner
 from mtpf.data.roots import NER_DATA
-from mtpf.training.downstream import subsample
+from mtpf.training.downstream import DownstreamData, subsample
 
 
 def train_tagger(loaded, data: str, data_root: str, protocol: NerProtocol, seed: int) -> TrainedApp:
     name, splits = load_ner_spec(data, data_root)
     labels = check_label_sets(splits, name)
-    run, model = train_ner(loaded, name, splits, labels, protocol, seed=seed)
+    run, model = train_ner(loaded, DownstreamData(name, splits, labels), protocol, seed=seed)
     scores = {"test_f1": run.test_f1, "dev_f1": run.dev_f1, "best_epoch": run.best_epoch}
     return TrainedApp(DOWNSTREAM, model, name, labels, scores, asdict(run))
 
@@ -64,16 +64,27 @@ def bio_entities(words: list[tuple[str, float, int, int]], text: str) -> list[di
             current = {"entity_group": kind, "start": start, "end": end, "scores": [score]}
             entities.append(current)
     return [
-        {"entity_group": e["entity_group"], "word": text[e["start"] : e["end"]], "start": e["start"], "end": e["end"],
-         "score": sum(e["scores"]) / len(e["scores"])}
+        {
+            "entity_group": e["entity_group"],
+            "word": text[e["start"] : e["end"]],
+            "start": e["start"],
+            "end": e["end"],
+            "score": sum(e["scores"]) / len(e["scores"]),
+        }
         for e in entities
-    ]  # fmt: skip
+    ]
 
 
 def encode_words(tokenizer, texts: list[str], gold: list, max_length: int):
     """The export check's batch, tokenised by the gold words so that each word's first sub-token meets its tag."""
-    return tokenizer([sentence.tokens for sentence in gold], is_split_into_words=True, padding=True, truncation=True,
-                     max_length=max_length, return_tensors="pt")  # fmt: skip
+    return tokenizer(
+        [sentence.tokens for sentence in gold],
+        is_split_into_words=True,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
 
 
 def compare_tagger_outputs(gold: list, references: list, outputs: list, encodings: list, id2label: dict) -> dict:

@@ -27,6 +27,9 @@ from mtpf.data.tokens import IGNORE_INDEX, first_subtoken_labels
 from mtpf.models import LoadedModel
 from mtpf.training.downstream import (
     AdapterProtocol,
+    DownstreamData,
+    DownstreamHead,
+    DownstreamRun,
     build_adapter_model,
     capped_splits,
     repeat_to_min_steps,
@@ -100,21 +103,18 @@ def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
 
 def build_ner_model(candidate: LoadedModel, labels: list[str], protocol: NerProtocol) -> PeftModel:
     """The candidate's backbone + a fresh token head + downstream LoRA on every layer (ner slot as init)."""
-    return build_adapter_model(candidate, MtpfForTokenClassification, labels, protocol, DOWNSTREAM, DOWNSTREAM)
+    return build_adapter_model(
+        candidate, DownstreamHead(MtpfForTokenClassification, labels, DOWNSTREAM, DOWNSTREAM), protocol
+    )
 
 
 def train_ner(
-    candidate: LoadedModel,
-    dataset: str,
-    splits: dict[str, list[TaggedSentence]],
-    labels: list[str],
-    protocol: NerProtocol,
-    fraction: float = 1.0,
-    seed: int = 0,
+    candidate: LoadedModel, data: DownstreamData, protocol: NerProtocol, *, fraction: float = 1.0, seed: int = 0
 ) -> tuple[NerRun, PeftModel]:
     """The NER protocol (evaluation and apps alike): the run's scores and the tagger at its best dev epoch."""
     start = time.monotonic()
-    train, dev, test = capped_splits(splits, protocol, fraction)
+    labels = data.labels
+    train, dev, test = capped_splits(data.splits, protocol, fraction)
     label_ids = {label: i for i, label in enumerate(labels)}
     id2label = dict(enumerate(labels))
     encode = lambda rows: encode_sentences(rows, candidate.tokenizer, label_ids, protocol.max_length)  # noqa: E731
@@ -131,23 +131,14 @@ def train_ner(
 
     with tempfile.TemporaryDirectory(prefix="mtpf-ner-") as scratch:
         collator = DataCollatorForTokenClassification(candidate.tokenizer)
-        trainer, keep_best = train_two_phases(
-            model,
-            protocol,
-            train_set,
-            dev_set,
-            collator=collator,
-            dev_metrics=dev_metrics,
-            seed=seed,
-            scratch=scratch,
-            metric="eval_f1",
-        )
+        run = DownstreamRun(train_set, dev_set, collator, dev_metrics, metric="eval_f1", seed=seed, scratch=scratch)
+        trainer, keep_best = train_two_phases(model, protocol, run)
         prediction = trainer.predict(test_set)
     test_f1 = entity_f1(
         [s.tags for s in test], decode_tags(prediction.predictions, prediction.label_ids, id2label, test)
     )
     run = NerRun(
-        dataset=dataset,
+        dataset=data.name,
         fraction=fraction,
         seed=seed,
         test_f1=round(float(test_f1), 4),

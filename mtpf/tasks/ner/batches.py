@@ -5,33 +5,31 @@ from __future__ import annotations
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
 
 from mtpf.data.steps import rank_slice
 from mtpf.data.tokens import tokenize_words
+from mtpf.tasks.base import TaskContext
 
 
 class NerBatches:
     """Step -> this rank's slice of a shuffled batch of pseudo-labelled sentences (labels on first sub-tokens)."""
 
     def __init__(
-        self,
-        dataset: Dataset,
-        tokenizer: PreTrainedTokenizerBase,
-        batch_size: int,
-        max_length: int = 128,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        length_buckets: int = 0,
+        self, dataset: Dataset, context: TaskContext, batch_size: int, *, max_length: int = 128, length_buckets: int = 0
     ) -> None:
+        """`context` gives the tokenizer, the seed of the shuffle and this process's rank and world size."""
         if len(dataset) < batch_size:
             raise ValueError(
                 f"The pseudo-labelled corpus has {len(dataset)} sentences, fewer than one batch of {batch_size}."
             )
         self.words, self.labels = dataset["words"], dataset["labels"]
-        self.tokenizer, self.batch_size, self.max_length, self.seed = tokenizer, batch_size, max_length, seed
-        self.rank, self.world_size, self.length_buckets = rank, world_size, length_buckets
+        self.tokenizer, self.batch_size, self.max_length, self.seed = (
+            context.tokenizer,
+            batch_size,
+            max_length,
+            context.seed,
+        )
+        self.rank, self.world_size, self.length_buckets = context.rank, context.world_size, length_buckets
         self.batches_per_epoch = len(dataset) // batch_size
 
     def global_batch(self, index: int) -> list[int]:

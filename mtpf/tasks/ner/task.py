@@ -63,14 +63,7 @@ class NerTask(Task):
         with context.main_process_first("pseudo-labels"):
             corpus = load_or_build_pseudo_labels(settings)
         return NerBatches(
-            corpus,
-            context.tokenizer,
-            self.batch_size,
-            settings.max_length,
-            context.seed,
-            rank=context.rank,
-            world_size=context.world_size,
-            length_buckets=self.length_buckets,
+            corpus, context, self.batch_size, max_length=settings.max_length, length_buckets=self.length_buckets
         )
 
     def head(self, hidden_size: int) -> nn.Module:

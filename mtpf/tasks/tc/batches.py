@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from mtpf.data.pairs import PairSource
 from mtpf.data.sampling import HierarchicalBatchSampler
 from mtpf.data.steps import rank_slice
+from mtpf.tasks.base import TaskContext
 
 
 class TcBatches:
@@ -17,14 +17,15 @@ class TcBatches:
     def __init__(
         self,
         sources: list[PairSource],
-        tokenizer: PreTrainedTokenizerBase,
+        context: TaskContext,
         batch_size: int,
+        *,
         max_length: int = 128,
-        seed: int = 0,
         temperature: float = 1.0,
-        rank: int = 0,
-        world_size: int = 1,
     ) -> None:
+        """`context` gives the tokenizer, the sampler's seed and this process's rank and world size; `temperature` is
+        the dataset draw's (size ** (1 / T))."""
+        tokenizer, seed = context.tokenizer, context.seed
         self.anchors = [text for source in sources for text in source.dataset["anchor"]]
         self.positives = [text for source in sources for text in source.dataset["positive"]]
         offsets = np.cumsum([0] + [len(source.dataset) for source in sources])
@@ -36,7 +37,7 @@ class TcBatches:
             pairs, batch_size, seed=seed, temperature=temperature, names=[s.name for s in sources]
         )
         self.tokenizer, self.batch_size, self.max_length = tokenizer, batch_size, max_length
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size = context.rank, context.world_size
         self._epoch, self._epoch_start, self._batches = 0, 0, list(self.sampler.epoch_batches(0))
 
     def global_batch(self, index: int) -> list[int]:

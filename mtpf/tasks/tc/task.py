@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -35,43 +36,27 @@ class TcTask(Task):
     family_tag = "text-classification"
     family_title = "Text classification"
 
-    def __init__(
-        self,
-        pairs: list[str],
-        batch_size: int = 1024,
-        max_length: int = 128,
-        temperature: float = 0.05,
-        mini_batch_size: int = 0,
-        pair_sampling_temperature: float = 1.0,
-        length_chunk: int = 0,
-        anchor_weight: float = 0.0,
-    ) -> None:
+    def __init__(self, arguments: TcArguments, max_length: int = 128) -> None:
+        mini_batch_size, length_chunk = arguments.tc_mini_batch_size, arguments.tc_length_chunk
+        anchor_weight = arguments.tc_anchor_weight
         if anchor_weight and mini_batch_size:
             raise ValueError("--tc_anchor_weight cannot be combined with gradient caching (--tc_mini_batch_size).")
         if anchor_weight < 0:
             raise ValueError(f"--tc_anchor_weight {anchor_weight}: must be 0 (off) or positive.")
-        self.pairs, self.batch_size, self.max_length = list(pairs), batch_size, max_length
+        self.pairs, self.batch_size, self.max_length = arguments.pair_paths(), arguments.tc_batch_size, max_length
         self.anchor_weight = anchor_weight
         self.anchor: EmbeddingAnchor | None = None  # built with the batches, from the run's frozen base
-        self.pair_sampling_temperature = pair_sampling_temperature
+        self.pair_sampling_temperature = arguments.pair_sampling_temperature
         self.length_chunk = length_chunk
-        self.loss = InfoNCELoss(temperature)
+        self.loss = InfoNCELoss(arguments.temperature)
         self.grad_cache = (
             CachedInfoNCE(self.loss, mini_batch_size, sort_by_length=length_chunk > 0) if mini_batch_size else None
         )
 
     @classmethod
     def from_args(cls, data_args: Any) -> TcTask:
-        return cls(
-            pairs=data_args.pair_paths(),
-            batch_size=data_args.tc_batch_size,
-            max_length=data_args.max_seq_length,
-            temperature=data_args.temperature,
-            mini_batch_size=data_args.tc_mini_batch_size,
-            pair_sampling_temperature=data_args.pair_sampling_temperature,
-            length_chunk=data_args.tc_length_chunk,
-            anchor_weight=data_args.tc_anchor_weight,
-        )
+        own = TcArguments(**{option.name: getattr(data_args, option.name) for option in fields(TcArguments)})
+        return cls(own, max_length=data_args.max_seq_length)
 
     @property
     def needs_base_encoder(self) -> bool:
@@ -85,14 +70,7 @@ class TcTask(Task):
         sources = load_pair_sources(self.pairs)
         logger.info("Text pairs: %s", describe_sources(sources))
         return TcBatches(
-            sources,
-            context.tokenizer,
-            self.batch_size,
-            self.max_length,
-            context.seed,
-            self.pair_sampling_temperature,
-            rank=context.rank,
-            world_size=context.world_size,
+            sources, context, self.batch_size, max_length=self.max_length, temperature=self.pair_sampling_temperature
         )
 
     def compute(self, head: nn.Module | None, output: Any, labels: torch.Tensor | None) -> torch.Tensor:
@@ -101,14 +79,7 @@ class TcTask(Task):
     def backward(self, step: TaskStep, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
         num_pairs = len(batch["input_ids"]) // 2
         if self.grad_cache is not None:
-            return self.grad_cache(
-                embed=step.forward,
-                texts=batch,
-                num_pairs=num_pairs,
-                backward=step.backward,
-                no_sync=step.no_sync,
-                scale=scale,
-            )
+            return self.grad_cache(step, batch, num_pairs, scale)
         embeddings = embed_by_length(step.forward, batch, self.length_chunk)
         loss = self.loss(embeddings[:num_pairs], embeddings[num_pairs:])
         if self.anchor is not None:

@@ -16,7 +16,7 @@ from mtpf.apps.ner.train import (
 )
 from mtpf.data.conll import TaggedSentence
 from mtpf.models import load_model
-from mtpf.training.downstream import repeat_to_min_steps, subsample
+from mtpf.training.downstream import DownstreamData, repeat_to_min_steps, subsample
 from tests.conftest import SHARED_DIR, TINY
 
 NER_ROOT = SHARED_DIR / "data" / "ner"
@@ -115,7 +115,7 @@ def test_finetune_scores_test_at_best_dev_and_leaves_the_backbone_alone():
         max_test_sentences=24,
         min_steps_per_epoch=2,
     )
-    run, _ = train_ner(candidate, "crossner_ai", splits, labels, protocol, fraction=0.5, seed=1)
+    run, _ = train_ner(candidate, DownstreamData("crossner_ai", splits, labels), protocol, fraction=0.5, seed=1)
     assert run.train_sentences == 16 and run.test_sentences == 24 and 0.0 <= run.test_f1 <= 100.0
     assert run.rows_per_epoch == 32  # 16 sentences twice: 2 batches of 16 per epoch
     assert len(run.dev_curve) == 3 and run.dev_f1 == max(run.dev_curve)  # selection over the joint epochs
