@@ -31,6 +31,7 @@ setup(
         "eval": ["mteb>=2.0", "sentence-transformers>=3.0", "matplotlib"],
         "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20"],
+        "ray": ["ray[serve]>=2.40", "httpx>=0.27"],
         "dev": [
             "pytest>=8",
             "ruff>=0.6",
@@ -47,6 +48,7 @@ setup(
             "openai>=1.0",
             "langchain-openai>=0.2",
             "schemathesis>=4.0",
+            "ray[serve]>=2.40",
         ],
     },
     entry_points={

@@ -47,6 +47,15 @@ class ServeArguments:
         default=None, metadata={"help": "With --backend onnx: a shared-backbone export (mtpf export RELEASE --shared)."}
     )
     onnx_precision: str = field(default="fp32", metadata={"help": "With --backend onnx: fp32 or int8."})
+    ray: bool = field(
+        default=False,
+        metadata={"help": "Serve on Ray Serve: --replicas processes (or nodes), apps loaded by name from --apps_dir."},
+    )
+    apps_dir: str | None = field(default=None, metadata={"help": "With --ray: a folder of app folders (one per name)."})
+    replicas: int = field(default=1, metadata={"help": "With --ray: replicas, each holding the backbone."})
+    max_apps_per_replica: int = field(
+        default=8, metadata={"help": "With --ray: apps a replica holds at once (least recently used unloaded first)."}
+    )
     apps_state: str | None = field(
         default=None,
         metadata={
@@ -65,11 +74,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build(args: ServeArguments):
-    """The FastAPI app for `args` (the release and every --app loaded), or a clear refusal."""
+def checked_api_key(args: ServeArguments) -> str | None:
+    """The API key (flag or $MTPF_API_KEY); refused without one beyond loopback."""
     api_key = args.api_key or os.environ.get("MTPF_API_KEY") or None
     if not is_loopback(args.host) and not api_key:
         raise SystemExit(f"--host {args.host} is reachable beyond this machine: give --api_key (or $MTPF_API_KEY).")
+    return api_key
+
+
+def serve_on_ray(args: ServeArguments) -> None:
+    """`--ray`: the same API on Ray Serve (mtpf/serve/ray_serve.py); apps come from --apps_dir only."""
+    try:
+        from mtpf.serve.ray_serve import run_on_ray
+    except ImportError as err:
+        raise SystemExit(f"--ray needs Ray Serve: pip install 'mtpf[ray]' ({err}).") from err
+    if not args.apps_dir:
+        raise SystemExit("--ray serves the apps of --apps_dir DIR (one folder per app name); give it.")
+    if args.app or args.backend != "torch":
+        raise SystemExit("--ray takes its apps from --apps_dir (no --app) and runs the torch backend.")
+    if args.replicas < 1 or args.max_apps_per_replica < 1:
+        raise SystemExit("--replicas and --max_apps_per_replica: 1 or more.")
+    api_key = checked_api_key(args)
+    options = ServeOptions(args.max_batch_tokens, args.max_wait_ms, args.max_inputs, args.max_body_bytes, api_key)
+    run_on_ray(args, options)
+
+
+def build(args: ServeArguments):
+    """The FastAPI app for `args` (the release and every --app loaded), or a clear refusal."""
+    api_key = checked_api_key(args)
     if not args.merged_weights_mb >= 0:  # also refuses nan
         raise SystemExit(f"--merged_weights_mb {args.merged_weights_mb}: give a size in MB, 0 or more (0: no cache).")
     if args.backend == "onnx":
@@ -125,5 +157,7 @@ def restore_apps(engine: Engine, registry: AppRegistry) -> None:
 def serve(args: ServeArguments) -> None:
     import uvicorn
 
+    if args.ray:
+        return serve_on_ray(args)
     app = build(args)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
