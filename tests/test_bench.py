@@ -119,3 +119,28 @@ def test_bf16_breakdown(tmp_path):
 def test_slot_switch(tmp_path):
     report = run_bench("slot_switch.py", "--backbone", "offline:tiny-bert", "--repeats", "3", tmp_path=tmp_path)
     assert report["results"]["ms_per_step_both_switches"] > 0 and report["results"]["parameters"] > 0
+
+
+def test_serve_locust(tmp_path, slotted_release):
+    """Two servers of the same weights (mtpf serve and the sentence-transformers baseline) under locust, one round."""
+    report = run_bench(
+        "serve_locust.py",
+        "--release",
+        str(slotted_release),
+        "--model_dir",
+        str(slotted_release / "backbone"),
+        "--rounds",
+        "1",
+        "--seconds",
+        "2",
+        "--clients",
+        "2",
+        tmp_path=tmp_path,
+    )
+    results = report["results"]
+    assert min(results["min_cosine_to_sentence_transformers"].values()) > 0.9999  # both serve the same vectors
+    for runs in results["runs"].values():
+        for (first,) in runs.values():
+            assert first["requests"] > 0 and first["failures"] == 0 and first["p99_ms"] >= first["p50_ms"] > 0
+    ratio = results["mtpf_best_over_peer"]["requests_per_s, 1 text per request"]["sentence-transformers + FastAPI"]
+    assert ratio["median"] > 0
