@@ -166,6 +166,11 @@ def build_smoke_trainer(output_dir: Path, pseudo_label_dir: Path, *overrides: st
     return build_trainer(*parse_args(smoke_argv(output_dir, pseudo_label_dir, *overrides)))
 
 
+def mtpf_command(*args: object) -> list[str]:
+    """`python -m mtpf ARGS...` as a subprocess command (every argument as text)."""
+    return [sys.executable, "-m", "mtpf", *map(str, args)]
+
+
 def run_command(command: list[str], cwd: Path, timeout: int = 600, **env: str):
     """Run a user-facing command offline in a fresh process; fail the test with its stderr tail if it fails."""
     import subprocess
@@ -237,10 +242,7 @@ def app(tmp_path_factory):
 
     release = init_release(str(real_encoder_dir("splade-tiny")), folder / "release", tpl_layers=1)
     protocol = [f"--{k}={v}" for k, v in vars(APP_PROTOCOL).items() if k != "target_modules" and v is not None]
-    cli = [
-        sys.executable,
-        "-m",
-        "mtpf",
+    cli = mtpf_command(
         "finetune",
         str(release),
         "--task",
@@ -254,7 +256,7 @@ def app(tmp_path_factory):
         "--seed",
         "1",
         *protocol,
-    ]
+    )
     run_command(cli, REPO_ROOT)
     return release, folder / "app"
 
@@ -279,10 +281,7 @@ def classifier_app(app):
     release, ner_app = app
     protocol = [f"--{k}={v}" for k, v in vars(CLASSIFIER_PROTOCOL).items() if k != "target_modules" and v is not None]
     output = ner_app.parent / "classifier"
-    cli = [
-        sys.executable,
-        "-m",
-        "mtpf",
+    cli = mtpf_command(
         "finetune",
         str(release),
         "--task",
@@ -294,7 +293,7 @@ def classifier_app(app):
         "--tc_data_root",
         str(TC_ROOT),
         *protocol,
-    ]
+    )
     run_command(cli, REPO_ROOT)
     return release, output
 

@@ -26,7 +26,7 @@ from mtpf.release import (
     validate_release,
 )
 from mtpf.slots import activate_slot, attach_slots
-from tests.conftest import REPO_ROOT, build_tiny_encoder, randomize_lora, run_command
+from tests.conftest import REPO_ROOT, build_tiny_encoder, mtpf_command, randomize_lora, run_command
 
 
 def run_user_process(args: list[str], tmp_path: Path):
@@ -214,22 +214,9 @@ def test_init_into_the_current_folder(tiny_encoder_dir, tmp_path):
     empty.mkdir()
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    init = [
-        sys.executable,
-        "-m",
-        "mtpf",
-        "init",
-        "--backbone",
-        str(tiny_encoder_dir),
-        "--output",
-        ".",
-        "--tpl_layers",
-        "1",
-        "--rank",
-        "2",
-        "--alpha",
-        "4",
-    ]
+    init = mtpf_command(
+        "init", "--backbone", str(tiny_encoder_dir), "--output", ".", "--tpl_layers", "1", "--rank", "2", "--alpha", "4"
+    )
     run_command(init, empty)
     assert validate_release(empty) == ["ner", "tc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "empty"]  # no hidden ..tmp-* left
@@ -336,10 +323,7 @@ def test_missing_and_corrupted_files_are_named(tiny_encoder_dir, tmp_path):
 
 def test_init_cli(tiny_encoder_dir, tmp_path):
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "mtpf",
+        mtpf_command(
             "init",
             "--backbone",
             str(tiny_encoder_dir),
@@ -353,7 +337,7 @@ def test_init_cli(tiny_encoder_dir, tmp_path):
             "4",
             "--tasks",
             "ner",
-        ],
+        ),
         REPO_ROOT,
     )
     assert validate_release(tmp_path / "rel") == ["ner"]

@@ -347,16 +347,21 @@ def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
         "",
         "## Screen",
         "",
-        *_table(summary, "NER full (probe)"),
+        *_table(summary, "NER full (probe)", "CPU min / seed (training + screen)"),
     ]
     if "quick" in summary:
-        lines += ["", "## Quick protocol (confirmation)", "", *_table(summary["quick"], "NER full")]
+        lines += [
+            "",
+            "## Quick protocol (confirmation)",
+            "",
+            *_table(summary["quick"], "NER full", "CPU min / model (quick)"),
+        ]
     if "rank_agreement" in summary:
         lines += ["", *_agreement_lines(summary["rank_agreement"])]
     atomic_write_text(output / "RESULTS.md", "\n".join(lines) + "\n")
 
 
-def _table(section: dict[str, Any], full_label: str) -> list[str]:
+def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str]:
     base = section["base"]
     lines = [
         f"Protocol: {section['protocol']}",
@@ -364,7 +369,7 @@ def _table(section: dict[str, Any], full_label: str) -> list[str]:
         f"Base `{base['model']}`: TC {base['tc']:.2f}, {full_label} {base['ner_full']:.2f}, "
         f"NER 10 % {base['ner_10']:.2f}.",
         "",
-        f"| recipe | levers | seeds | TC | {full_label} | NER 10 % | CPU min / seed |",
+        f"| recipe | levers | seeds | TC | {full_label} | NER 10 % | {cpu_label} |",
         "|---|---|---|---|---|---|---|",
     ]
     for entry in section["recipes"]:

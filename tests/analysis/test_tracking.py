@@ -1,9 +1,8 @@
 import json
-import sys
 
 from mtpf.analysis.plot import plot_curves
 from mtpf.analysis.tracking import AnalysisSet, measure_slots
-from tests.conftest import REPO_ROOT, SHARED_DIR, build_smoke_trainer, randomize_lora, run_command
+from tests.conftest import REPO_ROOT, SHARED_DIR, build_smoke_trainer, mtpf_command, randomize_lora, run_command
 
 CONLL_TEST = str(SHARED_DIR / "data/ner/conll2003/iob2/test.txt")
 
@@ -54,10 +53,7 @@ def test_analyze_cli_on_a_release_and_an_encoder(tmp_path, pseudo_label_cache):
 
     trainer = build_smoke_trainer(tmp_path / "run", pseudo_label_cache, "--max_steps", "1", "--save_strategy", "no")
     release = export(trainer, DataArguments(release_dir=str(tmp_path / "release")))
-    command = [
-        sys.executable,
-        "-m",
-        "mtpf",
+    command = mtpf_command(
         "analyze",
         "--models",
         str(release),
@@ -68,7 +64,7 @@ def test_analyze_cli_on_a_release_and_an_encoder(tmp_path, pseudo_label_cache):
         CONLL_TEST,
         "--sentences",
         "20",
-    ]
+    )
     run_command(command, REPO_ROOT)
     models = json.loads((tmp_path / "out" / "analysis.json").read_text())["models"]
     assert set(models[str(release)]) == {"base", "ner", "tc"} and set(models["offline:tiny-bert"]) == {"base"}

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 
 import pytest
 
 from mtpf.apps import APP_KINDS, AppError, get_app_kind, read_app, register_app_kind
 from mtpf.apps.kinds import kind_of_endpoint
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, mtpf_command
 
 
 def test_the_built_in_kinds_and_their_endpoints():
@@ -30,19 +29,7 @@ def test_an_unknown_kind_is_an_error_listing_the_registered_ones(tmp_path):
     with pytest.raises(AppError, match=r"expected a task in \['classification', 'ner'\]"):
         read_app(tmp_path)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mtpf",
-            "finetune",
-            "REL",
-            "--task",
-            "qa",
-            "--data",
-            "x",
-            "--output",
-            str(tmp_path / "app"),
-        ],
+        mtpf_command("finetune", "REL", "--task", "qa", "--data", "x", "--output", str(tmp_path / "app")),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +11,7 @@ from transformers import AutoTokenizer
 
 from mtpf.export import ExportError, export, exportable_slot
 from mtpf.export.onnx import INT8_MAX_F1_DROP, INT8_MIN_COSINE
-from tests.conftest import REPO_ROOT, SHARED_DIR, run_command
+from tests.conftest import REPO_ROOT, SHARED_DIR, mtpf_command, run_command
 
 TEXTS = [json.loads(line)["text"] for line in (SHARED_DIR / "data/tc/banking77/test.jsonl").open()][:40]
 
@@ -22,19 +21,7 @@ def export_app(app_dir, tmp_path) -> tuple[dict, dict, dict]:
     finetune read it, not by a cwd-relative default): the report and its fp32 and int8 entries."""
     out = tmp_path / "onnx"
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "mtpf",
-            "export",
-            str(app_dir),
-            "--output",
-            str(out),
-            "--quantize",
-            "int8",
-            "--sentences",
-            "60",
-        ],
+        mtpf_command("export", str(app_dir), "--output", str(out), "--quantize", "int8", "--sentences", "60"),
         tmp_path,
     )
     report = json.loads((out / "export_report.json").read_text())
@@ -112,19 +99,7 @@ def test_kill_9_during_export_leaves_nothing_read_as_complete(slotted_release, t
     import time
 
     out = tmp_path / "export"
-    command = [
-        sys.executable,
-        "-m",
-        "mtpf",
-        "export",
-        str(slotted_release),
-        "--slot",
-        "tc",
-        "--output",
-        str(out),
-        "--sentences",
-        "20",
-    ]
+    command = mtpf_command("export", str(slotted_release), "--slot", "tc", "--output", str(out), "--sentences", "20")
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not list(tmp_path.glob(".export.tmp-*")) and time.monotonic() < deadline and process.poll() is None:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from mtpf.export import ExportError, shared_apps
 from mtpf.models import load_model
-from tests.conftest import SHARED_DIR, run_command
+from tests.conftest import SHARED_DIR, mtpf_command, run_command
 from tests.export.test_onnx import TEXTS
 
 
@@ -79,10 +79,7 @@ def test_a_shared_export_may_hold_the_slot_alone(slotted_release, tmp_path):
     out = tmp_path / "slot-only"
     texts = str(SHARED_DIR / "data/tc/banking77/test.jsonl")
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "mtpf",
+        mtpf_command(
             "export",
             str(slotted_release),
             "--shared",
@@ -94,7 +91,7 @@ def test_a_shared_export_may_hold_the_slot_alone(slotted_release, tmp_path):
             "20",
             "--texts",
             texts,
-        ],
+        ),
         tmp_path,
     )
     report = json.loads((out / "export_report.json").read_text())

@@ -4,7 +4,6 @@ backend's within the export's own fidelity bounds; unaccepted apps refused with 
 from __future__ import annotations
 
 import json
-import sys
 
 import httpx
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from mtpf.serve.engine import Engine, Row
 from mtpf.serve.onnx_engine import OnnxEngine
-from tests.conftest import SHARED_DIR, run_command
+from tests.conftest import SHARED_DIR, mtpf_command, run_command
 from tests.serve.test_server import Server
 
 TEXTS = ["Geoffrey Hinton studied at the University of Toronto .", "i feel wonderful and calm today", "a"]
@@ -24,10 +23,7 @@ def shared_export(app, classifier_app, tmp_path_factory):
     _, classifier = classifier_app
     out = tmp_path_factory.mktemp("onnx-serve") / "export"
     run_command(
-        [
-            sys.executable,
-            "-m",
-            "mtpf",
+        mtpf_command(
             "export",
             str(release),
             "--output",
@@ -41,7 +37,7 @@ def shared_export(app, classifier_app, tmp_path_factory):
             "40",
             "--texts",
             str(SHARED_DIR / "data/tc/banking77/test.jsonl"),
-        ],
+        ),
         out.parent,
     )
     return release, ner_app, classifier, out
