@@ -225,14 +225,7 @@ class Engine:
             live = [row for row in rows if not row.served.removed]
             answers = iter(self.run(live) if live else [])
             return [removed_error(row) if row.served.removed else next(answers) for row in rows]
-        batch = self.tokenizer(
-            [row.text for row in rows],
-            padding=True,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_offsets_mapping=True,
-            return_tensors="pt",
-        )
+        batch = tokenize_rows(self.tokenizer, rows, self.max_tokens, "pt")
         offsets = batch.pop("offset_mapping")
         outputs = self._forward(batch, [row.served.adapter for row in rows])
         answers: list[object] = []
@@ -264,6 +257,19 @@ class Engine:
             self.model.set_adapter(only)
             self._active = only
         return self.model(**batch)
+
+
+def tokenize_rows(tokenizer, rows: list[Row], max_length: int, tensors: str):
+    """One batch of rows as both engines read it: padded to its longest row, cut at `max_length`, with each token's
+    character span (for entity offsets)."""
+    return tokenizer(
+        [row.text for row in rows],
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        return_tensors=tensors,
+    )
 
 
 def removable_app(served_names: dict[str, Served], name: str) -> Served:

@@ -32,6 +32,7 @@ from mtpf.serve.engine import (
     lookup_served,
     removable_app,
     removed_error,
+    tokenize_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,14 +149,7 @@ class OnnxEngine:
         return answers
 
     def _run_one_adapter(self, name: str, rows: list[Row]) -> list[object]:
-        batch = self.tokenizer(
-            [row.text for row in rows],
-            padding=True,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_offsets_mapping=True,
-            return_tensors="np",
-        )
+        batch = tokenize_rows(self.tokenizer, rows, self.max_tokens, "np")
         feeds = {
             "input_ids": batch["input_ids"].astype(np.int64),
             "attention_mask": batch["attention_mask"].astype(np.int64),
