@@ -8,8 +8,8 @@ to each peer are reported per round (median and range).
 
     python bench/serve_locust.py --release OUT [--export SHARED] [--infinity_venv V] [--rounds 2 --seconds 20]
 
-OUT: `python -m mtpf init --backbone offline:minilm-l6 --output OUT` (so that `base` is all-MiniLM-L6-v2 itself); SHARED:
-`python -m mtpf export OUT --shared --slot tc --output SHARED --quantize int8` (adds the ONNX Runtime backends);
+OUT: `python -m mtpf init --backbone offline:minilm-l6 --output OUT` (so that `base` is all-MiniLM-L6-v2 itself);
+SHARED: `python -m mtpf export OUT --shared --slot tc --output SHARED --quantize int8` (adds the ONNX Runtime backends);
 V: `bash ../shared/peers/setup-infinity.sh V` (adds infinity-emb's torch engine). The sentence-transformers + FastAPI
 baseline (`bench/load/st_server.py`) always runs.
 """
