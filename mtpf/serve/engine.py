@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import set_peft_model_state_dict
@@ -74,6 +75,17 @@ class Served:
 
 
 @dataclass
+class Encoded:
+    """One text as the tokenizer cut it (once per request, when its tokens are counted): ids, token types, each
+    token's character span and word index (entities need both)."""
+
+    ids: list[int]
+    type_ids: list[int]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+
+
+@dataclass
 class Row:
     """One text of one request: what it asks for and, after the batch, its answer."""
 
@@ -81,6 +93,7 @@ class Row:
     text: str
     task: str  # embeddings, ner or classify
     tokens: int
+    encoded: Encoded | None = None  # set by the HTTP layer; a row without it is encoded with its batch
 
 
 class Engine:
@@ -209,8 +222,9 @@ class Engine:
         """The length of every vector /v1/embeddings returns (the backbone's hidden size: mean or CLS pooling)."""
         return int(self.model.config.hidden_size)
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.counter(texts, truncation=False)["input_ids"]]
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """The texts' tokens, uncut (the HTTP layer refuses a text over `max_tokens` by its count)."""
+        return encode_texts(self.counter, texts)
 
     # ----- the batched forward -------------------------------------------------------------------------------
 
@@ -225,8 +239,9 @@ class Engine:
             live = [row for row in rows if not row.served.removed]
             answers = iter(self.run(live) if live else [])
             return [removed_error(row) if row.served.removed else next(answers) for row in rows]
-        batch = tokenize_rows(self.tokenizer, rows, self.max_tokens, "pt")
-        offsets = batch.pop("offset_mapping")
+        batch = {
+            key: torch.from_numpy(value) for key, value in padded_batch(self.tokenizer, rows, self.max_tokens).items()
+        }
         outputs = self._forward(batch, [row.served.adapter for row in rows])
         answers: list[object] = []
         for index, row in enumerate(rows):
@@ -237,8 +252,9 @@ class Engine:
             features = outputs.last_hidden_state[index] if kind.reads_tokens else outputs.pooler_output[index]
             weight, bias = row.served.head
             logits = features @ weight.t() + bias
+            encoded = row.encoded
             answers.append(
-                kind.answer(RowOutput(logits, row.served.id2label, row.text, batch.word_ids(index), offsets[index]))
+                kind.answer(RowOutput(logits, row.served.id2label, row.text, encoded.word_ids, encoded.offsets))
             )
         return answers
 
@@ -259,17 +275,36 @@ class Engine:
         return self.model(**batch)
 
 
-def tokenize_rows(tokenizer, rows: list[Row], max_length: int, tensors: str):
-    """One batch of rows as both engines read it: padded to its longest row, cut at `max_length`, with each token's
-    character span (for entity offsets)."""
-    return tokenizer(
-        [row.text for row in rows],
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        return_offsets_mapping=True,
-        return_tensors=tensors,
-    )
+def encode_texts(tokenizer, texts: list[str], max_length: int | None = None) -> list[Encoded]:
+    """Each text's tokens with their character spans and word indices (cut at `max_length` when one is given)."""
+    cut = {"truncation": True, "max_length": max_length} if max_length else {"truncation": False}
+    batch = tokenizer(texts, return_offsets_mapping=True, return_token_type_ids=True, **cut)
+    return [
+        Encoded(ids, types, [tuple(span) for span in spans], batch.word_ids(index))
+        for index, (ids, types, spans) in enumerate(
+            zip(batch["input_ids"], batch["token_type_ids"], batch["offset_mapping"], strict=True)
+        )
+    ]
+
+
+def padded_batch(tokenizer, rows: list[Row], max_length: int) -> dict[str, np.ndarray]:
+    """The rows' tokens padded to the longest row (both engines' batch): each text was tokenised once, when the
+    request came in; a row without its tokens (a dry run, a test) is encoded here, cut at `max_length`."""
+    missing = [row for row in rows if row.encoded is None]
+    if missing:
+        texts = [row.text for row in missing]
+        for row, encoded in zip(missing, encode_texts(tokenizer, texts, max_length), strict=True):
+            row.encoded = encoded
+    longest = max(len(row.encoded.ids) for row in rows)
+    ids = np.full((len(rows), longest), tokenizer.pad_token_id or 0, dtype=np.int64)
+    mask, types = np.zeros_like(ids), np.zeros_like(ids)
+    for index, row in enumerate(rows):
+        length = len(row.encoded.ids)
+        ids[index, :length], mask[index, :length], types[index, :length] = row.encoded.ids, 1, row.encoded.type_ids
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in tokenizer.model_input_names:  # BERT reads them; DistilBERT has none
+        batch["token_type_ids"] = types
+    return batch
 
 
 def removable_app(served_names: dict[str, Served], name: str) -> Served:

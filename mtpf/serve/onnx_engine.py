@@ -15,7 +15,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer
 
@@ -26,13 +25,15 @@ from mtpf.export.shared import OUTPUTS, SHARED_REPORT
 from mtpf.release import BACKBONE_DIR
 from mtpf.serve.engine import (
     BASE,
+    Encoded,
     Row,
     Served,
     ServeError,
+    encode_texts,
     lookup_served,
+    padded_batch,
     removable_app,
     removed_error,
-    tokenize_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ class OnnxEngine:
             raise ServeError(f"model {name!r} is not served: {self.refused[name]}.", 404, param="model")
         return lookup_served(self.served, name, task)  # the same rules and messages as the PyTorch engine
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.counter(texts, truncation=False)["input_ids"]]
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """The texts' tokens, uncut (the HTTP layer refuses a text over `max_tokens` by its count)."""
+        return encode_texts(self.counter, texts)
 
     def app_folders(self) -> dict[str, str]:
         return {}  # apps come from the export, not from the app registry
@@ -149,11 +151,8 @@ class OnnxEngine:
         return answers
 
     def _run_one_adapter(self, name: str, rows: list[Row]) -> list[object]:
-        batch = tokenize_rows(self.tokenizer, rows, self.max_tokens, "np")
-        feeds = {
-            "input_ids": batch["input_ids"].astype(np.int64),
-            "attention_mask": batch["attention_mask"].astype(np.int64),
-        }
+        batch = padded_batch(self.tokenizer, rows, self.max_tokens)
+        feeds = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         run_options = self._runs[name][1] if name in self._runs else None
         names = list(OUTPUTS.values())
         outputs = dict(zip(names, self.session.run(names, feeds, run_options), strict=True))
@@ -164,8 +163,8 @@ class OnnxEngine:
                 continue
             kind = get_app_kind(row.served.kind)
             logits = torch.from_numpy(outputs[kind.onnx_output][index])
-            offsets = batch["offset_mapping"][index]
+            encoded = row.encoded
             answers.append(
-                kind.answer(RowOutput(logits, row.served.id2label, row.text, batch.word_ids(index), offsets))
+                kind.answer(RowOutput(logits, row.served.id2label, row.text, encoded.word_ids, encoded.offsets))
             )
         return answers

@@ -126,14 +126,15 @@ class ServerState:
         engine.lookup(body.model, endpoint)
         texts = [text_of(item) for item in (body.input if isinstance(body.input, list) else [body.input])]
         check_texts(texts, self.options.max_inputs)
-        tokens = await asyncio.get_running_loop().run_in_executor(self.tokenizing, engine.count_tokens, texts)
+        encoded = await asyncio.get_running_loop().run_in_executor(self.tokenizing, engine.encode, texts)
+        tokens = [len(text.ids) for text in encoded]  # tokenised once: the batch pads these very ids
         for index, count in enumerate(tokens):
             if count > engine.max_tokens:
                 raise ServeError(
                     f"input[{index}] has {count} tokens; {body.model} reads at most {engine.max_tokens}.", 422
                 )
         served = engine.lookup(body.model, endpoint)  # again: it may have started draining while we tokenised
-        rows = [Row(served, text, endpoint, count) for text, count in zip(texts, tokens)]
+        rows = [Row(served, text, endpoint, len(e.ids), e) for text, e in zip(texts, encoded, strict=True)]
         self.in_flight[served.name] += len(rows)
         try:
             futures = self.batcher.submit(rows, tokens)
