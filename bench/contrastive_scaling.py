@@ -13,10 +13,12 @@ the step under bf16 autocast (a CPU with native bf16 only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from common import encoder_forward_flops, peak_rss_gb, roofline, write_report
@@ -54,7 +56,12 @@ def one_run(backbone: str, batch: int, mini: int, max_length: int, bf16: bool = 
                 embeddings = model(**texts).pooler_output
                 loss(embeddings[:batch], embeddings[batch:]).backward()
             else:
-                cached(lambda f: model(**f).pooler_output, texts, batch, backward=lambda t: t.backward())
+                step_functions = SimpleNamespace(
+                    forward=lambda f: model(**f).pooler_output,
+                    backward=lambda t: t.backward(),
+                    no_sync=contextlib.nullcontext,
+                )
+                cached(step_functions, texts, batch)
         return texts["attention_mask"]
 
     step(0)  # warm-up
