@@ -68,7 +68,13 @@ def server_commands(args: argparse.Namespace) -> dict[str, tuple[list[str], str]
 def start(command: list[str], model: str, log: Path) -> tuple[subprocess.Popen, str]:
     """Start a server and wait until it embeds a text (up to 10 minutes: model loads are slow on a busy machine)."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        DO_NOT_TRACK="1",
+        INFINITY_ANONYMOUS_USAGE_STATS="0",
+    )
     with log.open("w") as out:
         process = subprocess.Popen([part.format(port=port) for part in command], stdout=out, stderr=out, env=env)
     url = f"http://127.0.0.1:{port}"
