@@ -148,10 +148,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="serve-locust-"))
     texts_file = workdir / "texts.txt"
     texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    servers, checks = {}, {}
+    servers, checks, refused = {}, {}, {}
     try:
         for name, (command, model) in server_commands(args).items():
-            process, url = start(command, model, workdir / f"{name.replace(' ', '_')}.log")
+            try:
+                process, url = start(command, model, workdir / f"{name.replace(' ', '_')}.log")
+            except RuntimeError as err:  # reported, not timed (e.g. a backend that refuses to serve this model)
+                refused[name] = str(err)
+                continue
             servers[name] = (process, url, model)
             checks[name] = round(min_cosine(url, model, texts[:8], reference), 6)
         runs = {name: {workload: [] for workload in WORKLOADS} for name in servers}
@@ -166,6 +170,7 @@ def main() -> None:
             process.wait(timeout=60)
     results = {
         "min_cosine_to_sentence_transformers": checks,
+        "not_started": refused,
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "clients": args.clients, "cpus": os.cpu_count()},
         "runs": runs,
         "mtpf_best_over_peer": {
