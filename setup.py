@@ -49,6 +49,7 @@ setup(
             "langchain-openai>=0.2",
             "schemathesis>=4.0",
             "ray[serve]>=2.40",
+            "locust>=2.20",  # bench/serve_locust.py (its test runs the load tool)
         ],
     },
     entry_points={
