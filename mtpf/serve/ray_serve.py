@@ -45,6 +45,25 @@ def patient_proxy_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+class LoadedApp:
+    """An app held by a replica; Ray calls `__del__` when its LRU unloads it, which unloads the adapter."""
+
+    def __init__(self, replica: Any, name: str) -> None:
+        self.replica, self.name = replica, name
+
+    async def __del__(self) -> None:
+        await self.replica.client.delete(f"/v1/apps/{self.name}", headers=self.replica.auth)
+        logger.info("replica unloaded app %s", self.name)
+
+
+class AppNotLoaded(Exception):
+    """A replica could not load an app; its HTTP status and OpenAI-shaped body go back to the client as they are."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
 def app_folders(apps_dir: str | Path) -> dict[str, Path]:
     """{name: folder} of every app in the directory (a folder with `mtpf_app.json`)."""
     folder = Path(apps_dir)
@@ -103,8 +122,8 @@ def replica_deployment(args: "ServeArguments", options: ServeOptions):
             response = await self.client.post(
                 "/v1/apps", json={"name": name, "path": str(Path(apps_dir) / name)}, headers=self.auth
             )
-            if response.status_code != 201:
-                raise RuntimeError(f"app {name!r} could not be loaded: {response.text}")
+            if response.status_code != 201:  # the app's own 4xx (a broken folder, another backbone), passed on
+                raise AppNotLoaded(response.status_code, response.content)
             logger.info("replica loaded app %s", name)
             return LoadedApp(self, name)
 
@@ -113,21 +132,14 @@ def replica_deployment(args: "ServeArguments", options: ServeOptions):
             await self.started()
             name = serve.get_multiplexed_model_id()
             if name:
-                await self.load_app(name)
+                try:
+                    await self.load_app(name)
+                except AppNotLoaded as refused:
+                    return refused.status, {"content-type": "application/json"}, refused.body
             response = await self.client.request(method, path, headers=headers, content=body)
             replica = serve.get_replica_context().replica_id.unique_id
             kept = {k: v for k, v in response.headers.items() if k.lower() not in DROPPED_HEADERS}
             return response.status_code, kept | {"x-mtpf-replica": replica}, response.content
-
-    class LoadedApp:
-        """An app held by a replica; Ray calls `__del__` when its LRU unloads it, which unloads the adapter."""
-
-        def __init__(self, replica: Any, name: str) -> None:
-            self.replica, self.name = replica, name
-
-        async def __del__(self) -> None:
-            await self.replica.client.delete(f"/v1/apps/{self.name}", headers=self.replica.auth)
-            logger.info("replica unloaded app %s", self.name)
 
     return Replica
 

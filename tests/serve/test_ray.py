@@ -39,6 +39,9 @@ def apps_dir(app, classifier_app, tmp_path_factory):
     shutil.copytree(tagger, folder / "tagger")
     shutil.copytree(classifier, folder / "emotion")
     shutil.copytree(classifier, folder / "emotion-copy")
+    shutil.copytree(classifier, folder / "broken")
+    weights = folder / "broken" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated adapter: the replica refuses to load it
     return folder
 
 
@@ -76,6 +79,7 @@ def test_two_replicas_answer_three_apps_as_one_process_does(app, apps_dir, monke
             refused = client.post("/v1/apps", json={"name": "x", "path": "/tmp"})
             wrong_kind = client.post("/v1/ner", json={"model": "emotion", "input": TEXTS})
             invalid = client.post("/v1/classify", json={"model": "emotion", "input": []})
+            broken = client.post("/v1/classify", json={"model": "broken", "input": TEXTS})
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -96,3 +100,4 @@ def test_two_replicas_answer_three_apps_as_one_process_does(app, apps_dir, monke
     assert refused.status_code == 405 and "folders of" in refused.json()["error"]["message"]
     assert wrong_kind.status_code == 404 and "/v1/classify" in wrong_kind.json()["error"]["message"]  # OpenAI shape
     assert invalid.status_code == 422 and invalid.json()["error"]["param"] == "input"
+    assert broken.status_code == 422 and "not a readable PEFT adapter" in broken.json()["error"]["message"]
