@@ -72,6 +72,12 @@ def app_folders(apps_dir: str | Path) -> dict[str, Path]:
     return {child.name: child for child in sorted(folder.iterdir()) if (child / "mtpf_app.json").is_file()}
 
 
+def is_app_folder(apps_dir: str | Path, name: str) -> bool:
+    """Whether `name` is an app of the directory: one stat per request, not a listing of the directory."""
+    child = Path(name).name == name and name not in ("", ".", "..")  # a folder of the directory, never a path out
+    return child and (Path(apps_dir) / name / "mtpf_app.json").is_file()
+
+
 def requested_model(body: bytes) -> str | None:
     """The `model` a JSON request body names, if any (the routing key)."""
     try:
@@ -169,7 +175,7 @@ def ingress_deployment(apps_dir: str):
             body = await request.body()
             model = requested_model(body) if request.method == "POST" else None
             handle = self.replica
-            if model in app_folders(apps_dir):
+            if model is not None and is_app_folder(apps_dir, model):
                 handle = handle.options(multiplexed_model_id=model)
             headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED_HEADERS}
             status, answer_headers, content = await handle.forward.remote(request.method, f"/{path}", headers, body)
