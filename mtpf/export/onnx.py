@@ -179,6 +179,15 @@ def nodes_of_modules(path: Path, prefixes: list[str]) -> list[str]:
     return names
 
 
+def last_layer_scope(config) -> str:
+    """The module path of the backbone's last transformer layer, under the model's `backbone` (any family:
+    BERT's `encoder.layer.N`, DistilBERT's `transformer.layer.N`)."""
+    from configuration_mtpf import backbone_layout
+
+    layout = backbone_layout(config.backbone_config.model_type)
+    return f"backbone.{layout['layers']}.{config.num_layers - 1}"
+
+
 def onnx_runner(path: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """The graph's one output for `input_ids`, `attention_mask` feeds, on onnxruntime's CPU provider."""
     import onnxruntime as ort
@@ -269,8 +278,7 @@ def export(
             int8 = quantize_int8(fp32, staging / "model.int8.onnx")
             entry = {"precision": "int8", "nodes_kept_fp32": [], **fidelity(exportable, int8)}
             if not accepted(entry, int8=True):
-                last_layer = exportable.module.model.config.num_layers - 1
-                kept = nodes_of_modules(fp32, ["classifier", f"backbone.encoder.layer.{last_layer}"])
+                kept = nodes_of_modules(fp32, ["classifier", last_layer_scope(exportable.module.model.config)])
                 quantize_int8(fp32, int8, nodes_to_exclude=kept)
                 entry = {"precision": "int8", "first_try": entry, "nodes_kept_fp32": kept, **fidelity(exportable, int8)}
             entry["accepted"] = accepted(entry, int8=True)

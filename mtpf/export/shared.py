@@ -12,7 +12,9 @@ and `sentence_embedding` (normalised, for a slot such as `tc`); an app reads the
 (`onnxruntime.AdapterFormat`); a device loads it with `onnxruntime.LoraAdapter` and activates it per run with
 `RunOptions.add_active_adapter`, so N apps cost one backbone file + N small files. Modules an app does not adapt
 get zero matrices, and ranks are zero-padded to the largest, which changes nothing in the product.
-Every app is checked against its own merged PyTorch model on its test sentences (`export_report.json`).
+Every app is checked against its own merged PyTorch model on its test sentences, and the graph with no adapter
+against the plain backbone (`base`), in each precision (`export_report.json`). An int8 graph that fails any check is
+quantised again with the last layer kept in fp32 (the single-app export's rule), and each verdict is the second try's.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from mtpf.export.onnx import Exportable, ExportError, accepted, fidelity, quantize_int8
+from mtpf.export.onnx import (
+    Exportable,
+    ExportError,
+    accepted,
+    fidelity,
+    last_layer_scope,
+    nodes_of_modules,
+    quantize_int8,
+)
 from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
 
 logger = logging.getLogger(__name__)
@@ -37,6 +47,7 @@ logger = logging.getLogger(__name__)
 SHARED_REPORT = "export_report.json"
 PEFT_PREFIX = "base_model.model."
 # The graph's three outputs, by what reads them (a slot reads the embedding; an app kind names its own output).
+BASE = "base"  # the report's entry for the graph with no adapter: the plain backbone
 OUTPUTS = {"ner": "token_logits", "classification": "sentence_logits", "embedding": "sentence_embedding"}
 
 
@@ -198,17 +209,19 @@ def write_adapter(values: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-def adapter_runner(backbone: Path, adapter: Path, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """Run the shared backbone with one app's adapter file active; returns the app's output."""
+def adapter_runner(backbone: Path, adapter: Path | None, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Run the shared backbone with one app's adapter file active (None: no adapter, the plain backbone); returns
+    the app's output."""
     import onnxruntime as ort
 
     quiet = ort.SessionOptions()
     quiet.log_severity_level = 3  # the LoRA inputs' default initializers are meant to be overridden: no warning
     session = ort.InferenceSession(str(backbone), quiet, providers=["CPUExecutionProvider"])
-    lora = ort.LoraAdapter()
-    lora.Load(str(adapter))
-    options = ort.RunOptions()
-    options.add_active_adapter(lora)  # keeps a raw pointer: `lora` must outlive every run, hence `keep` below
+    options, lora = ort.RunOptions(), None
+    if adapter is not None:
+        lora = ort.LoraAdapter()
+        lora.Load(str(adapter))
+        options.add_active_adapter(lora)  # keeps a raw pointer: `lora` must outlive every run, hence `keep` below
 
     def run(feeds: dict[str, np.ndarray], keep: object = lora) -> np.ndarray:
         return session.run([output], feeds, options)[0]
@@ -225,6 +238,7 @@ class SharedSource:
     tokenizer: object
     apps: list[SharedApp]
     source: str = ""
+    base: Exportable | None = None  # the plain backbone's embedding: what the graph with no adapter must give
 
     @property
     def max_length(self) -> int:
@@ -250,41 +264,72 @@ def export_shared(
     graph = SharedGraph(shared.backbone, modules).eval()
     with atomic_directory(output) as staging:
         export_graph(graph, modules, rank, shared, staging / "backbone.onnx")
-        backbones = {"backbone.onnx": "fp32"}
-        if quantize == "int8":
-            quantize_int8(staging / "backbone.onnx", staging / "backbone.int8.onnx")
-            backbones["backbone.int8.onnx"] = "int8"
         (staging / "adapters").mkdir()
+        adapters = {
+            app.name: write_adapter(
+                app_inputs(app, modules, graph, rank), staging / "adapters" / f"{app.name}.onnx_adapter"
+            )
+            for app in apps
+        }
         report = {
             "source": source,
             "inputs": input_names(modules)[:2],
             "outputs": OUTPUTS,
             "rank": rank,
             "lora_modules": modules,
-            "backbones": {},
-            "apps": {},
+            "backbones": {"backbone.onnx": {"precision": "fp32"}},
+            "base": {},
+            "apps": {app.name: app_entry(app, adapters[app.name]) for app in apps},
         }
-        for name, precision in backbones.items():
-            report["backbones"][name] = {"precision": precision, "megabytes": _megabytes(staging / name)}
-        for app in apps:
-            adapter = write_adapter(
-                app_inputs(app, modules, graph, rank), staging / "adapters" / f"{app.name}.onnx_adapter"
-            )
-            entry = {
-                "task": app.task,
-                "output": output_of(app.task),
-                "adapter": f"adapters/{adapter.name}",
-                "adapter_megabytes": _megabytes(adapter),
-                "id2label": {str(k): v for k, v in app.reference.id2label.items()},
-            }
-            for name, precision in backbones.items():
-                check = fidelity(app.reference, adapter_runner(staging / name, adapter, output_of(app.task)))
-                entry[name] = {**check, "accepted": accepted(check, int8=precision == "int8")}
-            report["apps"][app.name] = entry
-            logger.info("shared export, app %s: %s", app.name, entry)
+        checks = {"backbone.onnx": check_graph(shared, staging / "backbone.onnx", adapters, int8=False)}
+        if quantize == "int8":
+            report["backbones"]["backbone.int8.onnx"] = {"precision": "int8"}
+            checks["backbone.int8.onnx"] = quantize_checked(shared, staging, adapters, report)
+        for name, verdicts in checks.items():
+            report["backbones"][name]["megabytes"] = _megabytes(staging / name)
+            for entry_name, verdict in verdicts.items():
+                entry = report["base"] if entry_name == BASE else report["apps"][entry_name]
+                entry[name] = verdict
+                logger.info("shared export, %s on %s: %s", entry_name, name, verdict)
         atomic_write_text(staging / SHARED_REPORT, json.dumps(report, indent=2) + "\n")
         tokenizer.save_pretrained(str(staging / "tokenizer"))
     return output
+
+
+def app_entry(app: SharedApp, adapter: Path) -> dict:
+    return {
+        "task": app.task,
+        "output": output_of(app.task),
+        "adapter": f"adapters/{adapter.name}",
+        "adapter_megabytes": _megabytes(adapter),
+        "id2label": {str(k): v for k, v in app.reference.id2label.items()},
+    }
+
+
+def check_graph(shared: SharedSource, graph: Path, adapters: dict[str, Path], int8: bool) -> dict[str, dict]:
+    """{`base` and every app: its fidelity on `graph`, with the verdict}: the plain backbone with no adapter, each
+    app with its own adapter file active."""
+    runs = [(BASE, shared.base, None, OUTPUTS["embedding"])] if shared.base is not None else []
+    runs += [(app.name, app.reference, adapters[app.name], output_of(app.task)) for app in shared.apps]
+    verdicts = {}
+    for name, reference, adapter, output in runs:
+        check = fidelity(reference, adapter_runner(graph, adapter, output))
+        verdicts[name] = {**check, "accepted": accepted(check, int8=int8)}
+    return verdicts
+
+
+def quantize_checked(shared: SharedSource, staging: Path, adapters: dict[str, Path], report: dict) -> dict[str, dict]:
+    """backbone.int8.onnx, checked; where anything fails, quantised again with the last layer kept in fp32."""
+    fp32, int8 = staging / "backbone.onnx", staging / "backbone.int8.onnx"
+    quantize_int8(fp32, int8)
+    verdicts = check_graph(shared, int8, adapters, int8=True)
+    refused = sorted(name for name, verdict in verdicts.items() if not verdict["accepted"])
+    if not refused:
+        return verdicts
+    kept = nodes_of_modules(fp32, [f"backbone.{last_layer_scope(shared.backbone.config)}"])  # under SharedGraph's
+    quantize_int8(fp32, int8, nodes_to_exclude=kept)
+    report["backbones"][int8.name] |= {"first_try_refused": refused, "nodes_kept_fp32": kept}
+    return check_graph(shared, int8, adapters, int8=True)
 
 
 def _megabytes(path: Path) -> float:
@@ -321,4 +366,5 @@ def shared_apps(
             raise ExportError(f"{release}: no trained slot {slot!r}; it has {sorted(loaded.adapters)}.")
         lora, _ = read_lora(loaded.adapters[slot])
         apps.append(SharedApp(slot, "embedding", lora, None, exportable_slot(release, slot, texts)))
-    return SharedSource(loaded.fresh_backbone().eval(), loaded.tokenizer, apps, release)
+    base = exportable_slot(release, None, texts)
+    return SharedSource(loaded.fresh_backbone().eval(), loaded.tokenizer, apps, release, base)

@@ -46,7 +46,7 @@ class MicroBatcher:
     def __init__(
         self,
         run_batch: Callable[[list], list],
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 1024,
         max_wait_ms: float = 5.0,
         on_batch: Callable[[BatchStats], None] | None = None,
         tenant_of: Callable[[object], object] = lambda row: None,

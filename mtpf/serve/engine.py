@@ -99,6 +99,11 @@ class Row:
 class Engine:
     """The backbone with its adapters, the tokenizer, and the batched forward."""
 
+    # Padded tokens per forward unless the operator says otherwise. A CPU forward gets slower per token beyond about
+    # a thousand (attention and activations leave the caches): 1024 was the fastest budget on short, medium and long
+    # texts, 1.4-1.8x the old 8192 (bench/RESULTS.md section 12).
+    batch_tokens = 1024
+
     def __init__(self, release: str, threads: int | None = None, merged_weights_mb: float = MERGED_WEIGHTS_MB) -> None:
         if threads:
             torch.set_num_threads(threads)

@@ -3,9 +3,10 @@
 EXPORT_DIR is a shared-backbone export (`mtpf export RELEASE --shared [APP ...] --slot tc --output EXPORT_DIR`):
 one `backbone.onnx` (or `backbone.int8.onnx`) whose LoRA and head are inputs, and one onnxruntime adapter file per
 app or slot. Every served name is `base` (the graph's zero LoRA: the backbone alone) or an entry of the export's
-report; an entry whose fidelity check was not accepted for the chosen precision is refused at load, and a request
-for it says why. A batch runs one session call per adapter among its rows (onnxruntime activates one adapter set per
-run), each padded to its own longest row; the answers are post-processed exactly as the PyTorch engine does.
+report; each of them (`base` too: the graph with no adapter, checked against the plain backbone) whose fidelity
+check was not accepted for the chosen precision is refused at load, and a request for it says why. A batch runs one
+session call per adapter among its rows (onnxruntime activates one adapter set per run), each padded to its own
+longest row; the answers are post-processed exactly as the PyTorch engine does.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ PRECISIONS = {"fp32": "backbone.onnx", "int8": "backbone.int8.onnx"}
 class OnnxEngine:
     """The PyTorch `Engine`'s interface (served names, lookup, counting, the batched `run`) on ONNX Runtime."""
 
+    batch_tokens = 512  # ONNX Runtime's fastest budget per session call here (bench/RESULTS.md section 12)
+
     def __init__(self, release: str, export_dir: str, precision: str = "fp32", threads: int | None = None) -> None:
         import onnxruntime as ort
 
@@ -69,8 +72,15 @@ class OnnxEngine:
         config = MtpfConfig.from_pretrained(str(Path(release) / BACKBONE_DIR))
         self.max_tokens = int(config.max_seq_length or self.tokenizer.model_max_length)
         self.embedding_dimension = int(config.hidden_size)
-        self.served: dict[str, Served] = {BASE: Served(BASE, "embedding", "__base__", path=str(export))}
+        self.served: dict[str, Served] = {}
         self.refused: dict[str, str] = {}
+        base_verdict = report.get("base", {}).get(self.backbone_file)
+        if base_verdict is None:
+            self.refused[BASE] = "this export has no fidelity check of the plain backbone (export it again)"
+        elif not base_verdict.get("accepted"):
+            self.refused[BASE] = f"its {precision} graph was not accepted by the fidelity check ({base_verdict})"
+        else:
+            self.served[BASE] = Served(BASE, "embedding", "__base__", path=str(export))
         self._runs: dict[str, tuple[object, object]] = {}  # name -> (LoraAdapter, RunOptions); both must live on
         for name, entry in report.get("apps", {}).items():
             self._load(name, entry, export)

@@ -46,7 +46,7 @@ from mtpf.serve.schemas import (
 
 @dataclass
 class ServeOptions:
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 0  # 0: the engine's own `batch_tokens`
     max_wait_ms: float = 5.0
     max_inputs: int = 256  # texts per request
     max_body_bytes: int = 2_000_000
@@ -105,7 +105,7 @@ class ServerState:
     def __post_init__(self) -> None:
         self.batcher = MicroBatcher(
             self.engine.run,
-            self.options.max_batch_tokens,
+            self.options.max_batch_tokens or self.engine.batch_tokens,
             self.options.max_wait_ms,
             self.metrics.batch,
             tenant_of=lambda row: row.served.name,

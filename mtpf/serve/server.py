@@ -24,7 +24,13 @@ class ServeArguments:
     app: list[str] = field(default_factory=list, metadata={"help": "NAME=APP_DIR of apps to serve (repeatable)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; beyond loopback needs --api_key."})
     port: int = field(default=8080, metadata={"help": "Port to bind."})
-    max_batch_tokens: int = field(default=8192, metadata={"help": "Padded tokens per forward (rows x longest)."})
+    max_batch_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "Padded tokens per forward (rows x longest); 0: the backend's own (torch 1024, onnx 512: the "
+            "fastest on 2 cores, bench/RESULTS.md section 12; try more on more cores)."
+        },
+    )
     max_wait_ms: float = field(default=5.0, metadata={"help": "How long the first queued row waits for company."})
     max_inputs: int = field(default=256, metadata={"help": "Texts per request."})
     max_body_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body accepted."})

@@ -48,6 +48,9 @@ def test_three_apps_run_from_one_backbone_file(app, classifier_app, tmp_path):
         "classifier": "classification",
         "tc": "embedding",
     }
+    for precision in ("backbone.onnx", "backbone.int8.onnx"):  # the graph with no adapter, against the plain backbone
+        assert {"min_cosine", "max_abs_diff", "accepted"} <= set(report["base"][precision])
+    assert report["base"]["backbone.onnx"]["accepted"]
     for entry in report["apps"].values():  # every app equals its own merged PyTorch model through the shared graph
         assert entry["backbone.onnx"]["accepted"] and entry["backbone.onnx"]["max_abs_diff"] < 1e-3
         assert "accepted" in entry["backbone.int8.onnx"]
@@ -96,3 +99,33 @@ def test_a_shared_export_may_hold_the_slot_alone(slotted_release, tmp_path):
     )
     report = json.loads((out / "export_report.json").read_text())
     assert list(report["apps"]) == ["tc"] and report["apps"]["tc"]["backbone.onnx"]["accepted"]
+
+
+def test_an_int8_graph_that_fails_a_check_is_quantised_again_with_the_last_layer_in_fp32(
+    slotted_release, tmp_path, monkeypatch
+):
+    """The single-app export's rule, for the shared graph: a refused first try re-quantises with the last layer's
+    matmuls left in fp32, and every verdict in the report is the second try's."""
+    import onnx
+
+    import mtpf.export.shared as shared_module
+    from mtpf.export import export_shared
+
+    first_tries = []
+
+    def refuse_the_first_int8_check(report: dict, int8: bool) -> bool:
+        if int8 and not first_tries:
+            first_tries.append(report)
+            return False
+        return report["max_abs_diff"] < 1e-3 if not int8 else report["min_cosine"] >= 0.99
+
+    monkeypatch.setattr(shared_module, "accepted", refuse_the_first_int8_check)
+    source = shared_apps(str(slotted_release), [], ["tc"], TEXTS)
+    out = export_shared(source, tmp_path / "int8", quantize="int8")
+    report = json.loads((out / "export_report.json").read_text())
+    int8 = report["backbones"]["backbone.int8.onnx"]
+    assert int8["first_try_refused"] == ["base"] and int8["nodes_kept_fp32"]
+    kept = set(int8["nodes_kept_fp32"])
+    graph = onnx.load(str(out / "backbone.int8.onnx")).graph
+    assert kept <= {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}  # still float matmuls
+    assert {"base", "tc"} == {"base"} | set(report["apps"]) and "backbone.int8.onnx" in report["base"]

@@ -90,6 +90,27 @@ def test_an_unaccepted_app_is_refused_with_the_reason(shared_export, tmp_path):
         OnnxEngine(str(release), str(export), precision="int8")
 
 
+def test_the_bare_backbone_is_served_only_with_an_accepted_check(shared_export, tmp_path):
+    """`base` runs the graph with no adapter: the export checks it against the plain backbone like any app, and an
+    export without that check (or with a refused one) does not serve it."""
+    import shutil
+
+    from mtpf.serve.engine import ServeError
+
+    release, _, _, export = shared_export
+    report = json.loads((export / "export_report.json").read_text())
+    assert report["base"]["backbone.onnx"]["accepted"] and report["base"]["backbone.onnx"]["min_cosine"] > 0.999
+    edited = tmp_path / "export"
+    shutil.copytree(export, edited)
+    for verdict, reason in (({"accepted": False}, "not accepted by the fidelity check"), (None, "no fidelity check")):
+        report["base"] = {} if verdict is None else {"backbone.onnx": verdict}
+        (edited / "export_report.json").write_text(json.dumps(report))
+        engine = OnnxEngine(str(release), str(edited))
+        assert "base" not in engine.served and "tc" in engine.served
+        with pytest.raises(ServeError, match=reason):
+            engine.lookup("base", "embeddings")
+
+
 def test_serve_backend_onnx_over_http(shared_export, tmp_path):
     release, ner_app, classifier, export = shared_export
     server = Server(release, "--backend", "onnx", "--onnx", str(export), log=tmp_path / "server.log")
