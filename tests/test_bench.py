@@ -121,26 +121,41 @@ def test_slot_switch(tmp_path):
     assert report["results"]["ms_per_step_both_switches"] > 0 and report["results"]["parameters"] > 0
 
 
-def test_serve_locust(tmp_path, slotted_release):
-    """Two servers of the same weights (mtpf serve and the sentence-transformers baseline) under locust, one round."""
+def test_serve_locust(tmp_path, classifier_app):
+    """mtpf serve (the backbone and an app on /v1/embeddings and /v1/classify) and the sentence-transformers baseline
+    on the same weights, under locust, one round."""
+    release, classifier = classifier_app
     report = run_bench(
         "serve_locust.py",
         "--release",
-        str(slotted_release),
+        str(release),
+        "--app",
+        str(classifier),
         "--model_dir",
-        str(slotted_release / "backbone"),
+        str(release / "backbone"),
         "--rounds",
         "1",
         "--seconds",
-        "2",
+        "3",
         "--clients",
         "2",
         tmp_path=tmp_path,
     )
     results = report["results"]
+    assert set(results["min_cosine_to_sentence_transformers"]) == {"mtpf torch", "sentence-transformers + FastAPI"}
     assert min(results["min_cosine_to_sentence_transformers"].values()) > 0.9999  # both serve the same vectors
+    assert set(results["runs"]) == {
+        "mtpf torch",
+        "mtpf torch, app embeddings",
+        "mtpf torch, app classify",
+        "sentence-transformers + FastAPI",
+    }
     for runs in results["runs"].values():
         for (first,) in runs.values():
             assert first["requests"] > 0 and first["failures"] == 0 and first["p99_ms"] >= first["p50_ms"] > 0
-    ratio = results["mtpf_best_over_peer"]["requests_per_s, 1 text per request"]["sentence-transformers + FastAPI"]
-    assert ratio["median"] > 0
+    ratios = results["ratios"]
+    assert (
+        ratios["mtpf best over peer"]["sentence-transformers + FastAPI, requests_per_s, 1 text per request"]["median"]
+        > 0
+    )
+    assert ratios["mtpf torch, app classify: backbone rate over the app's"]["32 texts per request"]["median"] > 0
