@@ -179,13 +179,18 @@ def nodes_of_modules(path: Path, prefixes: list[str]) -> list[str]:
     return names
 
 
-def last_layer_scope(config) -> str:
-    """The module path of the backbone's last transformer layer, under the model's `backbone` (any family:
-    BERT's `encoder.layer.N`, DistilBERT's `transformer.layer.N`)."""
+def int8_fallbacks(config, scope: str = "") -> list[tuple[str, list[str]]]:
+    """The retries of an int8 graph that fails its check, each keeping more of it in fp32: first the FFN output
+    projection of every layer (its inputs carry the outlier activations that per-tensor dynamic quantisation of
+    activations handles worst: Bondarenko et al., 2021, "Understanding and Overcoming the Challenges of Efficient
+    Transformer Quantization"), then also the whole last layer. `scope` prefixes the backbone's module path in the
+    traced graph. Any family: BERT's `encoder.layer.N.output.dense`, DistilBERT's `transformer.layer.N.ffn.lin2`."""
     from configuration_mtpf import backbone_layout
 
     layout = backbone_layout(config.backbone_config.model_type)
-    return f"backbone.{layout['layers']}.{config.num_layers - 1}"
+    layers = f"{scope}backbone.{layout['layers']}"
+    ffn_out = [f"{layers}.{index}.{layout['modules']['mlp_out']}" for index in range(config.num_layers)]
+    return [("ffn_output", ffn_out), ("ffn_output+last_layer", [*ffn_out, f"{layers}.{config.num_layers - 1}"])]
 
 
 def onnx_runner(path: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -257,6 +262,22 @@ def accepted(report: dict, int8: bool) -> bool:
     return bool(report["min_cosine"] >= INT8_MIN_COSINE)
 
 
+def quantize_app_checked(exportable: Exportable, fp32: Path, int8: Path) -> dict:
+    """The int8 graph and its check; a refused one is quantised again down `int8_fallbacks` (with the head in fp32),
+    the refused tries kept in the entry."""
+    quantize_int8(fp32, int8)
+    entry = {"precision": "int8", "kept_fp32": "nothing", "nodes_kept_fp32": [], **fidelity(exportable, int8)}
+    refused = []
+    for step, prefixes in int8_fallbacks(exportable.module.model.config):
+        if accepted(entry, int8=True):
+            break
+        refused.append(entry)
+        kept = nodes_of_modules(fp32, ["classifier", *prefixes])
+        quantize_int8(fp32, int8, nodes_to_exclude=kept)
+        entry = {"precision": "int8", "kept_fp32": step, "nodes_kept_fp32": kept, **fidelity(exportable, int8)}
+    return entry | {"refused_tries": refused, "accepted": accepted(entry, int8=True)}
+
+
 def export(
     exportable: Exportable,
     output: str | os.PathLike,
@@ -266,7 +287,7 @@ def export(
     source: str = "",
 ) -> Path:
     """Write DIR/model.onnx (fp32) and, with `quantize="int8"`, DIR/model.int8.onnx, plus DIR/export_report.json.
-    An int8 graph that fails its check is quantised again with the head and the last layer kept in fp32."""
+    An int8 graph that fails its check is quantised again with more of it kept in fp32 (`int8_fallbacks`)."""
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only int8 is supported.")
     output = check_output_folder(output, overwrite, REPORT, "an export", ExportError)
@@ -275,14 +296,7 @@ def export(
         artifacts = {"model.onnx": {"precision": "fp32", **fidelity(exportable, fp32)}}
         artifacts["model.onnx"]["accepted"] = accepted(artifacts["model.onnx"], int8=False)
         if quantize == "int8":
-            int8 = quantize_int8(fp32, staging / "model.int8.onnx")
-            entry = {"precision": "int8", "nodes_kept_fp32": [], **fidelity(exportable, int8)}
-            if not accepted(entry, int8=True):
-                kept = nodes_of_modules(fp32, ["classifier", last_layer_scope(exportable.module.model.config)])
-                quantize_int8(fp32, int8, nodes_to_exclude=kept)
-                entry = {"precision": "int8", "first_try": entry, "nodes_kept_fp32": kept, **fidelity(exportable, int8)}
-            entry["accepted"] = accepted(entry, int8=True)
-            artifacts["model.int8.onnx"] = entry
+            artifacts["model.int8.onnx"] = quantize_app_checked(exportable, fp32, staging / "model.int8.onnx")
         for name, entry in artifacts.items():
             entry["megabytes"] = round((staging / name).stat().st_size / 2**20, 2)
         report = {

@@ -14,7 +14,8 @@ and `sentence_embedding` (normalised, for a slot such as `tc`); an app reads the
 get zero matrices, and ranks are zero-padded to the largest, which changes nothing in the product.
 Every app is checked against its own merged PyTorch model on its test sentences, and the graph with no adapter
 against the plain backbone (`base`), in each precision (`export_report.json`). An int8 graph that fails any check is
-quantised again with the last layer kept in fp32 (the single-app export's rule), and each verdict is the second try's.
+quantised again with more of it kept in fp32 (`int8_fallbacks`: the FFN output projections, then the last layer too,
+the single-app export's rule), and each verdict is the last try's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mtpf.export.onnx import (
     ExportError,
     accepted,
     fidelity,
-    last_layer_scope,
+    int8_fallbacks,
     nodes_of_modules,
     quantize_int8,
 )
@@ -319,17 +320,22 @@ def check_graph(shared: SharedSource, graph: Path, adapters: dict[str, Path], in
 
 
 def quantize_checked(shared: SharedSource, staging: Path, adapters: dict[str, Path], report: dict) -> dict[str, dict]:
-    """backbone.int8.onnx, checked; where anything fails, quantised again with the last layer kept in fp32."""
+    """backbone.int8.onnx, checked; while anything fails, quantised again down `int8_fallbacks` (each refused try's
+    failures kept in the report)."""
     fp32, int8 = staging / "backbone.onnx", staging / "backbone.int8.onnx"
     quantize_int8(fp32, int8)
     verdicts = check_graph(shared, int8, adapters, int8=True)
-    refused = sorted(name for name, verdict in verdicts.items() if not verdict["accepted"])
-    if not refused:
-        return verdicts
-    kept = nodes_of_modules(fp32, [f"backbone.{last_layer_scope(shared.backbone.config)}"])  # under SharedGraph's
-    quantize_int8(fp32, int8, nodes_to_exclude=kept)
-    report["backbones"][int8.name] |= {"first_try_refused": refused, "nodes_kept_fp32": kept}
-    return check_graph(shared, int8, adapters, int8=True)
+    entry = report["backbones"][int8.name] | {"kept_fp32": "nothing", "nodes_kept_fp32": [], "refused_tries": []}
+    for step, prefixes in int8_fallbacks(shared.backbone.config, scope="backbone."):  # under SharedGraph's backbone
+        refused = sorted(name for name, verdict in verdicts.items() if not verdict["accepted"])
+        if not refused:
+            break
+        entry["refused_tries"].append({"kept_fp32": entry["kept_fp32"], "refused": refused})
+        entry["kept_fp32"], entry["nodes_kept_fp32"] = step, nodes_of_modules(fp32, prefixes)
+        quantize_int8(fp32, int8, nodes_to_exclude=entry["nodes_kept_fp32"])
+        verdicts = check_graph(shared, int8, adapters, int8=True)
+    report["backbones"][int8.name] = entry
+    return verdicts
 
 
 def _megabytes(path: Path) -> float:

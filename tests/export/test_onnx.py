@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from mtpf.export import ExportError, export, exportable_slot
-from mtpf.export.onnx import INT8_MAX_F1_DROP, INT8_MIN_COSINE
+from mtpf.export.onnx import INT8_MAX_F1_DROP, INT8_MIN_COSINE, int8_fallbacks, nodes_of_modules
 from tests.conftest import REPO_ROOT, SHARED_DIR, mtpf_command, run_command
 
 TEXTS = [json.loads(line)["text"] for line in (SHARED_DIR / "data/tc/banking77/test.jsonl").open()][:40]
@@ -50,6 +50,13 @@ def test_slot_exports_the_normalised_sentence_embedding(slotted_release, tmp_pat
     fp32, int8 = report["artifacts"]["model.onnx"], report["artifacts"]["model.int8.onnx"]
     assert fp32["accepted"] and fp32["min_cosine"] > 0.99999
     assert int8["accepted"] == (int8["min_cosine"] >= INT8_MIN_COSINE)
+    for refused in int8["refused_tries"]:  # every try before the last one failed its check
+        assert refused["min_cosine"] < INT8_MIN_COSINE
+    config = exportable.module.model.config
+    (_, ffn_output), (_, with_last_layer) = int8_fallbacks(config)
+    projections = nodes_of_modules(out / "model.onnx", ffn_output)  # the traced graph's FFN output matmuls, one a layer
+    assert len(projections) == config.num_layers
+    assert set(projections) < set(nodes_of_modules(out / "model.onnx", with_last_layer))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     batch = exportable.tokenizer(TEXTS[:3], padding=True, return_tensors="np")
     (embeddings,) = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})

@@ -101,11 +101,9 @@ def test_a_shared_export_may_hold_the_slot_alone(slotted_release, tmp_path):
     assert list(report["apps"]) == ["tc"] and report["apps"]["tc"]["backbone.onnx"]["accepted"]
 
 
-def test_an_int8_graph_that_fails_a_check_is_quantised_again_with_the_last_layer_in_fp32(
-    slotted_release, tmp_path, monkeypatch
-):
-    """The single-app export's rule, for the shared graph: a refused first try re-quantises with the last layer's
-    matmuls left in fp32, and every verdict in the report is the second try's."""
+def test_an_int8_graph_that_fails_a_check_is_quantised_again_with_more_in_fp32(slotted_release, tmp_path, monkeypatch):
+    """A refused first try re-quantises with the FFN output projections left in fp32 (the single-app export's
+    ladder), and every verdict in the report is the second try's."""
     import onnx
 
     import mtpf.export.shared as shared_module
@@ -124,7 +122,8 @@ def test_an_int8_graph_that_fails_a_check_is_quantised_again_with_the_last_layer
     out = export_shared(source, tmp_path / "int8", quantize="int8")
     report = json.loads((out / "export_report.json").read_text())
     int8 = report["backbones"]["backbone.int8.onnx"]
-    assert int8["first_try_refused"] == ["base"] and int8["nodes_kept_fp32"]
+    assert int8["refused_tries"] == [{"kept_fp32": "nothing", "refused": ["base"]}]
+    assert int8["kept_fp32"] == "ffn_output" and int8["nodes_kept_fp32"]
     kept = set(int8["nodes_kept_fp32"])
     graph = onnx.load(str(out / "backbone.int8.onnx")).graph
     assert kept <= {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}  # still float matmuls
