@@ -242,7 +242,7 @@ def comparisons(runs: dict, targets: dict[str, Target]) -> dict:
     peers = [name for name, target in targets.items() if target.peer]
     big, single = "32 texts per request", "1 text per request"
     table: dict[str, dict] = {"mtpf best over peer": {}}
-    for peer in peers:
+    for peer in peers if ours else []:
         for workload, key in ((big, "embeddings_per_s"), (single, "requests_per_s")):
             ratio = per_round(runs, workload, lambda r, p=peer, k=key: max(r[o][k] for o in ours) / max(r[p][k], 1e-9))
             table["mtpf best over peer"][f"{peer}, {key}, {workload}"] = ratio

@@ -159,3 +159,13 @@ def test_serve_locust(tmp_path, classifier_app):
         > 0
     )
     assert ratios["mtpf torch, app classify: backbone rate over the app's"]["32 texts per request"]["median"] > 0
+
+
+def test_serve_budget(tmp_path, slotted_release):
+    """Every budget of the sweep embeds every row (real tokens per second, > 0), per dataset."""
+    report = run_bench("serve_budget.py", "--release", str(slotted_release), "--rounds", "1", tmp_path=tmp_path)
+    results = report["results"]
+    assert set(results) == {"torch, banking77", "torch, ag_news", "torch, imdb"}
+    for entry in results.values():
+        assert entry["rows"] > 0 and set(entry["tokens_per_s"]) == {"256", "512", "1024", "2048", "8192"}
+        assert min(entry["tokens_per_s"].values()) > 0

@@ -92,15 +92,7 @@ class MicroBatcher:
         return items
 
     def _batches(self, items: list[Pending]) -> list[list[Pending]]:
-        """Length-sorted batches whose padded size stays under the token budget (a longer row goes alone)."""
-        batches: list[list[Pending]] = []
-        for item in sorted(items, key=lambda p: p.tokens):
-            current = batches[-1] if batches else None
-            if current and (len(current) + 1) * item.tokens <= self.max_batch_tokens:
-                current.append(item)
-            else:
-                batches.append([item])
-        return batches
+        return length_sorted_batches(items, self.max_batch_tokens)
 
     async def _run(self, batch: list[Pending]) -> None:
         """Run one batch and settle its futures; a failed mix of tenants is retried tenant by tenant."""
@@ -147,3 +139,16 @@ class MicroBatcher:
                 )
             for _ in items:
                 self.queue.task_done()
+
+
+def length_sorted_batches(items: list, max_batch_tokens: int) -> list[list]:
+    """`items` (anything with `.tokens`) sorted by length and cut into batches whose padded size (rows x longest row)
+    stays under the budget; a row longer than the budget goes alone."""
+    batches: list[list] = []
+    for item in sorted(items, key=lambda item: item.tokens):
+        current = batches[-1] if batches else None
+        if current and (len(current) + 1) * item.tokens <= max_batch_tokens:
+            current.append(item)
+        else:
+            batches.append([item])
+    return batches

@@ -47,7 +47,7 @@ from mtpf.serve.schemas import (
 @dataclass
 class ServeOptions:
     max_batch_tokens: int = 0  # 0: the engine's own `batch_tokens`
-    max_wait_ms: float = 5.0
+    max_wait_ms: float | None = None  # None: the engine's own `batch_wait_ms`
     max_inputs: int = 256  # texts per request
     max_body_bytes: int = 2_000_000
     api_key: str | None = None
@@ -106,7 +106,7 @@ class ServerState:
         self.batcher = MicroBatcher(
             self.engine.run,
             self.options.max_batch_tokens or self.engine.batch_tokens,
-            self.options.max_wait_ms,
+            self.engine.batch_wait_ms if self.options.max_wait_ms is None else self.options.max_wait_ms,
             self.metrics.batch,
             tenant_of=lambda row: row.served.name,
         )

@@ -31,7 +31,13 @@ class ServeArguments:
             "fastest on 2 cores, bench/RESULTS.md section 12; try more on more cores)."
         },
     )
-    max_wait_ms: float = field(default=5.0, metadata={"help": "How long the first queued row waits for company."})
+    max_wait_ms: float | None = field(
+        default=None,
+        metadata={
+            "help": "How long the first queued row waits for company (default: the backend's own, torch 5, onnx 1: "
+            "a slower forward gains more from company; bench/RESULTS.md section 12)."
+        },
+    )
     max_inputs: int = field(default=256, metadata={"help": "Texts per request."})
     max_body_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body accepted."})
     threads: int = field(default=0, metadata={"help": "torch threads for the forward (0: torch's default)."})

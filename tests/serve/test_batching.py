@@ -109,3 +109,25 @@ def test_a_failing_tenant_fails_only_its_own_rows():
     assert (good1, good2) == ("GOOD-1", "GOOD-2")
     assert isinstance(bad, KeyError) and isinstance(odd, ValueError)
     assert len(batches) == 3 and sorted(map(len, batches)) == [1, 3, 4]  # the mix, then each tenant alone
+
+
+def test_a_server_without_a_budget_takes_its_engines_own():
+    """`--max_batch_tokens 0` and no `--max_wait_ms` (the defaults): each backend's measured budget and wait
+    (bench/serve_budget.py, bench/RESULTS.md section 12), not one number for both; an explicit value wins."""
+    from types import SimpleNamespace
+
+    from mtpf.serve.engine import Engine
+    from mtpf.serve.onnx_engine import OnnxEngine
+    from mtpf.serve.registry import AppRegistry
+    from mtpf.serve.routes import ServeOptions, ServerState
+
+    for engine_class in (Engine, OnnxEngine):
+        engine = SimpleNamespace(
+            run=lambda rows: rows, batch_tokens=engine_class.batch_tokens, batch_wait_ms=engine_class.batch_wait_ms
+        )
+        state = ServerState(engine, ServeOptions(), AppRegistry(None))
+        assert state.batcher.max_batch_tokens == engine_class.batch_tokens
+        assert state.batcher.max_wait == engine_class.batch_wait_ms / 1000
+        assert ServerState(engine, ServeOptions(max_wait_ms=0), AppRegistry(None)).batcher.max_wait == 0
+        assert ServerState(engine, ServeOptions(max_batch_tokens=64), AppRegistry(None)).batcher.max_batch_tokens == 64
+    assert Engine.batch_tokens != OnnxEngine.batch_tokens
