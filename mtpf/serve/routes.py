@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel
 
 from mtpf.apps import APP_KINDS
@@ -76,6 +76,9 @@ class Metrics:
             buckets=(64, 256, 1024, 2048, 4096, 8192, 16384),
         )
         self.abandoned = Counter("mtpf_abandoned_rows", "Rows whose client went away", registry=self.registry)
+        self.rows_in_flight = Gauge(
+            "mtpf_rows_in_flight", "Rows accepted and not yet answered (queued or in a forward)", registry=self.registry
+        )
 
     def batch(self, stats: BatchStats) -> None:
         self.batch_rows.observe(stats.rows)
@@ -136,12 +139,14 @@ class ServerState:
         served = engine.lookup(body.model, endpoint)  # again: it may have started draining while we tokenised
         rows = [Row(served, text, endpoint, len(e.ids), e) for text, e in zip(texts, encoded, strict=True)]
         self.in_flight[served.name] += len(rows)
+        self.metrics.rows_in_flight.inc(len(rows))
         try:
             futures = self.batcher.submit(rows, tokens)
             with self.metrics.latency.labels(body.model, endpoint).time():
                 results = await until_done_or_gone(request, futures, self.metrics)
         finally:
             self.in_flight[served.name] -= len(rows)
+            self.metrics.rows_in_flight.dec(len(rows))
         self.metrics.requests.labels(body.model, endpoint, "200").inc()
         return results, sum(tokens)
 

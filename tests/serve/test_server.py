@@ -348,9 +348,21 @@ def test_refuses_a_negative_merged_weight_budget(app):
         build(ServeArguments(release=str(release), merged_weights_mb=-1))
 
 
+def wait_for_rows_in_flight(url: str, rows: int, seconds: float = 30) -> None:
+    """Until the server's `mtpf_rows_in_flight` gauge reaches `rows` (a busy machine may take a while to accept)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        value = next(line.split()[-1] for line in metrics.splitlines() if line.startswith("mtpf_rows_in_flight "))
+        if float(value) >= rows:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{rows} rows never were in flight")
+
+
 def test_graceful_shutdown_answers_every_accepted_request(app, tmp_path):
     release, _ = app
-    running = Server(release, "--max_wait_ms", "400", log=tmp_path / "server.log")
+    running = Server(release, "--max_wait_ms", "2000", log=tmp_path / "server.log")
     with ThreadPoolExecutor(6) as pool:
         futures = [
             pool.submit(
@@ -358,7 +370,7 @@ def test_graceful_shutdown_answers_every_accepted_request(app, tmp_path):
             )
             for i in range(6)
         ]
-        time.sleep(0.2)  # accepted and queued, the batch not yet formed
+        wait_for_rows_in_flight(running.url, 6)  # accepted and queued, the batch not yet formed (2 s wait)
         code = running.stop()
         statuses = [f.result().status_code for f in futures]
     # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is the signal's
