@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -119,6 +120,7 @@ class Engine:
         self.merged_weights_bytes = int(merged_weights_mb * 2**20)
         self.model: PeftModel | torch.nn.Module = loaded.with_slots(fused=True).eval()
         self._active: str | None = None  # the adapter PEFT has active, once a one-app batch has set it
+        self._lora_layers: list[BaseTunerLayer] | None = None  # every LoRA-wrapped linear, for backbone-only batches
         self.served: dict[str, Served] = {BASE: Served(BASE, "embedding", "__base__", path=str(self.backbone_dir))}
         for slot, folder in loaded.adapters.items():
             self.served[slot] = Served(slot, "embedding", slot, path=str(folder))
@@ -161,7 +163,7 @@ class Engine:
             self._dry_run(served)
         except Exception as err:  # whatever a broken app would do to a batch, it does here, before it is served
             self.model.delete_adapter(name)
-            self._active = None
+            self._active, self._lora_layers = None, None
             raise ServeError(f"{app_dir}: the app fails on a test input ({type(err).__name__}: {err}).", 422) from err
         self.served[name] = served
         self._size_weight_cache()
@@ -179,10 +181,14 @@ class Engine:
 
     def _attach(self, name: str, config: LoraConfig, lora: dict[str, torch.Tensor]) -> None:
         self._active = None  # adding (or failing to add) an adapter may change which one PEFT has active
+        self._lora_layers = None  # and which linears are wrapped
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, config)
         else:
-            self.model = get_peft_model(self.model, config, adapter_name=name).eval()
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        # PEFT wraps the linears an app adapts beyond the slots' layers with new modules in training mode: they would
+        # form `W + s·B·A` on every forward (and apply LoRA dropout) instead of using the merged-weight cache
+        self.model.eval()
         result = set_peft_model_state_dict(self.model, lora, adapter_name=name)
         if result.unexpected_keys:
             self.model.delete_adapter(name)
@@ -193,7 +199,7 @@ class Engine:
         with warnings.catch_warnings():  # PEFT picks another active adapter; the engine sets its own per batch
             warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
             self.model.delete_adapter(name)
-        self._active = None
+        self._active, self._lora_layers = None, None
         served.removed = True
         del self.served[name]
         self._size_weight_cache()
@@ -273,12 +279,26 @@ class Engine:
         if any(adapter != only for adapter in adapters):
             return self.model(**batch, adapter_names=adapters)
         if only == "__base__":  # the backbone alone: every LoRA layer runs its base linear, no per-row gather
-            with self.model.disable_adapter():
-                return self.model(**batch)
+            return self._backbone_forward(batch)
         if self._active != only:
             self.model.set_adapter(only)
             self._active = only
         return self.model(**batch)
+
+    def _backbone_forward(self, batch):
+        """Every LoRA layer switched to its base linear for one forward. PEFT's `disable_adapter()` context does the
+        same but checks the whole model's layer status first (a walk over every module, ~10 ms a call here), which
+        made a small `base` batch cost more than an app's (bench/RESULTS.md section 11)."""
+        if self._lora_layers is None:  # found again after an app is added or removed
+            self._lora_layers = [module for module in self.model.modules() if isinstance(module, BaseTunerLayer)]
+        layers = self._lora_layers
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            return self.model(**batch)
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int | None = None) -> list[Encoded]:

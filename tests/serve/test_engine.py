@@ -42,6 +42,18 @@ def test_one_app_batches_equal_the_mixed_path(engine):
     assert not torch.allclose(torch.tensor(app_embeddings), torch.tensor(alone[4]), atol=1e-3)
 
 
+def test_every_module_serves_in_eval_mode_and_backbone_batches_keep_the_adapters(engine):
+    """PEFT wraps an app's linears beyond the slots' layers with new modules in training mode; served, they would form
+    W + s·B·A on every forward (and drop out). A backbone-only batch switches the adapters off for one forward only."""
+    assert [name for name, module in engine.model.named_modules() if module.training] == []
+    engine.run(rows(engine, BASE, "embeddings", ["a backbone-only batch"]))
+    layers = [module for module in engine.model.modules() if isinstance(module, FusedLoraLinear)]
+    assert layers and not any(layer.disable_adapters for layer in layers)
+    texts = ["i feel wonderful and calm today"]
+    app_rows = rows(engine, "emotion", "embeddings", texts)
+    assert engine.run(app_rows) != engine.run(rows(engine, BASE, "embeddings", texts))  # the app's LoRA is on again
+
+
 def test_an_app_removed_while_active_is_gone_and_can_come_back(engine, classifier_app):
     _, classifier = classifier_app
     text = ["i am so angry"]
