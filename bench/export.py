@@ -25,6 +25,7 @@ from common import best_of, write_report
 from mtpf.apps import FinetuneArguments, finetune_app
 from mtpf.apps.classification import ClassificationProtocol
 from mtpf.apps.ner.train import NerProtocol
+from mtpf.data.roots import TC_DATA
 from mtpf.export import export, export_shared, exportable_app, shared_apps
 from mtpf.export.onnx import Exportable
 from mtpf.export.shared import OUTPUTS, adapter_runner
@@ -136,7 +137,9 @@ def per_app_rows(name: str, app_dir: Path, workdir: Path, threads: int) -> list[
 
 def shared_rows(release: str, app_dirs: dict[str, Path], workdir: Path) -> tuple[list[dict], dict]:
     """Every app on the one shared backbone graph (fp32, int8), each with its adapter file active."""
-    source = shared_apps(release, [str(d) for d in app_dirs.values()], [], [], 200)
+    lines = (Path(TC_DATA) / "banking77/test.jsonl").read_text(encoding="utf-8").splitlines()[:200]
+    texts = [json.loads(line)["text"] for line in lines]  # what `base` (the graph with no adapter) is checked on
+    source = shared_apps(release, [str(d) for d in app_dirs.values()], [], texts, 200)
     shared = export_shared(source, workdir / "shared", quantize="int8", overwrite=True)
     report = json.loads((shared / "export_report.json").read_text())
     rows = []

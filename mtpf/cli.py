@@ -238,7 +238,7 @@ def run_export(argv: list[str]) -> None:
         from mtpf.export.shared import export_shared, shared_apps
 
         slots = [args.slot] if args.slot else []
-        texts = check_texts() if slots else []
+        texts = check_texts()  # the slot's and the bare backbone's (`base`) check sentences
         shared = shared_apps(args.source, args.shared, slots, texts, args.sentences)
         path = export_shared(shared, args.output, quantize=args.quantize, overwrite=args.overwrite)
         print(f"Shared export written to {path}")

@@ -372,5 +372,7 @@ def shared_apps(
             raise ExportError(f"{release}: no trained slot {slot!r}; it has {sorted(loaded.adapters)}.")
         lora, _ = read_lora(loaded.adapters[slot])
         apps.append(SharedApp(slot, "embedding", lora, None, exportable_slot(release, slot, texts)))
+    if not texts:
+        raise ExportError("--shared: give check sentences (--texts): the graph with no adapter is checked on them.")
     base = exportable_slot(release, None, texts)
     return SharedSource(loaded.fresh_backbone().eval(), loaded.tokenizer, apps, release, base)

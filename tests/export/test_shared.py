@@ -74,6 +74,8 @@ def test_an_app_of_another_backbone_is_refused(app, tmp_path):
         shared_apps(str(release), [str(stranger)], [], TEXTS)
     with pytest.raises(ExportError, match="no trained slot 'qa'"):
         shared_apps(str(release), [], ["qa"], TEXTS)
+    with pytest.raises(ExportError, match="give check sentences"):  # `base` is checked on them
+        shared_apps(str(release), [str(ner_app)], [], [])
 
 
 def test_a_shared_export_may_hold_the_slot_alone(slotted_release, tmp_path):
