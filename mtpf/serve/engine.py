@@ -102,7 +102,7 @@ class Engine:
 
     # Padded tokens per forward unless the operator says otherwise. A CPU forward gets slower per token beyond about
     # a thousand (attention and activations leave the caches): 1024 was the fastest budget on short, medium and long
-    # texts, 1.4-1.8x the old 8192 (bench/RESULTS.md section 12).
+    # texts, 1.3-2.1x the old 8192 (bench/RESULTS.md section 12).
     batch_tokens = 1024
     batch_wait_ms = 5.0  # how long a first queued row waits for company (section 12: 1 ms lost 25 % at one text)
 

@@ -45,7 +45,7 @@ class OnnxEngine:
     """The PyTorch `Engine`'s interface (served names, lookup, counting, the batched `run`) on ONNX Runtime."""
 
     batch_tokens = 512  # ONNX Runtime's fastest budget per session call here (bench/RESULTS.md section 12)
-    batch_wait_ms = 1.0  # a forward costs less than PyTorch's: 5 ms of waiting lost 20 % at one text (section 12)
+    batch_wait_ms = 1.0  # its forward costs less than PyTorch's: 5 ms of waiting lost 10-26 % at one text (section 12)
 
     def __init__(self, release: str, export_dir: str, precision: str = "fp32", threads: int | None = None) -> None:
         import onnxruntime as ort
