@@ -28,7 +28,7 @@ from mtpf.apps.ner.train import NerProtocol
 from mtpf.data.roots import TC_DATA
 from mtpf.export import export, export_shared, exportable_app, shared_apps
 from mtpf.export.onnx import Exportable
-from mtpf.export.shared import OUTPUTS, adapter_runner
+from mtpf.export.shared import OUTPUTS, adapter_runner, graph_session
 
 NER = dict(
     warmup_epochs=2,
@@ -146,7 +146,7 @@ def shared_rows(release: str, app_dirs: dict[str, Path], workdir: Path) -> tuple
     for app in source.apps:
         entry = report["apps"][app.name]
         for file, backbone_entry in report["backbones"].items():
-            run = adapter_runner(shared / file, shared / entry["adapter"], OUTPUTS[app.task])
+            run = adapter_runner(graph_session(shared / file), shared / entry["adapter"], OUTPUTS[app.task])
             megabytes = round(backbone_entry["megabytes"] + entry["adapter_megabytes"], 2)
             rows.append(
                 {

@@ -210,14 +210,20 @@ def write_adapter(values: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-def adapter_runner(backbone: Path, adapter: Path | None, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """Run the shared backbone with one app's adapter file active (None: no adapter, the plain backbone); returns
-    the app's output."""
+def graph_session(backbone: Path):
+    """An onnxruntime session over a shared backbone graph (one per graph: every app's adapter runs on it)."""
     import onnxruntime as ort
 
     quiet = ort.SessionOptions()
     quiet.log_severity_level = 3  # the LoRA inputs' default initializers are meant to be overridden: no warning
-    session = ort.InferenceSession(str(backbone), quiet, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(backbone), quiet, providers=["CPUExecutionProvider"])
+
+
+def adapter_runner(session, adapter: Path | None, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Run a shared backbone's `session` with one app's adapter file active (None: no adapter, the plain backbone);
+    returns the app's output."""
+    import onnxruntime as ort
+
     options, lora = ort.RunOptions(), None
     if adapter is not None:
         lora = ort.LoraAdapter()
@@ -312,9 +318,9 @@ def check_graph(shared: SharedSource, graph: Path, adapters: dict[str, Path], in
     app with its own adapter file active."""
     runs = [(BASE, shared.base, None, OUTPUTS["embedding"])] if shared.base is not None else []
     runs += [(app.name, app.reference, adapters[app.name], output_of(app.task)) for app in shared.apps]
-    verdicts = {}
+    session, verdicts = graph_session(graph), {}
     for name, reference, adapter, output in runs:
-        check = fidelity(reference, adapter_runner(graph, adapter, output))
+        check = fidelity(reference, adapter_runner(session, adapter, output))
         verdicts[name] = {**check, "accepted": accepted(check, int8=int8)}
     return verdicts
 
