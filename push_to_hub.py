@@ -2,6 +2,7 @@
 an app folder from `mtpf finetune` (its own PEFT repo on top of a published backbone).
 
     python push_to_hub.py OUT --repo-id ORG/NAME [--results results.json] [--results-model NAME] [--private]
+                          [--quality results/quality/summary.json [--quality-recipe NAME]]
                           [--revision BRANCH] [--adapter-repo-pattern "{repo_id}-{task}"] [--dry-run DIR]
     python push_to_hub.py APP --repo-id ORG/APP-NAME --base-repo-id ORG/NAME [--private] [--dry-run DIR]
 
@@ -22,6 +23,7 @@ from transformers import HfArgumentParser
 
 from mtpf.apps import APP_FILE
 from mtpf.hub import DEFAULT_ADAPTER_PATTERN, HubTarget, publish, stage_app, stage_release
+from mtpf.quality.card import recipe_quality
 from mtpf.results import load_results, records_for_model
 
 
@@ -36,6 +38,16 @@ class PushArguments:
     adapter_repo_pattern: str = field(default=DEFAULT_ADAPTER_PATTERN, metadata={"help": "Adapter repo id pattern."})
     dry_run: str | None = field(default=None, metadata={"help": "Write the repo folders here and upload nothing."})
     endpoint: str | None = field(default=None, metadata={"help": "Hub endpoint (default: HF_ENDPOINT or the Hub)."})
+    quality: str | None = field(
+        default=None,
+        metadata={
+            "help": "The quality sweep's summary.json: the card reports how the release's recipe compares with its "
+            "base (refused if the release was trained otherwise)."
+        },
+    )
+    quality_recipe: str | None = field(
+        default=None, metadata={"help": "Which recipe of --quality (default: the one marked shipped)."}
+    )
     base_repo_id: str | None = field(
         default=None, metadata={"help": "App folders: the published backbone repo the app runs on."}
     )
@@ -48,6 +60,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         argv = ["--release", argv[0], *argv[1:]]
     (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
     records = records_for_model(load_results(args.results), args.results_model) if args.results else []
+    quality = recipe_quality(args.quality, args.quality_recipe) if args.quality else None
 
     def stage(output: str) -> list:
         if (Path(args.release) / APP_FILE).is_file():
@@ -55,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 raise SystemExit(f"{args.release} is an app: give --base-repo-id, the backbone repo it runs on.")
             return stage_app(args.release, args.repo_id, output, args.base_repo_id, args.revision)
         target = HubTarget(args.repo_id, args.revision, args.adapter_repo_pattern)
-        return stage_release(args.release, target, output, records)
+        return stage_release(args.release, target, output, records, quality)
 
     if args.dry_run:
         staged = stage(args.dry_run)

@@ -7,6 +7,7 @@ and `DIR/ORG/NAME-<task>`, so running from `DIR` resolves every repo id to its f
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from mtpf.errors import MtpfError
 from mtpf.io import MANIFEST, update_json
+from mtpf.quality.card import RecipeQuality, check_trained_with, quality_section
 from mtpf.release import ADAPTERS_DIR, BACKBONE_DIR, ReleaseError, release_hash, validate_release
 from mtpf.results import ResultRecord, averaged
 from mtpf.tasks import result_families
@@ -62,9 +64,14 @@ class HubTarget:
 
 
 def stage_release(
-    release: str | Path, target: HubTarget, output: str | Path, results: list[ResultRecord] | None = None
+    release: str | Path,
+    target: HubTarget,
+    output: str | Path,
+    results: list[ResultRecord] | None = None,
+    quality: RecipeQuality | None = None,
 ) -> list[StagedRepo]:
-    """Write the folders to upload under `output/<repo id>`; everything is checked before anything is written."""
+    """Write the folders to upload under `output/<repo id>`; everything is checked before anything is written.
+    `quality`: the sweep's numbers of the recipe the release was trained with (refused if it was trained otherwise)."""
     release, output = Path(release), Path(output)
     repo_id, revision, adapter_pattern = target.repo_id, target.revision, target.adapter_pattern
     tasks = validate_release(release)
@@ -72,6 +79,9 @@ def stage_release(
     check_repo_ids([repo_id, *adapters.values()])
     results = results or []
     check_results_belong_to(results, release, tasks)
+    if quality is not None:
+        recorded = json.loads((release / BACKBONE_DIR / "config.json").read_text(encoding="utf-8")).get("pretraining")
+        check_trained_with(quality, recorded, str(release))
 
     backbone_dir = output / repo_id
     shutil.rmtree(backbone_dir, ignore_errors=True)
@@ -82,7 +92,8 @@ def stage_release(
             config["task_slots"][task]["adapter"] = adapter_repo
 
     config = update_json(backbone_dir / "config.json", point_slots_at_repos)
-    backbone_card(config, repo_id, adapters, results, revision).save(backbone_dir / "README.md")
+    quality_text = quality_section(quality) if quality else None
+    backbone_card(config, repo_id, adapters, results, revision, quality_text).save(backbone_dir / "README.md")
     staged = [StagedRepo(repo_id, backbone_dir, "backbone")]
 
     for task, adapter_repo in adapters.items():
@@ -222,7 +233,12 @@ def _base_model(config: dict) -> str | None:
 
 
 def backbone_card(
-    config: dict, repo_id: str, adapters: dict[str, str], results: list[ResultRecord], revision: str | None
+    config: dict,
+    repo_id: str,
+    adapters: dict[str, str],
+    results: list[ResultRecord],
+    revision: str | None,
+    quality: str | None = None,
 ) -> ModelCard:
     data = ModelCardData(
         license="apache-2.0",
@@ -277,6 +293,10 @@ model = SentenceTransformer("{repo_id}", trust_remote_code=True, config_kwargs={
 ## Training recipe
 
 {_recipe(config)}
+
+## Quality against the base
+
+{quality or "_No quality sweep numbers were supplied with this release._"}
 
 ## Evaluation
 

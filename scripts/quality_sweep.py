@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from mtpf.quality.recipes import load_recipes
-from mtpf.quality.sweep import MARKERS, Sweep, run_sweep, summarize_all, write_summary
+from mtpf.quality.sweep import MARKERS, Sweep, copy_job_records, run_sweep, summarize_all, write_summary
 
 
 @dataclass
@@ -49,7 +49,8 @@ def main(argv: list[str]) -> None:
     if args.summarize:
         summary = summarize_all(book, Path(args.root), args.shipped)
         write_summary(summary, Path(args.summarize), " ".join(["python scripts/quality_sweep.py", *argv]))
-        print(f"Summary written to {args.summarize}/summary.json and RESULTS.md")
+        records = copy_job_records(Path(args.root), Path(args.summarize))
+        print(f"Summary written to {args.summarize}/summary.json and RESULTS.md, {len(records)} job records to jobs/")
         return
     run_sweep(Sweep(book, Path(args.root), args.protocol, tuple(overrides)), args.seeds, args.only)
 

@@ -267,6 +267,42 @@ def test_failed_upload_says_what_was_published(trained_release, tmp_path, fake_h
     assert TOKEN not in str(info.value)
 
 
+def quality_summary(tmp_path: Path, levers: dict, base_model: str = "offline:tiny-bert") -> Path:
+    """A sweep summary (the shape `scripts/quality_sweep.py --summarize` writes) with one shipped recipe."""
+    delta = {"mean_delta": -0.14, "se": 0.11, "n": 3, "text": "-0.14 ± 0.11 ≈"}
+    recipe = {"name": "r", "levers": levers, "seeds": [0, 1, 2], "tc": delta, "shipped": True}
+    recipe |= {"ner_full": {**delta, "text": "+0.31 ± 0.19 ≈"}, "ner_10": {**delta, "text": "+5.45 ± 0.45"}}
+    base = {"model": base_model, "tc": 67.669, "ner_full": 75.233, "ner_10": 57.749}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"quick": {"protocol": "quick: the test's", "base": base, "recipes": [recipe]}}))
+    return path
+
+
+def test_the_card_reports_the_recipes_quality_against_the_base(trained_release, tmp_path):
+    summary = quality_summary(tmp_path, {"tc_batch_size": 16})  # what the smoke run was trained with
+    push_main([str(trained_release), "--repo-id", REPO_ID, "--quality", str(summary), "--dry-run", str(tmp_path)])
+    text = ModelCard.load(tmp_path / REPO_ID / "README.md").text
+    assert "## Quality against the base" in text and "pre-finetuning seeds 0, 1, 2" in text
+    assert "| NER with 10 % of the training data (entity F1) | 57.75 | +5.45 ± 0.45 |" in text
+
+
+@pytest.mark.parametrize(
+    ("levers", "base_model", "message"),
+    [
+        ({"tc_batch_size": 128}, "offline:tiny-bert", "tc_batch_size = 16, recipe 'r'"),
+        ({"release_interpolation": 0.5}, "offline:tiny-bert", "release_interpolation = None"),
+        ({}, "offline:minilm-l6", "backbone = 'offline:tiny-bert'"),
+    ],
+)
+def test_another_recipes_quality_never_reaches_the_card(trained_release, tmp_path, levers, base_model, message):
+    from mtpf.quality.card import QualityReportError
+
+    summary = quality_summary(tmp_path, levers, base_model)
+    with pytest.raises(QualityReportError, match=message):
+        push_main([str(trained_release), "--repo-id", REPO_ID, "--quality", str(summary), "--dry-run", str(tmp_path)])
+    assert not (tmp_path / REPO_ID).exists()
+
+
 def test_bad_input_fails_before_any_upload(trained_release, tmp_path, fake_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     endpoint = ["--endpoint", f"http://127.0.0.1:{fake_hub.server_port}"]

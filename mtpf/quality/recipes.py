@@ -24,6 +24,9 @@ from mtpf.errors import MtpfError
 from mtpf.training.args import mapping_to_argv, yaml_to_argv
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# A recipe's interpolation is a recipe of its own (`from` + `interpolation`), never a training argument: in the base
+# config it would silently interpolate every training recipe's release (it did, while the sweep read configs/demo.yaml).
+INTERPOLATION_ARGS = ("release_interpolation", "release_layer_alphas")
 
 
 class RecipeError(MtpfError, ValueError):
@@ -65,6 +68,14 @@ class RecipeBook:
     def config_argv(self) -> list[str]:
         return yaml_to_argv(self.base_config)
 
+    def config(self, name: str) -> dict[str, Any]:
+        """The training config that recipe `name` amounts to: the base config with its levers (those of the recipe it
+        comes `from` included), as configs/demo.yaml would hold it when the recipe is shipped."""
+        recipe = self.recipes[name]
+        inherited = self.recipes[recipe.source].levers() if recipe.source else {}
+        base = yaml.safe_load(self.base_config.read_text(encoding="utf-8")) or {}
+        return {**base, **inherited, **recipe.levers()}
+
 
 def load_recipes(path: str | Path) -> RecipeBook:
     """Read and check a recipe file (names unique and file-safe, `from` naming a training recipe)."""
@@ -81,6 +92,8 @@ def load_recipes(path: str | Path) -> RecipeBook:
     if not base_config.is_file():
         raise RecipeError(f"{path}: base_config {data.get('base_config')!r} not found.")
     config = yaml.safe_load(base_config.read_text(encoding="utf-8")) or {}
+    if reserved := sorted(set(config) & set(INTERPOLATION_ARGS)):
+        raise RecipeError(f"{path}: base_config {base_config} sets {reserved}; interpolate in a recipe of its own.")
     recipes: dict[str, Recipe] = {}
     for index, entry in enumerate(data["recipes"], 1):
         recipe = _recipe(entry, f"{path}: recipe {index}")
@@ -102,6 +115,8 @@ def _recipe(entry: Any, where: str) -> Recipe:
     args = entry.get("args") or {}
     if not isinstance(args, dict):
         raise RecipeError(f"{where} ({entry['name']}): `args` must map argument names to values.")
+    if reserved := sorted(set(args) & set(INTERPOLATION_ARGS)):
+        raise RecipeError(f"{where} ({entry['name']}): {reserved} in `args`; use `from` and `interpolation` instead.")
     if entry.get("from") and args:
         raise RecipeError(f"{where} ({entry['name']}): a recipe `from` another trains nothing, so it takes no `args`.")
     alphas = entry.get("layer_alphas")

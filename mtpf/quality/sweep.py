@@ -361,6 +361,24 @@ def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
     atomic_write_text(output / "RESULTS.md", "\n".join(lines) + "\n")
 
 
+def copy_job_records(root: Path, output: Path) -> list[Path]:
+    """Every finished job's record into `output/jobs/` (`<job>.json` for the screen, `<job>.quick.json` for the quick
+    protocol), so the committed results carry the per-task scores behind the table; records of jobs that are no
+    longer in `root` (renamed or removed) go, so no stale job outlives its folder."""
+    folder = output / "jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffixes = {"screen": ".json", "quick": ".quick.json"}
+    written = []
+    for protocol, suffix in suffixes.items():
+        for marker in sorted(root.glob(f"*/{MARKERS[protocol]}")):
+            target = folder / f"{marker.parent.name}{suffix}"
+            atomic_write_text(target, marker.read_text(encoding="utf-8"))
+            written.append(target)
+    for stale in set(folder.glob("*.json")) - set(written):
+        stale.unlink()
+    return written
+
+
 def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str]:
     base = section["base"]
     lines = [

@@ -36,6 +36,7 @@ RECIPES = """
         ("  - name: a\n    from: b\n", "not a training recipe"),
         ("  - name: a\n    args: {max_steps: 2}\n  - name: b\n    from: a\n    args: {seed: 1}\n", "takes no `args`"),
         ("  - name: a\n    lr: 1\n", "unknown fields"),
+        ("  - name: a\n    args: {release_interpolation: 0.5}\n", "use `from` and `interpolation`"),
     ],
 )
 def test_recipe_file_errors_name_the_file_and_recipe(tmp_path, recipes, message):
@@ -141,3 +142,10 @@ def test_the_quick_protocol_has_its_own_jobs_and_is_ranked_against_the_screen(tm
     sweep.write_summary(summary, tmp_path / "results", "test")
     text = (tmp_path / "results" / "RESULTS.md").read_text()
     assert "## Quick protocol (confirmation)" in text and "| tc | +0.80 | +0.67 |" in text
+    stale = tmp_path / "results" / "jobs" / "renamed-s0.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    sweep.copy_job_records(root, tmp_path / "results")
+    copied = sorted(path.name for path in (tmp_path / "results" / "jobs").iterdir())
+    assert "a-s0.json" in copied and "b-s1.quick.json" in copied and "renamed-s0.json" not in copied
+    assert json.loads((tmp_path / "results" / "jobs" / "a-s1.quick.json").read_text())["recipe"] == "a"

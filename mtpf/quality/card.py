@@ -1,0 +1,119 @@
+"""A release card's quality section: how the recipe the release was trained with compares with its base, as the
+quality sweep measured it (`results/quality/summary.json`, the quick protocol at several pre-finetuning seeds).
+
+The numbers are of the recipe, not of the very checkpoint on the card, so the section is only written for a release
+whose recorded training (`config.json` → `pretraining`) agrees with every lever of the recipe and its base model; a
+release trained otherwise is refused with the lever that differs, never given another recipe's numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtpf.errors import MtpfError
+
+FAMILY_LABELS = {
+    "tc": "TC: the quick suite's 10 MTEB classification tasks (accuracy)",
+    "ner_full": "NER with all training data (entity F1)",
+    "ner_10": "NER with 10 % of the training data (entity F1)",
+}
+
+
+class QualityReportError(MtpfError, ValueError):
+    """A summary that cannot be read, a recipe it lacks, or a release not trained with that recipe."""
+
+
+@dataclass(frozen=True)
+class RecipeQuality:
+    """One recipe's row of the sweep's confirming (quick) protocol, with the base it is compared with."""
+
+    name: str
+    levers: dict[str, Any]
+    seeds: list[int]
+    deltas: dict[str, dict[str, Any]]  # family -> {"mean_delta", "se", "text"}
+    base: dict[str, Any]  # {"model", "tc", "ner_full", "ner_10"}
+    protocol: str
+    source: str
+
+
+def recipe_quality(summary_path: str | Path, name: str | None = None) -> RecipeQuality:
+    """Recipe `name` (default: the one marked shipped) from a sweep summary's quick protocol."""
+    path = Path(summary_path)
+    try:
+        quick = json.loads(path.read_text(encoding="utf-8"))["quick"]
+        recipes, base, protocol = quick["recipes"], quick["base"], quick["protocol"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise QualityReportError(f"{path}: not a quality sweep summary with a quick protocol ({err!r}).") from err
+    chosen = [entry for entry in recipes if (entry["name"] == name if name else entry.get("shipped"))]
+    if len(chosen) != 1:
+        known = ", ".join(entry["name"] for entry in recipes)
+        wanted = f"recipe {name!r}" if name else "exactly one shipped recipe"
+        raise QualityReportError(f"{path}: the quick protocol has no {wanted} (it has: {known}).")
+    entry = chosen[0]
+    deltas = {family: entry[family] for family in FAMILY_LABELS}
+    return RecipeQuality(entry["name"], entry["levers"], entry["seeds"], deltas, base, protocol, str(path))
+
+
+def _recorded(pretraining: dict[str, Any], lever: str) -> Any:
+    """What a release's `pretraining` record says of a lever, in the recipe's spelling (None: not interpolated)."""
+    interpolation = pretraining.get("interpolation") or {}
+    if lever == "release_interpolation":
+        return interpolation.get("alpha")
+    if lever == "release_layer_alphas":
+        return interpolation.get("layer_alphas")
+    if lever == "slot_layers":
+        return [f"{task}={start}" for task, start in sorted((pretraining.get("slot_layers") or {}).items())]
+    return pretraining.get(lever, KeyError)
+
+
+def _same(first: Any, second: Any) -> bool:
+    if isinstance(first, (int, float)) and isinstance(second, (int, float)):
+        return math.isclose(first, second, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(first, list) and isinstance(second, list):
+        return len(first) == len(second) and all(_same(a, b) for a, b in zip(first, second))
+    return first == second
+
+
+def check_trained_with(quality: RecipeQuality, pretraining: dict[str, Any] | None, where: str) -> None:
+    """Refuse a release whose recorded training differs from the recipe in its base model or any lever the record
+    holds (an interpolation the recipe does not name counts as a difference)."""
+    if not pretraining:
+        raise QualityReportError(f"{where}: an untrained release; the quality of {quality.name!r} is not its own.")
+    levers = {"release_interpolation": None, **quality.levers}
+    if pretraining.get("backbone") != quality.base["model"]:
+        levers["backbone"] = quality.base["model"]
+    for lever, expected in levers.items():
+        if lever == "slot_layers":
+            expected = sorted(expected)
+        recorded = _recorded(pretraining, lever)
+        if recorded is not KeyError and not _same(recorded, expected):
+            raise QualityReportError(
+                f"{where}: trained with {lever} = {recorded!r}, recipe {quality.name!r} ({quality.source}) has "
+                f"{expected!r}; its quality numbers would not be this release's."
+            )
+
+
+def quality_section(quality: RecipeQuality) -> str:
+    """Markdown for the card: the base's score and the recipe's mean difference ± standard error per family."""
+    levers = ", ".join(f"`{key}={value}`" for key, value in quality.levers.items()) or "none"
+    seeds = ", ".join(str(seed) for seed in quality.seeds)
+    rows = [
+        f"| {label} | {quality.base[family]:.2f} | {quality.deltas[family]['text']} |"
+        for family, label in FAMILY_LABELS.items()
+    ]
+    return "\n".join(
+        [
+            f"Against its base `{quality.base['model']}`, the recipe this release was trained with "
+            f"(`{quality.name}`; levers {levers}) measured by mtpf's quality sweep at pre-finetuning seeds {seeds}: "
+            "runs of the same recipe, not evaluations of this checkpoint (those are under Evaluation).",
+            "",
+            "| family | base | recipe − base (mean ± SE over seeds) |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"≈: under two standard errors (no measurable difference). Protocol: {quality.protocol}",
+        ]
+    )
