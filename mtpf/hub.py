@@ -93,7 +93,7 @@ def stage_release(
 
     config = update_json(backbone_dir / "config.json", point_slots_at_repos)
     quality_text = quality_section(quality) if quality else None
-    backbone_card(config, repo_id, adapters, results, revision, quality_text).save(backbone_dir / "README.md")
+    backbone_card(config, target, adapters, results, quality_text).save(backbone_dir / "README.md")
     staged = [StagedRepo(repo_id, backbone_dir, "backbone")]
 
     for task, adapter_repo in adapters.items():
@@ -233,13 +233,10 @@ def _base_model(config: dict) -> str | None:
 
 
 def backbone_card(
-    config: dict,
-    repo_id: str,
-    adapters: dict[str, str],
-    results: list[ResultRecord],
-    revision: str | None,
-    quality: str | None = None,
+    config: dict, target: HubTarget, adapters: dict[str, str], results: list[ResultRecord], quality: str | None = None
 ) -> ModelCard:
+    """The backbone repo's card; `quality`: the markdown of `mtpf.quality.card.quality_section`, if any."""
+    repo_id, revision = target.repo_id, target.revision
     data = ModelCardData(
         license="apache-2.0",
         library_name="transformers",
