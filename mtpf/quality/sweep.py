@@ -4,6 +4,8 @@ against the base.
     ROOT/base/                      the base model's jobs (no pre-finetuning, so no seed)
     ROOT/<recipe>-s<seed>/train/    train_mtpf.py's output_dir (checkpoints: a killed run resumes)
                          release/   the trained release (written atomically: its presence means training is done)
+                         train-cpu.json   the training's CPU seconds (every protocol's record, and every recipe
+                                          `from` this one, reports them as its `train` seconds)
                          release-interpolated/   for recipes with an interpolation
                          screen/    the screen protocol's results.json (resumes per dataset), probe.json
                          DONE.json  written last: the screen's scores and CPU seconds; a job with it is never rerun
@@ -48,6 +50,7 @@ from mtpf.quality.stats import paired_delta
 logger = logging.getLogger(__name__)
 DONE = "DONE.json"
 MARKERS = {"screen": DONE, "quick": "DONE-quick.json"}  # each protocol's completion marker in a job folder
+TRAIN_CPU = "train-cpu.json"  # the training's CPU seconds, written with the release: every job of it reports them
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The screen: the `quick` suite's protocols, cut to about a quarter of their cost (see SCREEN_DESCRIPTION).
 SCREEN_TC_ROWS, SCREEN_TC_EXPERIMENTS = 1024, 5
@@ -96,15 +99,18 @@ def cpu_of_children() -> float:
 
 
 def train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: list[str]) -> tuple[Path, float]:
-    """The recipe's trained release at this seed (train_mtpf.py in a subprocess, resuming its checkpoints)."""
+    """The recipe's trained release at this seed (train_mtpf.py in a subprocess, resuming its checkpoints) and the CPU
+    seconds its training took, whichever process trained it (recorded in `TRAIN_CPU` beside the release)."""
     release = folder / "release"
     with locked(folder / ".train.lock"):  # another sweep process may be training it: wait for its release
-        if (release / "backbone" / "config.json").is_file():
-            return release, 0.0
-        return _train(book, recipe, seed, folder, overrides)
+        if not (release / "backbone" / "config.json").is_file():
+            seconds = _train(book, recipe, seed, folder, overrides)
+            atomic_write_text(folder / TRAIN_CPU, json.dumps({"seconds": round(seconds, 1)}) + "\n")
+    record = folder / TRAIN_CPU
+    return release, json.loads(record.read_text(encoding="utf-8"))["seconds"] if record.is_file() else 0.0
 
 
-def _train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: list[str]) -> tuple[Path, float]:
+def _train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides: list[str]) -> float:
     release = folder / "release"
     command = [
         sys.executable,
@@ -130,7 +136,7 @@ def _train(book: RecipeBook, recipe: Recipe, seed: int, folder: Path, overrides:
         result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"training {folder.name} failed (exit {result.returncode}); see {folder / 'train.log'}")
-    return release, cpu_of_children() - before
+    return cpu_of_children() - before
 
 
 def interpolated(recipe: Recipe, trained: Path, folder: Path) -> Path:
@@ -313,11 +319,7 @@ def summarize(
         for family in FAMILIES:
             delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
             entry[family] = delta.as_dict() | {"text": delta.describe()}
-        source_cpu = _training_cpu(jobs, recipe.source) if recipe.source else {}
-        cpu = [
-            job["cpu_seconds"]["train"] + source_cpu.get(s, 0.0) + job["cpu_seconds"][protocol]
-            for s, job in runs.items()
-        ]
+        cpu = [job["cpu_seconds"]["train"] + job["cpu_seconds"][protocol] for job in runs.values()]
         entry["cpu_minutes"] = round(sum(cpu) / len(cpu) / 60, 1)
         entry["shipped"] = name == shipped
         recipes.append(entry)
@@ -326,10 +328,6 @@ def summarize(
         "base": {"model": base["model"], **{family: round(base[family], 3) for family in FAMILIES}},
         "recipes": recipes,
     }
-
-
-def _training_cpu(jobs: list[dict[str, Any]], recipe: str) -> dict[int, float]:
-    return {job["seed"]: job["cpu_seconds"]["train"] for job in jobs if job["recipe"] == recipe}
 
 
 def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
