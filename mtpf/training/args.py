@@ -177,6 +177,13 @@ class MtpfTrainingArguments(TrainingArguments):
             "~5e-4-1e-3 (jina-embeddings-v3), a full-model rate (2e-5-5e-5) leaves them under-trained."
         },
     )
+    slot_learning_rate_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The slots that take slot_learning_rate (default: every slot); the others train at "
+            "learning_rate, e.g. `ner` for a NER slot at a LoRA rate beside a TC slot at the backbone's."
+        },
+    )
     max_steps: int = field(default=100_000, metadata={"help": "Optimizer steps (paper: 100K)."})
     report_to: str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Batches are built per step, keep all."})

@@ -63,7 +63,7 @@ class MtpfTrainer(Trainer):
             return optimizer
         core = self.accelerator.unwrap_model(self.model)
         if getattr(self.args, "slot_learning_rate", None) is not None:
-            slots = [p for task in self.tasks for p in slot_parameters(core.encoder, task).values()]
+            slots = [p for task in self.slot_rate_tasks() for p in slot_parameters(core.encoder, task).values()]
             move_to_own_group(optimizer, {id(p) for p in slots}, self.args.slot_learning_rate)
         heads = core.heads
         for name, head in heads.items():
@@ -73,6 +73,15 @@ class MtpfTrainer(Trainer):
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         optimizer._mtpf_head_split = True
         return optimizer
+
+    def slot_rate_tasks(self) -> list[str]:
+        """The tasks whose slots train at `slot_learning_rate` (`slot_learning_rate_tasks`, default all)."""
+        chosen = getattr(self.args, "slot_learning_rate_tasks", None)
+        if not chosen:
+            return list(self.tasks)
+        if unknown := sorted(set(chosen) - set(self.tasks)):
+            raise ValueError(f"--slot_learning_rate_tasks {unknown}: not a task of this run ({sorted(self.tasks)}).")
+        return list(chosen)
 
     # ----- data ---------------------------------------------------------------------------------------
 

@@ -81,6 +81,21 @@ def test_slot_learning_rate_gets_its_own_group(tmp_path, pseudo_label_cache):
     assert not any(ids & slots for rate, ids in by_rate.items() if rate != 0.01)
 
 
+def test_slot_learning_rate_for_some_slots_only(tmp_path, pseudo_label_cache):
+    rates = ("--slot_learning_rate", "0.01", "--slot_learning_rate_tasks", "ner")
+    trainer = build_smoke_trainer(tmp_path, pseudo_label_cache, "--max_steps", "1", *rates, *NO_SAVE)
+    trainer.create_optimizer()
+    rate_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    named = dict(trainer.model.named_parameters())
+    ner = [rate_of[id(p)] for n, p in named.items() if "lora_" in n and ".ner." in n]
+    tc = [rate_of[id(p)] for n, p in named.items() if "lora_" in n and ".tc." in n]
+    assert ner and set(ner) == {0.01}
+    assert tc and set(tc) == {trainer.args.learning_rate}
+    wrong = build_smoke_trainer(tmp_path / "x", pseudo_label_cache, "--max_steps", "1", *rates[:3], "pos", *NO_SAVE)
+    with pytest.raises(ValueError, match=r"--slot_learning_rate_tasks \['pos'\]: not a task of this run"):
+        wrong.create_optimizer()
+
+
 def test_tc_anchor_pulls_towards_the_frozen_base(tmp_path, pseudo_label_cache):
     trainer = build_smoke_trainer(
         tmp_path, pseudo_label_cache, "--max_steps", "1", "--mode", "pf_tc", "--tc_anchor_weight", "2", *NO_SAVE
