@@ -273,8 +273,10 @@ def quality_summary(tmp_path: Path, levers: dict, base_model: str = "offline:tin
     recipe = {"name": "r", "levers": levers, "seeds": [0, 1, 2], "tc": delta, "shipped": True}
     recipe |= {"ner_full": {**delta, "text": "+0.31 ± 0.19 ≈"}, "ner_10": {**delta, "text": "+5.45 ± 0.45"}}
     base = {"model": base_model, "tc": 67.669, "ner_full": 75.233, "ner_10": 57.749}
+    base_levers = {"release_interpolation": None, "ner_backbone_grad_scale": 1.0, "tc_batch_size": 16}
+    quick = {"protocol": "quick: the test's", "base": base, "recipes": [recipe]}
     path = tmp_path / "summary.json"
-    path.write_text(json.dumps({"quick": {"protocol": "quick: the test's", "base": base, "recipes": [recipe]}}))
+    path.write_text(json.dumps({"quick": quick, "base_levers": base_levers}))
     return path
 
 
@@ -292,6 +294,8 @@ def test_the_card_reports_the_recipes_quality_against_the_base(trained_release, 
         ({"tc_batch_size": 128}, "offline:tiny-bert", "tc_batch_size = 16, recipe 'r'"),
         ({"release_interpolation": 0.5}, "offline:tiny-bert", "release_interpolation = None"),
         ({}, "offline:minilm-l6", "backbone = 'offline:tiny-bert'"),
+        # not recorded because it is at its default (1): still a difference
+        ({"ner_backbone_grad_scale": 0}, "offline:tiny-bert", "ner_backbone_grad_scale = 1.0, recipe 'r'"),
     ],
 )
 def test_another_recipes_quality_never_reaches_the_card(trained_release, tmp_path, levers, base_model, message):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mtpf.errors import MtpfError
+from mtpf.training.args import argument_defaults
 
 FAMILY_LABELS = {
     "tc": "TC: the quick suite's 10 MTEB classification tasks (accuracy)",
@@ -31,19 +32,25 @@ class RecipeQuality:
     """One recipe's row of the sweep's confirming (quick) protocol, with the base it is compared with."""
 
     name: str
-    levers: dict[str, Any]
+    levers: dict[str, Any]  # what the recipe sets
+    base_levers: dict[str, Any]  # every lever of the sweep at the base config's value
     seeds: list[int]
     deltas: dict[str, dict[str, Any]]  # family -> {"mean_delta", "se", "text"}
     base: dict[str, Any]  # {"model", "tc", "ner_full", "ner_10"}
     protocol: str
     source: str
 
+    def expected(self) -> dict[str, Any]:
+        """Every lever's value in a release trained with this recipe."""
+        return {**self.base_levers, **self.levers}
+
 
 def recipe_quality(summary_path: str | Path, name: str | None = None) -> RecipeQuality:
     """Recipe `name` (default: the one marked shipped) from a sweep summary's quick protocol."""
     path = Path(summary_path)
     try:
-        quick = json.loads(path.read_text(encoding="utf-8"))["quick"]
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        quick, base_levers = summary["quick"], summary["base_levers"]
         recipes, base, protocol = quick["recipes"], quick["base"], quick["protocol"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise QualityReportError(f"{path}: not a quality sweep summary with a quick protocol ({err!r}).") from err
@@ -54,19 +61,21 @@ def recipe_quality(summary_path: str | Path, name: str | None = None) -> RecipeQ
         raise QualityReportError(f"{path}: the quick protocol has no {wanted} (it has: {known}).")
     entry = chosen[0]
     deltas = {family: entry[family] for family in FAMILY_LABELS}
-    return RecipeQuality(entry["name"], entry["levers"], entry["seeds"], deltas, base, protocol, str(path))
+    return RecipeQuality(entry["name"], entry["levers"], base_levers, entry["seeds"], deltas, base, protocol, str(path))
 
 
-def _recorded(pretraining: dict[str, Any], lever: str) -> Any:
-    """What a release's `pretraining` record says of a lever, in the recipe's spelling (None: not interpolated)."""
+def _recorded(pretraining: dict[str, Any], lever: str, defaults: dict[str, Any]) -> Any:
+    """A lever's value in a release's `pretraining` record, in the recipe's spelling. The record holds the options
+    that change the model only when they are on, so a missing one is at its default."""
     interpolation = pretraining.get("interpolation") or {}
     if lever == "release_interpolation":
         return interpolation.get("alpha")
     if lever == "release_layer_alphas":
         return interpolation.get("layer_alphas")
     if lever == "slot_layers":
-        return [f"{task}={start}" for task, start in sorted((pretraining.get("slot_layers") or {}).items())]
-    return pretraining.get(lever, KeyError)
+        placement = pretraining.get("slot_layers")
+        return sorted(f"{task}={start}" for task, start in placement.items()) if placement else None
+    return pretraining.get(lever, defaults.get(lever))
 
 
 def _same(first: Any, second: Any) -> bool:
@@ -78,21 +87,22 @@ def _same(first: Any, second: Any) -> bool:
 
 
 def check_trained_with(quality: RecipeQuality, pretraining: dict[str, Any] | None, where: str) -> None:
-    """Refuse a release whose recorded training differs from the recipe in its base model or any lever the record
-    holds (an interpolation the recipe does not name counts as a difference)."""
+    """Refuse a release whose recorded training differs from the recipe in its base model or in any lever of the
+    sweep (those the recipe sets, and the others at the base config's value: an interpolation the recipe does not
+    name, or NER's share of the backbone left at 1 where the recipe has 0, both count)."""
     if not pretraining:
         raise QualityReportError(f"{where}: an untrained release; the quality of {quality.name!r} is not its own.")
-    levers = {"release_interpolation": None, **quality.levers}
+    expected = quality.expected()
     if pretraining.get("backbone") != quality.base["model"]:
-        levers["backbone"] = quality.base["model"]
-    for lever, expected in levers.items():
-        if lever == "slot_layers":
-            expected = sorted(expected)
-        recorded = _recorded(pretraining, lever)
-        if recorded is not KeyError and not _same(recorded, expected):
+        expected["backbone"] = quality.base["model"]
+    defaults = argument_defaults()
+    for lever, value in expected.items():
+        wanted = sorted(value) if lever == "slot_layers" and value else value
+        recorded = _recorded(pretraining, lever, defaults)
+        if not _same(recorded, wanted):
             raise QualityReportError(
                 f"{where}: trained with {lever} = {recorded!r}, recipe {quality.name!r} ({quality.source}) has "
-                f"{expected!r}; its quality numbers would not be this release's."
+                f"{wanted!r}; its quality numbers would not be this release's."
             )
 
 

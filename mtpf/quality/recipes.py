@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from mtpf.errors import MtpfError
-from mtpf.training.args import mapping_to_argv, yaml_to_argv
+from mtpf.training.args import argument_defaults, mapping_to_argv, yaml_to_argv
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # A recipe's interpolation is a recipe of its own (`from` + `interpolation`), never a training argument: in the base
@@ -75,6 +75,14 @@ class RecipeBook:
         inherited = self.recipes[recipe.source].levers() if recipe.source else {}
         base = yaml.safe_load(self.base_config.read_text(encoding="utf-8")) or {}
         return {**base, **inherited, **recipe.levers()}
+
+    def base_levers(self) -> dict[str, Any]:
+        """Every lever some recipe sets (interpolation included), at the value the base config gives it (its default
+        where the config is silent): what a recipe that does not name a lever was trained with."""
+        base = yaml.safe_load(self.base_config.read_text(encoding="utf-8")) or {}
+        defaults = argument_defaults()
+        names = {name for recipe in self.recipes.values() for name in recipe.levers()} | set(INTERPOLATION_ARGS)
+        return {name: base.get(name, defaults.get(name)) for name in sorted(names)}
 
 
 def load_recipes(path: str | Path) -> RecipeBook:

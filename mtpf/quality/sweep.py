@@ -440,7 +440,7 @@ def run_sweep(sweep: Sweep, seeds: list[int], only: list[str] | None = None) -> 
 def summarize_all(book: RecipeBook, root: Path, shipped: str | None = None) -> dict[str, Any]:
     """The screen's summary, with the quick protocol's and the rank agreement where any quick job has finished."""
     screened = finished_jobs(root, "screen")
-    summary = summarize(book, screened, shipped)
+    summary = summarize(book, screened, shipped) | {"base_levers": book.base_levers()}
     confirmed = finished_jobs(root, "quick")
     if confirmed:
         summary["quick"] = summarize(book, confirmed, shipped, protocol="quick")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -213,6 +213,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         for name, value in vars(options).items():
             setattr(data_args, name, value)
     return model_args, data_args, training_args
+
+
+def argument_defaults() -> dict[str, object]:
+    """Every training argument's default (what a release's `pretraining` record means by leaving an option out: the
+    options that change the model are recorded only when they differ from it)."""
+    defaults: dict[str, object] = {}
+    for cls in (ModelArguments, DataArguments, *task_argument_classes(), MtpfTrainingArguments):
+        for option in fields(cls):
+            if option.default is not MISSING:
+                defaults.setdefault(option.name, option.default)
+            elif option.default_factory is not MISSING:
+                defaults.setdefault(option.name, option.default_factory())
+    return defaults
 
 
 def task_argument_classes() -> list[type]:

@@ -91,12 +91,11 @@ def export(trainer: MtpfTrainer, data_args: DataArguments) -> Path:
     trained = set(trainer.run_info["tasks"]) if wrapper.uses_slots else set()
     for task, slot in release_model.config.task_slots.items():
         slot["trained"] = task in trained
-    slot_rate = getattr(trainer.args, "slot_learning_rate", None)
-    rate_record = {"slot_learning_rate": slot_rate, "slot_learning_rate_tasks": trainer.slot_rate_tasks()}
+    rates = {name: getattr(trainer.args, name, None) for name in ("slot_learning_rate", "slot_learning_rate_tasks")}
     release_model.config.pretraining = {
         **trainer.run_info,
         "steps": trainer.state.global_step,
-        **(rate_record if slot_rate is not None else {}),
+        **{name: value for name, value in rates.items() if value is not None},  # recorded when set, as run_info's
     }
     output = Path(data_args.release_dir or Path(trainer.args.output_dir) / "release")
     if data_args.release_interpolation is None:

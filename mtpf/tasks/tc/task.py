@@ -92,4 +92,5 @@ class TcTask(Task):
         # options recorded only when on, so runs written before they existed still resume
         chunking = {"tc_length_chunk": self.length_chunk} if self.length_chunk else {}
         anchor = {"tc_anchor_weight": self.anchor_weight} if self.anchor_weight else {}
-        return {"tc_batch_size": self.batch_size, "pairs": data_args.pairs, **chunking, **anchor}
+        cached = {"tc_mini_batch_size": self.grad_cache.mini_batch_size} if self.grad_cache else {}
+        return {"tc_batch_size": self.batch_size, "pairs": data_args.pairs, **chunking, **anchor, **cached}
