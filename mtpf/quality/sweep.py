@@ -352,7 +352,7 @@ def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
             "",
             "## Quick protocol (confirmation)",
             "",
-            *_table(summary["quick"], "NER full", "CPU min / model (quick)"),
+            *_table(summary["quick"], "NER full", "CPU min / seed (training + quick)"),
         ]
     if "rank_agreement" in summary:
         lines += ["", *_agreement_lines(summary["rank_agreement"])]
