@@ -198,6 +198,8 @@ class MtpfTrainingArguments(TrainingArguments):
         if self.bf16 and not torch.cuda.is_available():
             self.bf16 = use_cpu_bf16()
             self.use_cpu = self.use_cpu or self.bf16
+        if self.slot_learning_rate_tasks and self.slot_learning_rate is None:
+            raise ValueError("--slot_learning_rate_tasks needs --slot_learning_rate (the rate those slots take).")
         super().__post_init__()
 
 

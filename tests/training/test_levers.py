@@ -94,6 +94,8 @@ def test_slot_learning_rate_for_some_slots_only(tmp_path, pseudo_label_cache):
     wrong = build_smoke_trainer(tmp_path / "x", pseudo_label_cache, "--max_steps", "1", *rates[:3], "pos", *NO_SAVE)
     with pytest.raises(ValueError, match=r"--slot_learning_rate_tasks \['pos'\]: not a task of this run"):
         wrong.create_optimizer()
+    with pytest.raises(ValueError, match="--slot_learning_rate_tasks needs --slot_learning_rate"):
+        build_smoke_trainer(tmp_path / "y", pseudo_label_cache, "--slot_learning_rate_tasks", "ner", *NO_SAVE)
 
 
 def test_tc_anchor_pulls_towards_the_frozen_base(tmp_path, pseudo_label_cache):
