@@ -1,6 +1,7 @@
-"""Recipes of the quality sweep: the main job's config plus the arguments (levers) that a recipe changes.
+"""Recipes of the quality sweep: a frozen base config (the main job before any lever) plus the arguments (levers)
+that a recipe changes.
 
-base_config: configs/demo.yaml
+base_config: base.yaml                # relative to the recipe file; never configs/demo.yaml, which ships a recipe
 base_model: offline:minilm-l6        # what every recipe is compared with (default: the config's backbone)
 recipes:
   - name: demo                       # the config as it is
@@ -92,9 +93,9 @@ def load_recipes(path: str | Path) -> RecipeBook:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
         raise RecipeError(f"{path}: not a readable recipe file ({err}).") from err
-    if not isinstance(data, dict) or not isinstance(data.get("recipes"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("recipes"), list) or not data.get("base_config"):
         raise RecipeError(f"{path}: expected `base_config` and a list `recipes`.")
-    base_config = (path.parent / data.get("base_config", "../demo.yaml")).resolve()
+    base_config = (path.parent / data["base_config"]).resolve()
     if not base_config.is_file() and Path(data.get("base_config", "")).is_file():
         base_config = Path(data["base_config"]).resolve()
     if not base_config.is_file():
