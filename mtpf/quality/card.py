@@ -92,11 +92,8 @@ def check_trained_with(quality: RecipeQuality, pretraining: dict[str, Any] | Non
     name, or NER's share of the backbone left at 1 where the recipe has 0, both count)."""
     if not pretraining:
         raise QualityReportError(f"{where}: an untrained release; the quality of {quality.name!r} is not its own.")
-    expected = quality.expected()
-    if pretraining.get("backbone") != quality.base["model"]:
-        expected["backbone"] = quality.base["model"]
     defaults = argument_defaults()
-    for lever, value in expected.items():
+    for lever, value in {**quality.expected(), "backbone": quality.base["model"]}.items():
         wanted = sorted(value) if lever == "slot_layers" and value else value
         recorded = _recorded(pretraining, lever, defaults)
         if not _same(recorded, wanted):

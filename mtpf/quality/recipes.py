@@ -65,6 +65,7 @@ class RecipeBook:
     base_config: Path
     base_model: str
     recipes: dict[str, Recipe]
+    base_values: dict[str, Any] = field(default_factory=dict)  # the base config's keys, as read by `load_recipes`
 
     def config_argv(self) -> list[str]:
         return yaml_to_argv(self.base_config)
@@ -74,16 +75,14 @@ class RecipeBook:
         comes `from` included), as configs/demo.yaml would hold it when the recipe is shipped."""
         recipe = self.recipes[name]
         inherited = self.recipes[recipe.source].levers() if recipe.source else {}
-        base = yaml.safe_load(self.base_config.read_text(encoding="utf-8")) or {}
-        return {**base, **inherited, **recipe.levers()}
+        return {**self.base_values, **inherited, **recipe.levers()}
 
     def base_levers(self) -> dict[str, Any]:
         """Every lever some recipe sets (interpolation included), at the value the base config gives it (its default
         where the config is silent): what a recipe that does not name a lever was trained with."""
-        base = yaml.safe_load(self.base_config.read_text(encoding="utf-8")) or {}
         defaults = argument_defaults()
         names = {name for recipe in self.recipes.values() for name in recipe.levers()} | set(INTERPOLATION_ARGS)
-        return {name: base.get(name, defaults.get(name)) for name in sorted(names)}
+        return {name: self.base_values.get(name, defaults.get(name)) for name in sorted(names)}
 
 
 def load_recipes(path: str | Path) -> RecipeBook:
@@ -112,7 +111,7 @@ def load_recipes(path: str | Path) -> RecipeBook:
     for recipe in recipes.values():
         if recipe.source is not None and (recipe.source not in recipes or not recipes[recipe.source].trains):
             raise RecipeError(f"{path}: recipe {recipe.name!r} takes `from: {recipe.source}`, not a training recipe.")
-    return RecipeBook(path, base_config, str(data.get("base_model") or config.get("backbone")), recipes)
+    return RecipeBook(path, base_config, str(data.get("base_model") or config.get("backbone")), recipes, config)
 
 
 def _recipe(entry: Any, where: str) -> Recipe:
