@@ -98,6 +98,20 @@ def make_slot(
     }
 
 
+def _with_rank(slot_kwargs: dict[str, Any], rank: int | None) -> dict[str, Any]:
+    """`make_slot` keyword arguments with another rank and the alpha that keeps alpha / r (the update's scale)."""
+    if rank is None:
+        return slot_kwargs
+    base_rank, base_alpha = slot_kwargs.get("r", 32), slot_kwargs.get("lora_alpha", 64)
+    alpha = base_alpha * rank / base_rank
+    if rank < 1 or alpha != int(alpha):
+        raise ValueError(
+            f"A slot rank of {rank} with alpha / r = {base_alpha}/{base_rank} needs a positive rank and a whole "
+            f"alpha (got {alpha:g})."
+        )
+    return {**slot_kwargs, "r": rank, "lora_alpha": int(alpha)}
+
+
 class MtpfConfig(PretrainedConfig):
     """Configuration of an MTPF model: the wrapped backbone's config and its task-primary adapter slots.
 
@@ -161,20 +175,30 @@ class MtpfConfig(PretrainedConfig):
         tpl_layers: int = 2,
         sentence_embedding: dict[str, Any] | None = None,
         layers_by_task: dict[str, int] | None = None,
+        ranks_by_task: dict[str, int] | None = None,
         **slot_kwargs: Any,
     ) -> MtpfConfig:
         """A config wrapping `backbone_config` with one identical slot per task on the last `tpl_layers` layers
-        (`layers_by_task` places some tasks' slots on another number of last layers, 0 = all).
+        (`layers_by_task` places some tasks' slots on another number of last layers, 0 = all; `ranks_by_task` gives
+        some tasks' slots another rank, their alpha scaled with it so that alpha / r, the update's scale, stays).
 
         `sentence_embedding` holds `pooling`, `normalize` and `max_seq_length` (defaults: mean, normalised,
         the tokenizer's limit).
         """
         num_layers = cls._num_layers_of(backbone_config)
-        layers_by_task = layers_by_task or {}
-        unknown = sorted(set(layers_by_task) - set(tasks))
-        if unknown:
-            raise ValueError(f"Slot layers given for {unknown}, which are not among the slots {list(tasks)}.")
-        slots = {task: make_slot(num_layers, layers_by_task.get(task, tpl_layers), **slot_kwargs) for task in tasks}
+        layers_by_task, ranks_by_task = layers_by_task or {}, ranks_by_task or {}
+        for what, given in (("layers", layers_by_task), ("ranks", ranks_by_task)):
+            unknown = sorted(set(given) - set(tasks))
+            if unknown:
+                raise ValueError(f"Slot {what} given for {unknown}, which are not among the slots {list(tasks)}.")
+        slots = {
+            task: make_slot(
+                num_layers,
+                layers_by_task.get(task, tpl_layers),
+                **_with_rank(slot_kwargs, ranks_by_task.get(task)),
+            )
+            for task in tasks
+        }
         return cls(backbone_config=backbone_config, task_slots=slots, **(sentence_embedding or {}))
 
     @staticmethod

@@ -296,6 +296,8 @@ def test_the_card_reports_the_recipes_quality_against_the_base(trained_release, 
         ({}, "offline:minilm-l6", "backbone = 'offline:tiny-bert'"),
         # not recorded because it is at its default (1): still a difference
         ({"ner_backbone_grad_scale": 0}, "offline:tiny-bert", "ner_backbone_grad_scale = 1.0, recipe 'r'"),
+        # a per-slot lever (TASK=N) the release was trained without
+        ({"slot_ranks": ["tc=8"]}, "offline:tiny-bert", r"slot_ranks = None, recipe 'r' .* has \['tc=8'\]"),
     ],
 )
 def test_another_recipes_quality_never_reaches_the_card(trained_release, tmp_path, levers, base_model, message):

@@ -21,6 +21,8 @@ FAMILY_LABELS = {
     "ner_full": "NER with all training data (entity F1)",
     "ner_10": "NER with 10 % of the training data (entity F1)",
 }
+# Levers given as TASK=N specs and recorded as {task: N} in a release's `pretraining`.
+PER_TASK_LEVERS = ("slot_layers", "slot_ranks")
 
 
 class QualityReportError(MtpfError, ValueError):
@@ -72,9 +74,9 @@ def _recorded(pretraining: dict[str, Any], lever: str, defaults: dict[str, Any])
         return interpolation.get("alpha")
     if lever == "release_layer_alphas":
         return interpolation.get("layer_alphas")
-    if lever == "slot_layers":
-        placement = pretraining.get("slot_layers")
-        return sorted(f"{task}={start}" for task, start in placement.items()) if placement else None
+    if lever in PER_TASK_LEVERS:
+        per_task = pretraining.get(lever)
+        return sorted(f"{task}={number}" for task, number in per_task.items()) if per_task else None
     return pretraining.get(lever, defaults.get(lever))
 
 
@@ -94,7 +96,7 @@ def check_trained_with(quality: RecipeQuality, pretraining: dict[str, Any] | Non
         raise QualityReportError(f"{where}: an untrained release; the quality of {quality.name!r} is not its own.")
     defaults = argument_defaults()
     for lever, value in {**quality.expected(), "backbone": quality.base["model"]}.items():
-        wanted = sorted(value) if lever == "slot_layers" and value else value
+        wanted = sorted(value) if lever in PER_TASK_LEVERS and value else value
         recorded = _recorded(pretraining, lever, defaults)
         if not _same(recorded, wanted):
             raise QualityReportError(

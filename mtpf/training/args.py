@@ -38,6 +38,13 @@ class SlotArguments:
     )
     rank: int = field(default=32, metadata={"help": "LoRA rank of every slot."})
     alpha: int = field(default=64, metadata={"help": "LoRA alpha of every slot."})
+    slot_ranks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Per-slot rank TASK=R, e.g. `tc=8`; that slot's alpha scales with it (alpha / rank stays). "
+            "Others: rank. A NER slot initialises a downstream LoRA, so keep it at most the downstream r (32)."
+        },
+    )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout inside every LoRA."})
     target_modules: list[str] = field(
         default_factory=lambda: list(DEFAULT_TARGET_ROLES),
@@ -47,6 +54,7 @@ class SlotArguments:
     def slot_kwargs(self) -> dict:
         """Keyword arguments of `MtpfConfig.from_backbone` / `make_slot`."""
         placement = {"layers_by_task": self.layers_by_task()} if self.slot_layers else {}
+        ranks = {"ranks_by_task": self.ranks_by_task()} if self.slot_ranks else {}
         return {
             "tpl_layers": self.tpl_layers,
             "r": self.rank,
@@ -54,17 +62,27 @@ class SlotArguments:
             "lora_dropout": self.lora_dropout,
             "target_modules": self.target_modules,
             **placement,
+            **ranks,
         }
 
     def layers_by_task(self) -> dict[str, int]:
         """`--slot_layers tc=0 ner=2` as {task: number of last layers}."""
-        placement = {}
-        for spec in self.slot_layers or []:
-            task, sep, layers = spec.partition("=")
-            if not sep or not task or not layers.isdigit():
-                raise ValueError(f"--slot_layers {spec!r}: expected TASK=N with N a number of last layers (0: all).")
-            placement[task] = int(layers)
-        return placement
+        return per_task_numbers("--slot_layers", self.slot_layers, "a number of last layers (0: all)")
+
+    def ranks_by_task(self) -> dict[str, int]:
+        """`--slot_ranks tc=8` as {task: rank}."""
+        return per_task_numbers("--slot_ranks", self.slot_ranks, "a LoRA rank")
+
+
+def per_task_numbers(flag: str, specs: list[str] | None, meaning: str) -> dict[str, int]:
+    """`TASK=N` specs of a per-slot option as {task: N}; a malformed one is refused with the flag named."""
+    numbers = {}
+    for spec in specs or []:
+        task, sep, number = spec.partition("=")
+        if not sep or not task or not number.isdigit():
+            raise ValueError(f"{flag} {spec!r}: expected TASK=N with N {meaning}.")
+        numbers[task] = int(number)
+    return numbers
 
 
 @dataclass

@@ -64,6 +64,7 @@ def run_info(model_args: ModelArguments, data_args: DataArguments, tasks: dict[s
         "trains_backbone": model_args.trains_backbone,
         "tpl_layers": model_args.tpl_layers,
         **({"slot_layers": model_args.layers_by_task()} if model_args.slot_layers else {}),
+        **({"slot_ranks": model_args.ranks_by_task()} if model_args.slot_ranks else {}),
         "backbone": model_args.backbone,
         "pcgrad": model_args.pcgrad,
         "task_schedule": data_args.task_schedule,

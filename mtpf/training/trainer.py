@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 RUN_INFO_FILE = "mtpf_run.json"  # written last into every checkpoint: the run's identity and the completion marker
 # What must match to resume a checkpoint: a different mode or slot layout would load into the wrong modules
 # (plus each task's own `resume_keys`, e.g. the NER head's number of clusters).
-RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers", "slot_layers")
+RESUME_KEYS = ("mode", "tasks", "uses_slots", "trains_backbone", "tpl_layers", "slot_layers", "slot_ranks")
 
 
 class MtpfTrainer(Trainer):

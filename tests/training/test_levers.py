@@ -134,6 +134,28 @@ def test_slot_layers_place_each_slot(tmp_path, pseudo_label_cache):
         build_smoke_trainer(tmp_path, pseudo_label_cache, "--slot_layers", "tc", *NO_SAVE)
 
 
+def test_slot_ranks_give_one_slot_another_rank_at_the_same_scale(tmp_path, pseudo_label_cache):
+    from mtpf.training import build_trainer
+    from mtpf.training.args import parse_args
+
+    model_args, data_args, args = parse_args(
+        smoke_argv(tmp_path, pseudo_label_cache, "--max_steps", "1", "--slot_ranks", "tc=8", *NO_SAVE)
+    )
+    trainer = build_trainer(model_args, data_args, args)
+    trainer.train()
+    release = export(trainer, data_args)
+    for task, (rank, alpha) in {"tc": (8, 16), "ner": (4, 8)}.items():  # smoke: rank 4, alpha 8
+        adapter = json.loads((release / f"adapters/{task}/adapter_config.json").read_text())
+        assert (adapter["r"], adapter["lora_alpha"]) == (rank, alpha)
+        tensors = load_file(release / f"adapters/{task}/adapter_model.safetensors")
+        assert {t.shape[0] for k, t in tensors.items() if k.endswith("lora_A.weight")} == {rank}
+    assert json.loads((release / "backbone/config.json").read_text())["pretraining"]["slot_ranks"] == {"tc": 8}
+    with pytest.raises(ValueError, match=r"--slot_ranks 'tc=eight': expected TASK=N with N a LoRA rank"):
+        build_smoke_trainer(tmp_path / "x", pseudo_label_cache, "--slot_ranks", "tc=eight", *NO_SAVE)
+    with pytest.raises(ValueError, match=r"Slot ranks given for \['pos'\]"):
+        build_smoke_trainer(tmp_path / "y", pseudo_label_cache, "--slot_ranks", "pos=8", *NO_SAVE)
+
+
 def test_release_interpolation_averages_the_backbone_and_keeps_the_slots(tmp_path, pseudo_label_cache):
     from mtpf.release import load_encoder
     from mtpf.training import build_trainer
