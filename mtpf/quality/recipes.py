@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from mtpf.errors import MtpfError
-from mtpf.training.args import argument_defaults, mapping_to_argv, yaml_to_argv
+from mtpf.training.args import argument_defaults, mapping_to_argv
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # A recipe's interpolation is a recipe of its own (`from` + `interpolation`), never a training argument: in the base
@@ -66,9 +66,6 @@ class RecipeBook:
     base_model: str
     recipes: dict[str, Recipe]
     base_values: dict[str, Any] = field(default_factory=dict)  # the base config's keys, as read by `load_recipes`
-
-    def config_argv(self) -> list[str]:
-        return yaml_to_argv(self.base_config)
 
     def config(self, name: str) -> dict[str, Any]:
         """The training config that recipe `name` amounts to: the base config with its levers (those of the recipe it
