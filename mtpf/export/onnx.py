@@ -19,12 +19,14 @@ passed.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from mtpf.errors import MtpfError
 from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPORT = "export_report.json"
 INT8_MAX_F1_DROP = 1.0  # points of entity F1 (NER) or of accuracy (classification)
@@ -193,6 +196,21 @@ def int8_fallbacks(config, scope: str = "") -> list[tuple[str, list[str]]]:
     return [("ffn_output", ffn_out), ("ffn_output+last_layer", [*ffn_out, f"{layers}.{config.num_layers - 1}"])]
 
 
+def quantize_down_the_ladder(
+    fp32: Path, int8: Path, rungs: Iterable[tuple[str, list[str]]], check: Callable[[], T], passes: Callable[[T], bool]
+) -> list[tuple[str, list[str], T]]:
+    """Quantise `fp32` into `int8` with nothing kept in fp32, then with each rung's nodes kept (`int8_fallbacks`),
+    until the graph `passes` its `check`: every try in order as (rung, nodes kept in fp32, check); the last is the
+    graph left at `int8`. `rungs` is consumed lazily: a rung's nodes are looked up only when it is needed."""
+    tries = []
+    for step, kept in itertools.chain([("nothing", [])], rungs):
+        quantize_int8(fp32, int8, nodes_to_exclude=kept)
+        tries.append((step, kept, check()))
+        if passes(tries[-1][2]):
+            break
+    return tries
+
+
 def onnx_runner(path: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """The graph's one output for `input_ids`, `attention_mask` feeds, on onnxruntime's CPU provider."""
     import onnxruntime as ort
@@ -265,17 +283,15 @@ def accepted(report: dict, int8: bool) -> bool:
 def quantize_app_checked(exportable: Exportable, fp32: Path, int8: Path) -> dict:
     """The int8 graph and its check; a refused one is quantised again down `int8_fallbacks` (with the head in fp32),
     the refused tries kept in the entry."""
-    quantize_int8(fp32, int8)
-    entry = {"precision": "int8", "kept_fp32": "nothing", "nodes_kept_fp32": [], **fidelity(exportable, int8)}
-    refused = []
-    for step, prefixes in int8_fallbacks(exportable.module.model.config):
-        if accepted(entry, int8=True):
-            break
-        refused.append(entry)
-        kept = nodes_of_modules(fp32, ["classifier", *prefixes])
-        quantize_int8(fp32, int8, nodes_to_exclude=kept)
-        entry = {"precision": "int8", "kept_fp32": step, "nodes_kept_fp32": kept, **fidelity(exportable, int8)}
-    return entry | {"refused_tries": refused, "accepted": accepted(entry, int8=True)}
+    fallbacks = int8_fallbacks(exportable.module.model.config)
+    rungs = ((step, nodes_of_modules(fp32, ["classifier", *prefixes])) for step, prefixes in fallbacks)
+    tries = quantize_down_the_ladder(
+        fp32, int8, rungs, lambda: fidelity(exportable, int8), lambda check: accepted(check, int8=True)
+    )
+    entries = [
+        {"precision": "int8", "kept_fp32": step, "nodes_kept_fp32": kept, **check} for step, kept, check in tries
+    ]
+    return entries[-1] | {"refused_tries": entries[:-1], "accepted": accepted(entries[-1], int8=True)}
 
 
 def export(

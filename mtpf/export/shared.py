@@ -39,7 +39,7 @@ from mtpf.export.onnx import (
     fidelity,
     int8_fallbacks,
     nodes_of_modules,
-    quantize_int8,
+    quantize_down_the_ladder,
 )
 from mtpf.io import atomic_directory, atomic_write_text, check_output_folder
 
@@ -329,19 +329,22 @@ def quantize_checked(shared: SharedSource, staging: Path, adapters: dict[str, Pa
     """backbone.int8.onnx, checked; while anything fails, quantised again down `int8_fallbacks` (each refused try's
     failures kept in the report)."""
     fp32, int8 = staging / "backbone.onnx", staging / "backbone.int8.onnx"
-    quantize_int8(fp32, int8)
-    verdicts = check_graph(shared, int8, adapters, int8=True)
-    entry = report["backbones"][int8.name] | {"kept_fp32": "nothing", "nodes_kept_fp32": [], "refused_tries": []}
-    for step, prefixes in int8_fallbacks(shared.backbone.config, scope="backbone."):  # under SharedGraph's backbone
-        refused = sorted(name for name, verdict in verdicts.items() if not verdict["accepted"])
-        if not refused:
-            break
-        entry["refused_tries"].append({"kept_fp32": entry["kept_fp32"], "refused": refused})
-        entry["kept_fp32"], entry["nodes_kept_fp32"] = step, nodes_of_modules(fp32, prefixes)
-        quantize_int8(fp32, int8, nodes_to_exclude=entry["nodes_kept_fp32"])
-        verdicts = check_graph(shared, int8, adapters, int8=True)
-    report["backbones"][int8.name] = entry
+    fallbacks = int8_fallbacks(shared.backbone.config, scope="backbone.")  # under SharedGraph's backbone
+    tries = quantize_down_the_ladder(
+        fp32,
+        int8,
+        ((step, nodes_of_modules(fp32, prefixes)) for step, prefixes in fallbacks),
+        lambda: check_graph(shared, int8, adapters, int8=True),
+        lambda verdicts: not _refused(verdicts),
+    )
+    step, kept, verdicts = tries[-1]
+    refused_tries = [{"kept_fp32": rung, "refused": _refused(checks)} for rung, _, checks in tries[:-1]]
+    report["backbones"][int8.name] |= {"kept_fp32": step, "nodes_kept_fp32": kept, "refused_tries": refused_tries}
     return verdicts
+
+
+def _refused(verdicts: dict[str, dict]) -> list[str]:
+    return sorted(name for name, verdict in verdicts.items() if not verdict["accepted"])
 
 
 def _megabytes(path: Path) -> float:
