@@ -302,6 +302,23 @@ def rank_agreement(screened: list[dict[str, Any]], confirmed: list[dict[str, Any
     return agreement
 
 
+def cpu_per_seed(runs: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
+    """Mean CPU minutes per seed (training + protocol) over the seeds whose training CPU is on record (`cpu_seeds` of
+    them): a training that predates the record counts as unknown, not as free."""
+    known = [job for job in runs if job["cpu_seconds"]["train"] > 0]
+    cpu = [job["cpu_seconds"]["train"] + job["cpu_seconds"][protocol] for job in known]
+    return {"cpu_minutes": round(sum(cpu) / len(cpu) / 60, 1) if cpu else None, "cpu_seeds": len(known)}
+
+
+def _cpu_text(entry: dict[str, Any]) -> str:
+    if entry["cpu_minutes"] is None:
+        return "unknown"
+    seeds = len(entry["seeds"])
+    return f"{entry['cpu_minutes']}" + (
+        f" ({entry['cpu_seeds']} of {seeds} seeds)" if entry["cpu_seeds"] < seeds else ""
+    )
+
+
 def summarize(
     book: RecipeBook, jobs: list[dict[str, Any]], shipped: str | None = None, protocol: str = "screen"
 ) -> dict[str, Any]:
@@ -319,8 +336,7 @@ def summarize(
         for family in FAMILIES:
             delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
             entry[family] = delta.as_dict() | {"text": delta.describe()}
-        cpu = [job["cpu_seconds"]["train"] + job["cpu_seconds"][protocol] for job in runs.values()]
-        entry["cpu_minutes"] = round(sum(cpu) / len(cpu) / 60, 1)
+        entry |= cpu_per_seed(list(runs.values()), protocol)
         entry["shipped"] = name == shipped
         recipes.append(entry)
     return {
@@ -393,7 +409,7 @@ def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str
         lines.append(
             f"| {entry['name']}{' (shipped)' if entry['shipped'] else ''} | {levers} | "
             f"{' '.join(map(str, entry['seeds']))} | {entry['tc']['text']} | {entry['ner_full']['text']} | "
-            f"{entry['ner_10']['text']} | {entry['cpu_minutes']} |"
+            f"{entry['ner_10']['text']} | {_cpu_text(entry)} |"
         )
     return lines
 

@@ -151,3 +151,12 @@ def test_the_quick_protocol_has_its_own_jobs_and_is_ranked_against_the_screen(tm
     copied = sorted(path.name for path in (tmp_path / "results" / "jobs").iterdir())
     assert "a-s0.json" in copied and "b-s1.quick.json" in copied and "renamed-s0.json" not in copied
     assert json.loads((tmp_path / "results" / "jobs" / "a-s1.quick.json").read_text())["recipe"] == "a"
+
+
+def test_cpu_cost_counts_only_seeds_whose_training_cpu_is_on_record():
+    runs = [
+        {"cpu_seconds": {"train": 600.0, "screen": 420.0}},
+        {"cpu_seconds": {"train": 0.0, "screen": 420.0}},  # a training that predates the record: unknown, not free
+    ]
+    assert sweep.cpu_per_seed(runs, "screen") == {"cpu_minutes": 17.0, "cpu_seeds": 1}
+    assert sweep.cpu_per_seed(runs[1:], "screen") == {"cpu_minutes": None, "cpu_seeds": 0}
