@@ -319,6 +319,19 @@ def _cpu_text(entry: dict[str, Any]) -> str:
     )
 
 
+def against_shipped(runs: dict[int, dict[str, Any]], shipped: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """A recipe against the shipped one, paired over the seeds both have (the question a candidate must answer:
+    does it beat what ships, not only the base); nothing where they share no seed."""
+    seeds = sorted(set(runs) & set(shipped))
+    if not seeds:
+        return {}
+    versus: dict[str, Any] = {"seeds": seeds}
+    for family in FAMILIES:
+        delta = paired_delta({s: runs[s][family] for s in seeds}, {s: shipped[s][family] for s in seeds})
+        versus[family] = delta.as_dict() | {"text": delta.describe()}
+    return {"vs_shipped": versus}
+
+
 def summarize(
     book: RecipeBook, jobs: list[dict[str, Any]], shipped: str | None = None, protocol: str = "screen"
 ) -> dict[str, Any]:
@@ -326,9 +339,9 @@ def summarize(
     base = next((job for job in jobs if job["seed"] is None), None)
     if base is None:
         raise ValueError("No finished base job: every difference is taken against the base.")
-    recipes = []
+    recipes, runs_of = [], {}
     for name, recipe in book.recipes.items():
-        runs = {job["seed"]: job for job in jobs if job["recipe"] == name and job["seed"] is not None}
+        runs = runs_of[name] = {job["seed"]: job for job in jobs if job["recipe"] == name and job["seed"] is not None}
         if not runs:
             continue
         inherited = book.recipes[recipe.source].levers() if recipe.source else {}  # what its release was trained with
@@ -339,6 +352,9 @@ def summarize(
         entry |= cpu_per_seed(list(runs.values()), protocol)
         entry["shipped"] = name == shipped
         recipes.append(entry)
+    if runs_of.get(shipped):
+        for entry in recipes:
+            entry |= against_shipped(runs_of[entry["name"]], runs_of[shipped]) if not entry["shipped"] else {}
     return {
         "protocol": DESCRIPTIONS[protocol],
         "base": {"model": base["model"], **{family: round(base[family], 3) for family in FAMILIES}},
@@ -393,6 +409,26 @@ def copy_job_records(root: Path, output: Path) -> list[Path]:
     return written
 
 
+def _versus_shipped_table(section: dict[str, Any], full_label: str) -> list[str]:
+    entries = [entry for entry in section["recipes"] if "vs_shipped" in entry]
+    if not entries:
+        return []
+    shipped = next(entry["name"] for entry in section["recipes"] if entry["shipped"])
+    lines = [
+        "",
+        f"Against the shipped `{shipped}`, paired over the seeds both have:",
+        "",
+        f"| recipe | seeds | TC | {full_label} | NER 10 % |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        versus = entry["vs_shipped"]
+        seeds = " ".join(map(str, versus["seeds"]))
+        texts = " | ".join(versus[family]["text"] for family in FAMILIES)
+        lines.append(f"| {entry['name']} | {seeds} | {texts} |")
+    return lines
+
+
 def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str]:
     base = section["base"]
     lines = [
@@ -411,7 +447,7 @@ def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str
             f"{' '.join(map(str, entry['seeds']))} | {entry['tc']['text']} | {entry['ner_full']['text']} | "
             f"{entry['ner_10']['text']} | {_cpu_text(entry)} |"
         )
-    return lines
+    return lines + _versus_shipped_table(section, full_label)
 
 
 def _agreement_lines(agreement: dict[str, Any]) -> list[str]:

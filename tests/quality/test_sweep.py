@@ -160,3 +160,23 @@ def test_cpu_cost_counts_only_seeds_whose_training_cpu_is_on_record():
     ]
     assert sweep.cpu_per_seed(runs, "screen") == {"cpu_minutes": 17.0, "cpu_seeds": 1}
     assert sweep.cpu_per_seed(runs[1:], "screen") == {"cpu_minutes": None, "cpu_seeds": 0}
+
+
+def test_candidates_are_paired_against_the_shipped_recipe_on_the_seeds_both_have(tmp_path):
+    book = load_recipes(recipe_file(tmp_path, "  - name: shipped\n  - name: candidate\n  - name: other\n"))
+    cpu = {"train": 60.0, "screen": 60.0}
+
+    def job(recipe, seed, tc):
+        return {"recipe": recipe, "seed": seed, "model": recipe, "cpu_seconds": cpu, "tc": tc, "ner_full": 1.0}
+
+    jobs = [job("base", None, 50.0), *(job("shipped", s, tc) for s, tc in ((0, 51.0), (1, 49.0), (2, 50.0)))]
+    jobs += [job("candidate", s, tc) for s, tc in ((0, 52.0), (1, 50.2), (3, 99.0))]  # seed 3: the shipped has none
+    jobs = [j | {"ner_10": j["tc"]} for j in jobs]
+    summary = sweep.summarize(book, jobs, shipped="shipped")
+    by_name = {entry["name"]: entry for entry in summary["recipes"]}
+    versus = by_name["candidate"]["vs_shipped"]
+    assert versus["seeds"] == [0, 1] and versus["tc"]["mean_delta"] == pytest.approx(1.1)
+    assert versus["tc"]["se"] == pytest.approx(0.1) and not versus["tc"]["text"].endswith("≈")
+    assert "vs_shipped" not in by_name["shipped"] and "other" not in by_name  # nothing run: no entry
+    sweep.write_summary(summary, tmp_path / "out", "the command")
+    assert "| candidate | 0 1 | +1.10 ± 0.10 |" in (tmp_path / "out" / "RESULTS.md").read_text()
