@@ -354,7 +354,8 @@ def summarize(
         recipes.append(entry)
     if runs_of.get(shipped):
         for entry in recipes:
-            entry |= against_shipped(runs_of[entry["name"]], runs_of[shipped]) if not entry["shipped"] else {}
+            if not entry["shipped"]:
+                entry |= against_shipped(runs_of[entry["name"]], runs_of[shipped])
     return {
         "protocol": DESCRIPTIONS[protocol],
         "base": {"model": base["model"], **{family: round(base[family], 3) for family in FAMILIES}},
