@@ -166,6 +166,17 @@ def build_smoke_trainer(output_dir: Path, pseudo_label_dir: Path, *overrides: st
     return build_trainer(*parse_args(smoke_argv(output_dir, pseudo_label_dir, *overrides)))
 
 
+def train_smoke_release(output_dir: Path, pseudo_label_dir: Path, *overrides: str) -> Path:
+    """A smoke run trained to its end and exported: the release folder (`OUTPUT_DIR/release` unless overridden)."""
+    from mtpf.training import build_trainer, export
+    from mtpf.training.args import parse_args
+
+    model_args, data_args, args = parse_args(smoke_argv(output_dir, pseudo_label_dir, *overrides))
+    trainer = build_trainer(model_args, data_args, args)
+    trainer.train()
+    return export(trainer, data_args)
+
+
 def mtpf_command(*args: object) -> list[str]:
     """`python -m mtpf ARGS...` as a subprocess command (every argument as text)."""
     return [sys.executable, "-m", "mtpf", *map(str, args)]

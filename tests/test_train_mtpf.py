@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from mtpf.release import load_release, validate_release
 from mtpf.training.args import parse_args
-from tests.conftest import REPO_ROOT, run_command, smoke_argv
+from tests.conftest import REPO_ROOT, run_command, smoke_argv, train_smoke_release
 
 
 def test_smoke_config_runs_end_to_end_and_exports_a_release(tmp_path, pseudo_label_cache):
@@ -39,15 +39,9 @@ def test_smoke_config_runs_end_to_end_and_exports_a_release(tmp_path, pseudo_lab
 
 
 def test_slotless_mode_exports_identity_slots(tmp_path, pseudo_label_cache):
-    from mtpf.training import build_trainer, export
-    from mtpf.training.args import parse_args as parse
-
-    model_args, data_args, args = parse(
-        smoke_argv(tmp_path, pseudo_label_cache, "--mode", "pf_tc", "--max_steps", "2", "--save_strategy", "no")
+    release = train_smoke_release(
+        tmp_path, pseudo_label_cache, "--mode", "pf_tc", "--max_steps", "2", "--save_strategy", "no"
     )
-    trainer = build_trainer(model_args, data_args, args)
-    trainer.train()
-    release = export(trainer, data_args)
     config = json.loads((release / "backbone" / "config.json").read_text())
     assert not config["task_slots"]["tc"]["trained"] and config["pretraining"]["tasks"] == ["tc"]
     peft_model, tokenizer = load_release(release)

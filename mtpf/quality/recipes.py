@@ -92,10 +92,10 @@ def load_recipes(path: str | Path) -> RecipeBook:
     if not isinstance(data, dict) or not isinstance(data.get("recipes"), list) or not data.get("base_config"):
         raise RecipeError(f"{path}: expected `base_config` and a list `recipes`.")
     base_config = (path.parent / data["base_config"]).resolve()
-    if not base_config.is_file() and Path(data.get("base_config", "")).is_file():
+    if not base_config.is_file() and Path(data["base_config"]).is_file():
         base_config = Path(data["base_config"]).resolve()
     if not base_config.is_file():
-        raise RecipeError(f"{path}: base_config {data.get('base_config')!r} not found.")
+        raise RecipeError(f"{path}: base_config {data['base_config']!r} not found.")
     config = yaml.safe_load(base_config.read_text(encoding="utf-8")) or {}
     if reserved := sorted(set(config) & set(INTERPOLATION_ARGS)):
         raise RecipeError(f"{path}: base_config {base_config} sets {reserved}; interpolate in a recipe of its own.")

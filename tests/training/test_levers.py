@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtpf.release import validate_release
-from mtpf.training import export
-from tests.conftest import build_smoke_trainer, smoke_argv
+from tests.conftest import build_smoke_trainer, train_smoke_release
 from tests.training.test_trainer import Snapshots, identical, part
 
 NO_SAVE = ("--save_strategy", "no")
@@ -135,15 +134,7 @@ def test_slot_layers_place_each_slot(tmp_path, pseudo_label_cache):
 
 
 def test_slot_ranks_give_one_slot_another_rank_at_the_same_scale(tmp_path, pseudo_label_cache):
-    from mtpf.training import build_trainer
-    from mtpf.training.args import parse_args
-
-    model_args, data_args, args = parse_args(
-        smoke_argv(tmp_path, pseudo_label_cache, "--max_steps", "1", "--slot_ranks", "tc=8", *NO_SAVE)
-    )
-    trainer = build_trainer(model_args, data_args, args)
-    trainer.train()
-    release = export(trainer, data_args)
+    release = train_smoke_release(tmp_path, pseudo_label_cache, "--max_steps", "1", "--slot_ranks", "tc=8", *NO_SAVE)
     for task, (rank, alpha) in {"tc": (8, 16), "ner": (4, 8)}.items():  # smoke: rank 4, alpha 8
         adapter = json.loads((release / f"adapters/{task}/adapter_config.json").read_text())
         assert (adapter["r"], adapter["lora_alpha"]) == (rank, alpha)
@@ -158,15 +149,10 @@ def test_slot_ranks_give_one_slot_another_rank_at_the_same_scale(tmp_path, pseud
 
 def test_release_interpolation_averages_the_backbone_and_keeps_the_slots(tmp_path, pseudo_label_cache):
     from mtpf.release import load_encoder
-    from mtpf.training import build_trainer
-    from mtpf.training.args import parse_args
 
-    model_args, data_args, args = parse_args(
-        smoke_argv(tmp_path, pseudo_label_cache, "--max_steps", "3", "--release_interpolation", "0.25", *NO_SAVE)
+    release = train_smoke_release(
+        tmp_path, pseudo_label_cache, "--max_steps", "3", "--release_interpolation", "0.25", *NO_SAVE
     )
-    trainer = build_trainer(model_args, data_args, args)
-    trainer.train()
-    release = export(trainer, data_args)
     trained = tmp_path / "release-trained"
     assert validate_release(release) == validate_release(trained) == ["ner", "tc"]
     base_encoder, _ = load_encoder("offline:tiny-bert")
