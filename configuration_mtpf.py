@@ -98,18 +98,17 @@ def make_slot(
     }
 
 
-def _with_rank(slot_kwargs: dict[str, Any], rank: int | None) -> dict[str, Any]:
-    """`make_slot` keyword arguments with another rank and the alpha that keeps alpha / r (the update's scale)."""
+def _with_rank(slot: dict[str, Any], rank: int | None) -> dict[str, Any]:
+    """A slot definition with another rank and the alpha that keeps alpha / r (the update's scale)."""
     if rank is None:
-        return slot_kwargs
-    base_rank, base_alpha = slot_kwargs.get("r", 32), slot_kwargs.get("lora_alpha", 64)
-    alpha = base_alpha * rank / base_rank
+        return slot
+    alpha = slot["lora_alpha"] * rank / slot["r"]
     if rank < 1 or alpha != int(alpha):
         raise ValueError(
-            f"A slot rank of {rank} with alpha / r = {base_alpha}/{base_rank} needs a positive rank and a whole "
-            f"alpha (got {alpha:g})."
+            f"A slot rank of {rank} with alpha / r = {slot['lora_alpha']}/{slot['r']} needs a positive rank and a "
+            f"whole alpha (got {alpha:g})."
         )
-    return {**slot_kwargs, "r": rank, "lora_alpha": int(alpha)}
+    return {**slot, "r": rank, "lora_alpha": int(alpha)}
 
 
 class MtpfConfig(PretrainedConfig):
@@ -192,10 +191,8 @@ class MtpfConfig(PretrainedConfig):
             if unknown:
                 raise ValueError(f"Slot {what} given for {unknown}, which are not among the slots {list(tasks)}.")
         slots = {
-            task: make_slot(
-                num_layers,
-                layers_by_task.get(task, tpl_layers),
-                **_with_rank(slot_kwargs, ranks_by_task.get(task)),
+            task: _with_rank(
+                make_slot(num_layers, layers_by_task.get(task, tpl_layers), **slot_kwargs), ranks_by_task.get(task)
             )
             for task in tasks
         }
