@@ -281,7 +281,7 @@ def quality_summary(tmp_path: Path, levers: dict, base_model: str = "offline:tin
 
 
 def test_the_card_reports_the_recipes_quality_against_the_base(trained_release, tmp_path):
-    summary = quality_summary(tmp_path, {"tc_batch_size": 16})  # what the smoke run was trained with
+    summary = quality_summary(tmp_path, {"tc_batch_size": 16, "max_ner_sentences": 200})  # the smoke run's
     push_main([str(trained_release), "--repo-id", REPO_ID, "--quality", str(summary), "--dry-run", str(tmp_path)])
     text = ModelCard.load(tmp_path / REPO_ID / "README.md").text
     assert "## Quality against the base" in text and "pre-finetuning seeds 0, 1, 2" in text
@@ -293,6 +293,8 @@ def test_the_card_reports_the_recipes_quality_against_the_base(trained_release, 
     [
         ({"tc_batch_size": 128}, "offline:tiny-bert", "tc_batch_size = 16, recipe 'r'"),
         ({"release_interpolation": 0.5}, "offline:tiny-bert", "release_interpolation = None"),
+        # how much of the NER corpus it pseudo-labelled (configs/smoke.yaml: 200 sentences)
+        ({"max_ner_sentences": 8000}, "offline:tiny-bert", "max_ner_sentences = 200, recipe 'r'"),
         ({}, "offline:minilm-l6", "backbone = 'offline:tiny-bert'"),
         # not recorded because it is at its default (1): still a difference
         ({"ner_backbone_grad_scale": 0}, "offline:tiny-bert", "ner_backbone_grad_scale = 1.0, recipe 'r'"),

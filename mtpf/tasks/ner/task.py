@@ -85,6 +85,7 @@ class NerTask(Task):
             "num_clusters": self.num_clusters,
             "ner_batch_size": self.batch_size,
             "ner_corpus": data_args.ner_corpus,
+            "max_ner_sentences": self.pseudo_labels.max_sentences,  # how much of the corpus (None: all)
             "teacher": self.pseudo_labels.teacher,
             # recorded only when on, so checkpoints written before the option existed still resume
             **({"ner_length_buckets": self.length_buckets} if self.length_buckets > 1 else {}),
