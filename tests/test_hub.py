@@ -22,7 +22,7 @@ from mtpf.release import BASE_MARKER, ReleaseError, init_release, load_release, 
 from mtpf.results import SCHEMA, ResultRecord, ResultsSchemaError, averaged, load_results, save_results
 from mtpf.weights import tiny_encoder_dir as packaged_tiny_encoder
 from push_to_hub import main as push_main
-from tests.conftest import REPO_ROOT, build_smoke_trainer, run_command
+from tests.conftest import REPO_ROOT, run_command, train_smoke_release
 
 REPO_ID = "acme/mtpf-mini"
 TOKEN = "hf_testtoken_never_written_anywhere"
@@ -31,18 +31,8 @@ TOKEN = "hf_testtoken_never_written_anywhere"
 @pytest.fixture(scope="module")
 def trained_release(tmp_path_factory):
     """A short real MTPF-TPL run (trained slots), exported."""
-    from mtpf.training import export
-
     workdir = tmp_path_factory.mktemp("hub-run")
-    trainer = build_smoke_trainer(workdir, workdir / "pl", "--max_steps", "3", "--save_strategy", "no")
-    trainer.train()
-    return export(trainer, trainer_data_args(workdir))
-
-
-def trainer_data_args(workdir: Path):
-    from mtpf.training.args import DataArguments
-
-    return DataArguments(release_dir=str(workdir / "release"))
+    return train_smoke_release(workdir, workdir / "pl", "--max_steps", "3", "--save_strategy", "no")
 
 
 def conll_f1(value: float, **overrides) -> ResultRecord:
