@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -113,15 +113,9 @@ def build_teacher(args: TeacherArguments) -> Path:
         dev_f1 = _dev_f1(trainer, dev_set, dev, labels)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        info = {
-            "base": args.base,
-            "train_files": args.train_files,
-            "train_sentences": len(train),
-            "dev_file": args.dev_file,
-            "dev_sentences": len(dev),
-            "dev_f1": dev_f1,
-            "labels": labels,
-        }
+        settings = {name: value for name, value in asdict(args).items() if name != "output"}  # how it was built
+        info = {**settings, "train_sentences": len(train), "dev_sentences": len(dev), "dev_f1": dev_f1}
+        info["labels"] = labels
         (staging / "teacher_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     logger.info("Teacher written to %s (dev F1 %.3f)", output, dev_f1)

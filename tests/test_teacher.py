@@ -33,6 +33,7 @@ def test_builds_a_teacher_folder_the_pseudo_labeller_loads(tmp_path):
     info = json.loads((folder / "teacher_info.json").read_text())
     assert info["labels"] == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"]
     assert info["train_sentences"] == 64 and 0.0 <= info["dev_f1"] <= 1.0
+    assert info["learning_rate"] == args.learning_rate and info["epochs"] == args.epochs  # how it was built
     assert not (folder / "checkpoints").exists()
     model, tokenizer = load_teacher(str(folder))
     assert tokenizer.is_fast and model.config.hidden_size == 32
