@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class PseudoLabelSettings:
 
     teacher: str
     corpus: list[str]
+    co_teachers: list[str] = field(default_factory=list)  # further encoders whose word embeddings join the teacher's
     num_clusters: int = 200
     max_sentences: int | None = None
     max_length: int = 128
@@ -49,8 +50,12 @@ class PseudoLabelSettings:
     def fingerprint(self) -> str:
         description = asdict(self)
         description.pop("cache_dir")
+        if not self.co_teachers:
+            description.pop("co_teachers")  # a teacher alone keeps the fingerprint (and cache) it had before
         description["corpus_files"] = [_file_identity(path) for path in self.corpus]
         description["teacher_files"] = _folder_identity(resolve_model_path(self.teacher))
+        if self.co_teachers:
+            description["co_teacher_files"] = [_folder_identity(resolve_model_path(name)) for name in self.co_teachers]
         return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -129,16 +134,16 @@ def _embed_and_fit(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first pass: every word's teacher embedding stored (fp16 memmap at `path`) and k-means fitted on the stream
     as chunks fill up; returns the embeddings and which words have one (words cut by the length limit do not)."""
-    teacher, tokenizer = load_teacher(settings.teacher)
-    hidden = teacher.config.hidden_size
+    encoders = [load_teacher(name) for name in (settings.teacher, *settings.co_teachers)]
+    hidden = sum(encoder.config.hidden_size for encoder, _ in encoders)
     num_words = sum(map(len, sentences))
     embeddings = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_words, hidden))
     valid = np.zeros(num_words, dtype=bool)
     pending: list[np.ndarray] = []
     row = 0
     for start in tqdm(range(0, len(sentences), settings.batch_size), desc="teacher word embeddings", unit="batch"):
-        vectors, kept = embed_words(
-            teacher, tokenizer, sentences[start : start + settings.batch_size], settings.max_length
+        vectors, kept = _joint_word_embeddings(
+            encoders, sentences[start : start + settings.batch_size], settings.max_length
         )
         embeddings[row : row + len(kept)] = vectors.astype(np.float16)
         valid[row : row + len(kept)] = kept
@@ -153,6 +158,23 @@ def _embed_and_fit(
     if len(leftover):
         kmeans.partial_fit(leftover)
     return embeddings, valid
+
+
+def _joint_word_embeddings(
+    encoders: list, sentences: list[list[str]], max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One encoder: its word embeddings as they are. Several (the teacher and its co-teachers): each encoder's word
+    embedding scaled to unit length, then concatenated, so that each encoder weighs the same in k-means' distances
+    whatever its scale; a word is kept where every encoder has it (their tokenizers may truncate differently)."""
+    if len(encoders) == 1:
+        return embed_words(*encoders[0], sentences, max_length)
+    parts, kept = [], None
+    for encoder, tokenizer in encoders:
+        vectors, encoder_kept = embed_words(encoder, tokenizer, sentences, max_length)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        parts.append(vectors / np.maximum(norms, 1e-12))
+        kept = encoder_kept if kept is None else kept & encoder_kept
+    return np.concatenate(parts, axis=1), kept
 
 
 def _chunks(total: int, size: int):

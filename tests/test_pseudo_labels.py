@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
@@ -131,3 +132,18 @@ def test_loading_the_teacher_leaves_the_training_rng_alone():
     before = torch.random.get_rng_state()
     pseudo_labels.load_teacher(str(tiny_encoder_dir()))
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_co_teachers_join_the_teachers_word_embeddings(corpus, tmp_path):
+    """With a co-teacher, k-means sees each encoder's word embedding at unit length, side by side."""
+    alone = settings_for(corpus, tmp_path)
+    joint = settings_for(corpus, tmp_path, co_teachers=[str(tiny_encoder_dir())])
+    assert joint.fingerprint() != alone.fingerprint()
+    dataset = load_or_build_pseudo_labels(joint)
+    assert all(len(row["labels"]) == len(row["words"]) for row in dataset)
+    assert len({label for row in dataset for label in row["labels"]}) > 1
+    hidden = AutoModel.from_pretrained(tiny_encoder_dir()).config.hidden_size
+    centroids = np.load(next((tmp_path / "cache").glob("*/centroids.npy")))
+    assert centroids.shape == (8, 2 * hidden)
+    # the same encoder twice, each half at unit length: every centroid's two halves agree
+    assert np.allclose(centroids[:, :hidden], centroids[:, hidden:], atol=1e-3)

@@ -16,6 +16,15 @@ class NerArguments:
         metadata={"help": "Unlabeled text files (one sentence per line) for NER distillation."},
     )
     teacher: str = field(default="numind/NuNER-v1.0", metadata={"help": "NER teacher encoder (folder or Hub id)."})
+    co_teachers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Further encoders (folder, Hub id, offline:NAME) whose word embeddings join the teacher's before "
+            "k-means: each encoder's embedding at unit length, concatenated, so each weighs the same (e.g. the "
+            "student's own base keeps the word groups it has, the teacher adds its entity types). Unset: the teacher "
+            "alone, as it embeds."
+        },
+    )
     num_clusters: int = field(default=200, metadata={"help": "k of the k-means pseudo-labels."})
     max_ner_sentences: int | None = field(default=None, metadata={"help": "Cap on corpus sentences (None: all)."})
     ner_batch_size: int = field(default=256, metadata={"help": "Sentences per NER batch, over all processes."})

@@ -46,6 +46,7 @@ class NerTask(Task):
         settings = PseudoLabelSettings(
             teacher=data_args.teacher,
             corpus=list(data_args.ner_corpus),
+            co_teachers=list(data_args.co_teachers or []),
             num_clusters=data_args.num_clusters,
             max_sentences=data_args.max_ner_sentences,
             max_length=data_args.max_seq_length,
@@ -87,6 +88,7 @@ class NerTask(Task):
             "ner_corpus": data_args.ner_corpus,
             "max_ner_sentences": self.pseudo_labels.max_sentences,  # how much of the corpus (None: all)
             "teacher": self.pseudo_labels.teacher,
+            **({"co_teachers": self.pseudo_labels.co_teachers} if self.pseudo_labels.co_teachers else {}),
             # recorded only when on, so checkpoints written before the option existed still resume
             **({"ner_length_buckets": self.length_buckets} if self.length_buckets > 1 else {}),
             **({"ner_backbone_grad_scale": self.backbone_gradient_scale} if self.backbone_gradient_scale != 1 else {}),
