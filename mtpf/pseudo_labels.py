@@ -142,7 +142,7 @@ def _embed_and_fit(
     pending: list[np.ndarray] = []
     row = 0
     for start in tqdm(range(0, len(sentences), settings.batch_size), desc="teacher word embeddings", unit="batch"):
-        vectors, kept = _joint_word_embeddings(
+        vectors, kept = joint_word_embeddings(
             encoders, sentences[start : start + settings.batch_size], settings.max_length
         )
         embeddings[row : row + len(kept)] = vectors.astype(np.float16)
@@ -160,9 +160,7 @@ def _embed_and_fit(
     return embeddings, valid
 
 
-def _joint_word_embeddings(
-    encoders: list, sentences: list[list[str]], max_length: int
-) -> tuple[np.ndarray, np.ndarray]:
+def joint_word_embeddings(encoders: list, sentences: list[list[str]], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """One encoder: its word embeddings as they are. Several (the teacher and its co-teachers): each encoder's word
     embedding scaled to unit length, then concatenated, so that each encoder weighs the same in k-means' distances
     whatever its scale; a word is kept where every encoder has it (their tokenizers may truncate differently)."""

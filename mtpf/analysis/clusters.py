@@ -23,7 +23,7 @@ from mtpf.data.conll import TaggedSentence
 from mtpf.data.roots import NER_DATA
 from mtpf.io import atomic_write_text
 from mtpf.models import split_label
-from mtpf.pseudo_labels import embed_words
+from mtpf.pseudo_labels import joint_word_embeddings
 from mtpf.slots import activate_slot
 from mtpf.training.downstream import subsample
 
@@ -61,13 +61,14 @@ def cluster_agreement(clusters: np.ndarray, types: list[str]) -> dict[str, float
 
 
 def word_cluster_quality(
-    model, tokenizer, sentences: list[TaggedSentence], *, num_clusters: int = 200, seed: int = 0
+    encoders: list[tuple], sentences: list[TaggedSentence], *, num_clusters: int = 200, seed: int = 0
 ) -> dict[str, float]:
-    """Embed every word as the pseudo-labeller does (mean of sub-tokens), cluster with k-means, score vs gold."""
+    """Embed every word as the pseudo-labeller does (mean of sub-tokens; with several (model, tokenizer) encoders,
+    side by side as a teacher and its co-teachers), cluster with k-means, score vs gold."""
     vectors, types = [], []
     for start in range(0, len(sentences), BATCH_SIZE):
         batch = sentences[start : start + BATCH_SIZE]
-        embedded, kept = embed_words(model, tokenizer, [s.tokens for s in batch], MAX_LENGTH)
+        embedded, kept = joint_word_embeddings(encoders, [s.tokens for s in batch], MAX_LENGTH)
         vectors.append(embedded[kept])
         tags = [tag for s in batch for tag in s.tags]
         types += [entity_type(tag) for tag, keep in zip(tags, kept) if keep]
@@ -93,14 +94,18 @@ class ClusterArguments:
     output: str = field(metadata={"help": "Folder for cluster_quality.json."})
     models: list[str] = field(
         default_factory=list,
-        metadata={"help": "Teachers, encoders or releases (ner slot active); LABEL=PATH names one."},
+        metadata={
+            "help": "Teachers, encoders or releases (ner slot active); LABEL=PATH names one; PATH+PATH2 clusters "
+            "them side by side, as a teacher with co-teachers (`--co_teachers`)."
+        },
     )
     datasets: list[str] = field(
         default_factory=lambda: ["conll2003", "ontonotes5", "mit_restaurant", "jnlpba", "crossner"],
         metadata={"help": "Local NER datasets whose test split is clustered."},
     )
     ner_data_root: str = field(default=NER_DATA, metadata={"help": "Local NER datasets."})
-    sentences: int = field(default=2000, metadata={"help": "Test sentences per dataset (seeded subset)."})
+    split: str = field(default="test", metadata={"help": "Split clustered (train to decide, test to report)."})
+    sentences: int = field(default=2000, metadata={"help": "Sentences per dataset (seeded subset of the split)."})
     num_clusters: int = field(default=200, metadata={"help": "K of k-means (the paper's pseudo-labels: 200)."})
     seed: int = field(default=0, metadata={"help": "Seed of the subset and of k-means."})
 
@@ -113,25 +118,30 @@ def cluster_quality(arguments: ClusterArguments) -> Path:
         arguments.num_clusters,
         arguments.seed,
     )
-    data = {
-        name: subsample(load_ner_dataset(name, arguments.ner_data_root)["test"], 1.0, sentences, seed)
-        for name in datasets
-    }
+    data = {name: subsample(_split(name, arguments), 1.0, sentences, seed) for name in datasets}
     results: dict[str, dict[str, dict[str, float]]] = {}
     for spec in arguments.models:
-        label, path = split_label(spec)
-        encoder, tokenizer = ner_view(path)
+        label, paths = split_label(spec)
+        encoders = [ner_view(path) for path in paths.split("+")]
         results[label] = {
-            dataset: word_cluster_quality(encoder, tokenizer, rows, num_clusters=num_clusters, seed=seed)
+            dataset: word_cluster_quality(encoders, rows, num_clusters=num_clusters, seed=seed)
             for dataset, rows in data.items()
         }
         logger.info("%s: %s", label, results[label])
-    settings = {"datasets": datasets, "sentences": sentences, "num_clusters": num_clusters, "seed": seed}
+    settings = {"datasets": datasets, "split": arguments.split, "sentences": sentences}
+    settings |= {"num_clusters": num_clusters, "seed": seed}
     payload = {"settings": settings, "models": results}
     target = Path(arguments.output) / "cluster_quality.json"
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(target.with_suffix(".md"), cluster_quality_markdown(payload))
     return target
+
+
+def _split(dataset: str, arguments: ClusterArguments) -> list[TaggedSentence]:
+    splits = load_ner_dataset(dataset, arguments.ner_data_root)
+    if arguments.split not in splits:
+        raise ValueError(f"--split {arguments.split}: {dataset} has the splits {', '.join(splits)}.")
+    return splits[arguments.split]
 
 
 def cluster_quality_markdown(payload: dict) -> str:
@@ -143,7 +153,8 @@ def cluster_quality_markdown(payload: dict) -> str:
         "# Word-cluster quality against gold entity types",
         "",
         f"k-means with K={settings['num_clusters']} on the word embeddings (mean of sub-tokens) of "
-        f"{settings['sentences']} seeded test sentences per dataset; seed {settings['seed']}.",
+        f"{settings['sentences']} seeded {settings.get('split', 'test')} sentences per dataset; "
+        f"seed {settings['seed']}.",
     ]
     for metric, title in (("entity_purity", "Entity purity"), ("nmi", "NMI (all words)")):
         lines += [
