@@ -101,7 +101,7 @@ class ClusterArguments:
     )
     datasets: list[str] = field(
         default_factory=lambda: ["conll2003", "ontonotes5", "mit_restaurant", "jnlpba", "crossner"],
-        metadata={"help": "Local NER datasets whose test split is clustered."},
+        metadata={"help": "Local NER datasets whose --split is clustered."},
     )
     ner_data_root: str = field(default=NER_DATA, metadata={"help": "Local NER datasets."})
     split: str = field(default="test", metadata={"help": "Split clustered (train to decide, test to report)."})
