@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset, load_from_disk
 from sklearn.cluster import MiniBatchKMeans
+from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -50,12 +51,12 @@ class PseudoLabelSettings:
     def fingerprint(self) -> str:
         description = asdict(self)
         description.pop("cache_dir")
-        if not self.co_teachers:
-            description.pop("co_teachers")  # a teacher alone keeps the fingerprint (and cache) it had before
         description["corpus_files"] = [_file_identity(path) for path in self.corpus]
         description["teacher_files"] = _folder_identity(resolve_model_path(self.teacher))
         if self.co_teachers:
             description["co_teacher_files"] = [_folder_identity(resolve_model_path(name)) for name in self.co_teachers]
+        else:
+            description.pop("co_teachers")  # a teacher alone keeps the fingerprint (and cache) it had before
         return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -169,8 +170,7 @@ def joint_word_embeddings(encoders: list, sentences: list[list[str]], max_length
     parts, kept = [], None
     for encoder, tokenizer in encoders:
         vectors, encoder_kept = embed_words(encoder, tokenizer, sentences, max_length)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        parts.append(vectors / np.maximum(norms, 1e-12))
+        parts.append(normalize(vectors))  # unit length per word (a zero vector stays zero)
         kept = encoder_kept if kept is None else kept & encoder_kept
     return np.concatenate(parts, axis=1), kept
 

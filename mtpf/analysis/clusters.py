@@ -128,8 +128,13 @@ def cluster_quality(arguments: ClusterArguments) -> Path:
             for dataset, rows in data.items()
         }
         logger.info("%s: %s", label, results[label])
-    settings = {"datasets": datasets, "split": arguments.split, "sentences": sentences}
-    settings |= {"num_clusters": num_clusters, "seed": seed}
+    settings = {
+        "datasets": datasets,
+        "split": arguments.split,
+        "sentences": sentences,
+        "num_clusters": num_clusters,
+        "seed": seed,
+    }
     payload = {"settings": settings, "models": results}
     target = Path(arguments.output) / "cluster_quality.json"
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
