@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+import transformers
 from datasets import Dataset
 from seqeval.metrics import f1_score
 from transformers import (
@@ -116,10 +118,22 @@ def build_teacher(args: TeacherArguments) -> Path:
         settings = {name: value for name, value in asdict(args).items() if name != "output"}  # how it was built
         info = {**settings, "train_sentences": len(train), "dev_sentences": len(dev), "dev_f1": dev_f1}
         info["labels"] = labels
+        info["built_with"] = build_environment()
         (staging / "teacher_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     logger.info("Teacher written to %s (dev F1 %.3f)", output, dev_f1)
     return output
+
+
+def build_environment() -> dict[str, object]:
+    """What else shapes the weights: the same settings with another torch or thread count sum floats in another order,
+    and two builds of one teacher on two machines give measurably different pseudo-label clusters
+    (`results/quality/teacher-clusters/README.md`)."""
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _encode(tokenizer, sentences: list[TaggedSentence], label2id: dict[str, int], max_length: int) -> Dataset:

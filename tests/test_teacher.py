@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from mtpf.pseudo_labels import load_teacher
 from mtpf.teacher import TeacherArguments, build_teacher, parse_conll_spec
@@ -34,6 +35,7 @@ def test_builds_a_teacher_folder_the_pseudo_labeller_loads(tmp_path):
     assert info["labels"] == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"]
     assert info["train_sentences"] == 64 and 0.0 <= info["dev_f1"] <= 1.0
     assert info["learning_rate"] == args.learning_rate and info["epochs"] == args.epochs  # how it was built
+    assert info["built_with"]["torch_threads"] == torch.get_num_threads()  # what else shapes the weights
     assert not (folder / "checkpoints").exists()
     model, tokenizer = load_teacher(str(folder))
     assert tokenizer.is_fast and model.config.hidden_size == 32
