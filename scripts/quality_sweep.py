@@ -5,6 +5,7 @@
         --protocol quick --only demo NAME     # confirm the candidates on the quick protocol
     python scripts/quality_sweep.py --recipes configs/quality/recipes.yaml --root outputs/quality \
         --summarize results/quality --shipped NAME
+    python scripts/quality_sweep.py --root outputs/quality --protocol quick --rescore   # after the scores gain a field
 
 Every (recipe, seed, protocol) is one job under --root with its own completion marker; rerunning the same command
 after a kill resumes where it stopped. Extra `--key value` pairs after `--` go to every training run (e.g. the
@@ -21,7 +22,15 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from mtpf.quality.recipes import load_recipes
-from mtpf.quality.sweep import MARKERS, Sweep, copy_job_records, run_sweep, summarize_all, write_summary
+from mtpf.quality.sweep import (
+    MARKERS,
+    Sweep,
+    copy_job_records,
+    rescore_jobs,
+    run_sweep,
+    summarize_all,
+    write_summary,
+)
 
 
 @dataclass
@@ -38,6 +47,13 @@ class SweepArguments:
         default=None, metadata={"help": "Instead of running: write summary.json and RESULTS.md into this folder."}
     )
     shipped: str | None = field(default=None, metadata={"help": "With --summarize: the recipe the demo ships."})
+    rescore: bool = field(
+        default=False,
+        metadata={
+            "help": "Instead of running: recompute the --protocol's finished jobs' scores from their folders' "
+            "results (after the scores gain a field, e.g. the dev F1), then stop."
+        },
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -51,6 +67,10 @@ def main(argv: list[str]) -> None:
         write_summary(summary, Path(args.summarize), " ".join(["python scripts/quality_sweep.py", *argv]))
         records = copy_job_records(Path(args.root), Path(args.summarize))
         print(f"Summary written to {args.summarize}/summary.json and RESULTS.md, {len(records)} job records to jobs/")
+        return
+    if args.rescore:
+        rescored = rescore_jobs(Path(args.root), args.protocol)
+        print(f"Rescored {len(rescored)} {args.protocol} jobs from their folders' results: {' '.join(rescored)}")
         return
     run_sweep(Sweep(book, Path(args.root), args.protocol, tuple(overrides)), args.seeds, args.only)
 

@@ -218,7 +218,21 @@ def scores_of(results: dict[str, Any], probes: dict[str, Any]) -> dict[str, Any]
         "tc_probe_std": tc_std,
         "ner_tasks": ner,
         "ner_probe": {name: run["test_f1"] for name, run in probes.items()},
+        **dev_scores(results.get("runs", []), probes),
     }
+
+
+def dev_scores(runs: list[dict[str, Any]], probes: dict[str, Any]) -> dict[str, Any]:
+    """The dev F1 of the LoRA NER runs (each run's best epoch, chosen on dev), per task and as the NER families'
+    means: the numbers a choice between recipes rests on, the test F1 being what is reported. NER full has none on
+    the screen (its probe has no dev split)."""
+    dev = {f"{run['dataset']}@{run['fraction']:g}": run["dev_f1"] for run in runs if "dev_f1" in run}
+    means: dict[str, Any] = {"ner_tasks_dev": dev}
+    for family, fraction in (("ner_full_dev", 1.0), ("ner_10_dev", 0.1)):
+        values = [run["dev_f1"] for run in runs if "dev_f1" in run and run["fraction"] == fraction]
+        if values and not (probes and fraction == 1.0):
+            means[family] = statistics.fmean(values)
+    return means
 
 
 @dataclass(frozen=True)
@@ -276,6 +290,7 @@ def _run_job(sweep: Sweep, recipe: Recipe, seed: int | None, folder: Path) -> di
 
 
 FAMILIES = ("tc", "ner_full", "ner_10")
+DEV_FAMILIES = ("ner_full_dev", "ner_10_dev")  # in records written since 2026-12-07 (ninth session), and rescored ones
 
 
 def finished_jobs(root: Path, protocol: str = "screen") -> list[dict[str, Any]]:
@@ -326,10 +341,15 @@ def against_shipped(runs: dict[int, dict[str, Any]], shipped: dict[int, dict[str
     if not seeds:
         return {}
     versus: dict[str, Any] = {"seeds": seeds}
-    for family in FAMILIES:
+    for family in FAMILIES + shared_dev_families([runs[s] for s in seeds] + [shipped[s] for s in seeds]):
         delta = paired_delta({s: runs[s][family] for s in seeds}, {s: shipped[s][family] for s in seeds})
         versus[family] = delta.as_dict() | {"text": delta.describe()}
     return {"vs_shipped": versus}
+
+
+def shared_dev_families(jobs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The dev families every one of these jobs has (records older than dev scores have none)."""
+    return tuple(family for family in DEV_FAMILIES if all(family in job for job in jobs))
 
 
 def summarize(
@@ -346,7 +366,7 @@ def summarize(
             continue
         inherited = book.recipes[recipe.source].levers() if recipe.source else {}  # what its release was trained with
         entry: dict[str, Any] = {"name": name, "levers": {**inherited, **recipe.levers()}, "seeds": sorted(runs)}
-        for family in FAMILIES:
+        for family in FAMILIES + shared_dev_families([base, *runs.values()]):
             delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
             entry[family] = delta.as_dict() | {"text": delta.describe()}
         entry |= cpu_per_seed(list(runs.values()), protocol)
@@ -358,7 +378,10 @@ def summarize(
                 entry |= against_shipped(runs_of[entry["name"]], runs_of[shipped])
     return {
         "protocol": DESCRIPTIONS[protocol],
-        "base": {"model": base["model"], **{family: round(base[family], 3) for family in FAMILIES}},
+        "base": {
+            "model": base["model"],
+            **{family: round(base[family], 3) for family in FAMILIES + shared_dev_families([base])},
+        },
         "recipes": recipes,
     }
 
@@ -386,6 +409,7 @@ def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
             "## Quick protocol (confirmation)",
             "",
             *_table(summary["quick"], "NER full", "CPU min / seed (training + quick)"),
+            *_dev_table(summary["quick"]),
         ]
     if "rank_agreement" in summary:
         lines += ["", *_agreement_lines(summary["rank_agreement"])]
@@ -408,6 +432,24 @@ def copy_job_records(root: Path, output: Path) -> list[Path]:
     for stale in set(folder.glob("*.json")) - set(written):
         stale.unlink()
     return written
+
+
+def rescore_jobs(root: Path, protocol: str) -> list[str]:
+    """Recompute the scores of finished jobs from the results their folders hold, for records written before the
+    scores gained a field (the dev F1); the rest of each record (seed, model, CPU seconds) is kept. Jobs whose
+    folder holds only the marker (rebuilt from committed records) are left as they are. Returns the jobs rescored."""
+    rescored = []
+    for marker in sorted(root.glob(f"*/{MARKERS[protocol]}")):
+        results_path = marker.parent / protocol / "results.json"
+        if not results_path.is_file():
+            continue
+        probe_path = marker.parent / protocol / "probe.json"
+        probes = json.loads(probe_path.read_text(encoding="utf-8")) if probe_path.is_file() else {}
+        scores = scores_of(json.loads(results_path.read_text(encoding="utf-8")), probes)
+        record = json.loads(marker.read_text(encoding="utf-8")) | scores
+        atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
+        rescored.append(marker.parent.name)
+    return rescored
 
 
 def _versus_shipped_table(section: dict[str, Any], full_label: str) -> list[str]:
@@ -449,6 +491,31 @@ def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str
             f"{entry['ner_10']['text']} | {_cpu_text(entry)} |"
         )
     return lines + _versus_shipped_table(section, full_label)
+
+
+def _dev_table(section: dict[str, Any]) -> list[str]:
+    """The NER dev F1 (each LoRA run's best epoch) against the base and the shipped recipe, for the recipes whose
+    records carry it: a choice rests on these; the tables above report test."""
+    entries = [entry for entry in section["recipes"] if any(family in entry for family in DEV_FAMILIES)]
+    if not entries:
+        return []
+    base = section["base"]
+    lines = [
+        "",
+        "NER dev F1 (the best epoch of each LoRA run), where the records carry it: what a choice rests on. Base: "
+        + ", ".join(f"{family} {base[family]:.2f}" for family in DEV_FAMILIES if family in base)
+        + ".",
+        "",
+        "| recipe | seeds | NER full dev vs base | NER 10 % dev vs base | NER full dev vs shipped "
+        "| NER 10 % dev vs shipped |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        versus = entry.get("vs_shipped", {})
+        cells = [entry.get(family, {}).get("text", "—") for family in DEV_FAMILIES]
+        cells += [versus.get(family, {}).get("text", "—") for family in DEV_FAMILIES]
+        lines.append(f"| {entry['name']} | {' '.join(map(str, entry['seeds']))} | {' | '.join(cells)} |")
+    return lines
 
 
 def _agreement_lines(agreement: dict[str, Any]) -> list[str]:

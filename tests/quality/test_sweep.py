@@ -180,3 +180,61 @@ def test_candidates_are_paired_against_the_shipped_recipe_on_the_seeds_both_have
     assert "vs_shipped" not in by_name["shipped"] and "other" not in by_name  # nothing run: no entry
     sweep.write_summary(summary, tmp_path / "out", "the command")
     assert "| candidate | 0 1 | +1.10 ± 0.10 |" in (tmp_path / "out" / "RESULTS.md").read_text()
+
+
+def suite_results(test: dict[str, float], dev: dict[str, float]) -> dict:
+    """A quick-protocol results.json in the suite's shape: one NER row and one run per `dataset@fraction`."""
+    rows, runs = [{"family": "tc", "dataset": "T", "value": 60.0, "experiments": [59.0, 61.0]}], []
+    for task, value in test.items():
+        dataset, fraction = task.split("@")
+        rows.append({"family": "ner", "dataset": dataset, "fraction": float(fraction), "value": value})
+        runs.append({"dataset": dataset, "fraction": float(fraction), "test_f1": value, "dev_f1": dev[task]})
+    return {"results": rows, "runs": runs}
+
+
+def test_records_carry_the_dev_f1_a_choice_rests_on():
+    results = suite_results({"a@1": 70.0, "b@1": 80.0, "a@0.1": 50.0}, {"a@1": 72.0, "b@1": 84.0, "a@0.1": 55.0})
+    scores = sweep.scores_of(results, probes={})
+    assert scores["ner_full"] == 75.0 and scores["ner_full_dev"] == 78.0 and scores["ner_10_dev"] == 55.0
+    assert scores["ner_tasks_dev"] == {"a@1": 72.0, "b@1": 84.0, "a@0.1": 55.0}
+    screen = sweep.scores_of(results, probes={"p": {"test_f1": 40.0}})  # NER full is the probe's: it has no dev
+    assert screen["ner_full"] == 40.0 and "ner_full_dev" not in screen and screen["ner_10_dev"] == 55.0
+
+
+def test_dev_differences_are_summarised_where_every_record_has_them(tmp_path):
+    book = load_recipes(recipe_file(tmp_path, "  - name: shipped\n  - name: candidate\n  - name: old\n"))
+
+    def job(recipe, seed, score, dev=True):
+        record = {"recipe": recipe, "seed": seed, "model": recipe, "cpu_seconds": {"train": 60.0, "quick": 60.0}}
+        record |= {"tc": score, "ner_full": score, "ner_10": score}
+        return record | ({"ner_full_dev": score + 1, "ner_10_dev": score + 2} if dev else {})
+
+    jobs = [job("base", None, 50.0), job("old", 0, 51.0, dev=False), job("old", 1, 52.0, dev=False)]
+    jobs += [job("shipped", s, v) for s, v in ((0, 51.0), (1, 52.0))]
+    jobs += [job("candidate", 0, 53.0), job("candidate", 1, 53.5, dev=False)]  # one seed without dev: no dev delta
+    jobs += [job("candidate", 2, 54.0)]
+    summary = sweep.summarize(book, jobs, shipped="shipped", protocol="quick")
+    by_name = {entry["name"]: entry for entry in summary["recipes"]}
+    assert summary["base"]["ner_full_dev"] == 51.0
+    assert by_name["shipped"]["ner_full_dev"]["mean_delta"] == pytest.approx(1.5)  # (52 + 53) / 2 - 51
+    assert "ner_full_dev" not in by_name["candidate"] and "ner_full_dev" not in by_name["old"]
+    assert "ner_full_dev" not in by_name["candidate"]["vs_shipped"]
+    sweep.write_summary(summary | {"quick": summary}, tmp_path / "out", "the command")
+    text = (tmp_path / "out" / "RESULTS.md").read_text()
+    dev_table = text.split("NER dev F1")[-1]
+    assert "| shipped | 0 1 | +1.50 ± 0.50 | +1.50 ± 0.50 | — | — |" in dev_table and "| old |" not in dev_table
+
+
+def test_rescoring_adds_dev_to_records_from_their_folders_results(tmp_path):
+    root = tmp_path / "jobs"
+    for job in ("a-s0", "rebuilt-s0"):
+        (root / job).mkdir(parents=True)
+        record = {"recipe": job[:-3], "seed": 0, "cpu_seconds": {"train": 9.0, "quick": 9.0}, "ner_full": 1.0}
+        (root / job / "DONE-quick.json").write_text(json.dumps(record))
+    (root / "a-s0" / "quick").mkdir()
+    results = suite_results({"c@1": 70.0, "c@0.1": 50.0}, {"c@1": 71.0, "c@0.1": 52.0})
+    (root / "a-s0" / "quick" / "results.json").write_text(json.dumps(results))
+    assert sweep.rescore_jobs(root, "quick") == ["a-s0"]  # rebuilt-s0 holds only its marker: kept as it is
+    record = json.loads((root / "a-s0" / "DONE-quick.json").read_text())
+    assert record["ner_full"] == 70.0 and record["ner_full_dev"] == 71.0 and record["cpu_seconds"]["train"] == 9.0
+    assert "ner_full_dev" not in json.loads((root / "rebuilt-s0" / "DONE-quick.json").read_text())
