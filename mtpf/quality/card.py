@@ -124,5 +124,9 @@ def quality_section(quality: RecipeQuality) -> str:
             *rows,
             "",
             f"≈: under two standard errors (no measurable difference). Protocol: {quality.protocol}",
+            "",
+            "The standard errors cover the pre-finetuning seeds only: not the teacher's build (a teacher rebuilt on "
+            "another machine is another teacher, and NER moves with it) nor the base's own run-to-run noise (the "
+            "base is scored once); mtpf's `docs/quality.md` measures both.",
         ]
     )
