@@ -163,14 +163,14 @@ def screen(model: str, folder: Path, label: str) -> dict[str, Any]:
     results = SuiteRun(settings, folder / "screen", command=f"quality screen {label}={model}")
     results.run([f"{label}={model}"])
     probe_path = folder / "screen" / "probe.json"
-    probes = json.loads(probe_path.read_text(encoding="utf-8")) if probe_path.is_file() else {}
+    probes = saved_probes(folder, "screen")
     candidate = None
     for dataset in SCREEN_PROBE_DATASETS:
         if dataset not in probes:
             candidate = candidate or load_model(f"{label}={model}")
             probes[dataset] = asdict(probe_ner(candidate, dataset, _ner_root(), ProbeProtocol()))
             atomic_write_text(probe_path, json.dumps(probes, indent=2) + "\n")
-    return scores_of(json.loads((folder / "screen" / "results.json").read_text(encoding="utf-8")), probes)
+    return saved_scores(folder, "screen", probes)
 
 
 def quick(model: str, folder: Path, label: str) -> dict[str, Any]:
@@ -179,7 +179,20 @@ def quick(model: str, folder: Path, label: str) -> dict[str, Any]:
 
     settings = suite_settings("quick", ner_datasets=list(QUICK_NER_DATASETS), fractions=list(QUICK_FRACTIONS))
     SuiteRun(settings, folder / "quick", command=f"quality quick {label}={model}").run([f"{label}={model}"])
-    return scores_of(json.loads((folder / "quick" / "results.json").read_text(encoding="utf-8")), probes={})
+    return saved_scores(folder, "quick")
+
+
+def saved_probes(folder: Path, protocol: str) -> dict[str, Any]:
+    """The NER probes a job folder holds for one protocol (the screen's; none for the quick protocol)."""
+    path = folder / protocol / "probe.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def saved_scores(folder: Path, protocol: str, probes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The scores of what a job folder holds for one protocol (its suite results and probes): what a finished
+    evaluation returns and what a later rescore recomputes, from the same files."""
+    results = json.loads((folder / protocol / "results.json").read_text(encoding="utf-8"))
+    return scores_of(results, saved_probes(folder, protocol) if probes is None else probes)
 
 
 def evaluate(protocol: str, model: str, folder: Path, label: str) -> dict[str, Any]:
@@ -273,20 +286,24 @@ def _run_job(sweep: Sweep, recipe: Recipe, seed: int | None, folder: Path) -> di
     start = time.process_time()
     scores = evaluate(protocol, model, folder, recipe.name if seed is None else f"{recipe.name}-s{seed}")
     cpu[protocol] = time.process_time() - start
-    record = {
-        "recipe": recipe.name,
-        "seed": seed,
-        "model": model,
-        "levers": recipe.levers(),
-        **scores,
-        "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
-        "protocol": DESCRIPTIONS[protocol],
-    }
+    job = {"recipe": recipe.name, "seed": seed, "model": model, "levers": recipe.levers()}
+    record = job_record(job, scores, cpu, protocol)
     atomic_write_text(folder / MARKERS[protocol], json.dumps(record, indent=2) + "\n")
     logger.info(
         "job %s (%s) done: tc %.2f, ner_full %.2f, ner_10 %.2f", folder.name, protocol, *(scores[k] for k in FAMILIES)
     )
     return record
+
+
+def job_record(job: dict[str, Any], scores: dict[str, Any], cpu: dict[str, float], protocol: str) -> dict[str, Any]:
+    """A finished job's record, the content of its completion marker: what the job is (`recipe`, `seed`, `model`,
+    `levers`), its scores, its CPU seconds per step and the protocol's description."""
+    return {
+        **job,
+        **scores,
+        "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
+        "protocol": DESCRIPTIONS[protocol],
+    }
 
 
 FAMILIES = ("tc", "ner_full", "ner_10")
@@ -440,13 +457,9 @@ def rescore_jobs(root: Path, protocol: str) -> list[str]:
     folder holds only the marker (rebuilt from committed records) are left as they are. Returns the jobs rescored."""
     rescored = []
     for marker in sorted(root.glob(f"*/{MARKERS[protocol]}")):
-        results_path = marker.parent / protocol / "results.json"
-        if not results_path.is_file():
+        if not (marker.parent / protocol / "results.json").is_file():
             continue
-        probe_path = marker.parent / protocol / "probe.json"
-        probes = json.loads(probe_path.read_text(encoding="utf-8")) if probe_path.is_file() else {}
-        scores = scores_of(json.loads(results_path.read_text(encoding="utf-8")), probes)
-        record = json.loads(marker.read_text(encoding="utf-8")) | scores
+        record = json.loads(marker.read_text(encoding="utf-8")) | saved_scores(marker.parent, protocol)
         atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
         rescored.append(marker.parent.name)
     return rescored

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mtpf.io import atomic_write_text
 from mtpf.quality.recipes import load_recipes
-from mtpf.quality.sweep import DESCRIPTIONS, scores_of
+from mtpf.quality.sweep import job_record, saved_scores
 
 SHIPPED = "nergrad0-nerall-nerlr1e-3-ner2x-cobase"
 CANDIDATE = "nergrad0-nerall-nerlr2e-3-ner2x-cobase"
@@ -32,25 +32,18 @@ FOLDERS = {0: Path("/work/quality/measure"), 1: Path("/work/quality/measure-s1")
 
 def main(jobs: Path, target: Path) -> None:
     levers = load_recipes("configs/quality/recipes.yaml").recipes[SHIPPED].levers()
+    (target / "base").mkdir(parents=True, exist_ok=True)
     for marker in ("DONE.json", "DONE-quick.json"):
-        (target / "base").mkdir(parents=True, exist_ok=True)
         shutil.copy(jobs / "base" / marker, target / "base" / marker)
     for seed in range(3):
         source = jobs / f"{CANDIDATE}-s{seed}" / "DONE-quick.json"
         (target / source.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target / source.parent.name / source.name)
     for seed, folder in FOLDERS.items():
-        results = json.loads((folder / "quick" / "results.json").read_text(encoding="utf-8"))
-        record = {
-            "recipe": SHIPPED,
-            "seed": seed,
-            "model": str(folder / "release"),
-            "levers": levers,
-            **scores_of(results, probes={}),
-            "cpu_seconds": {"train": 0.0, "quick": 0.0},  # not timed by the sweep: unknown, not free
-            "protocol": DESCRIPTIONS["quick"],
-            "teacher": "/work/quality/teacher-minilm-l6 (rebuilt on the ninth session's machine)",
-        }
+        cpu = {"train": 0.0, "quick": 0.0}  # not timed by the sweep: unknown, not free
+        job = {"recipe": SHIPPED, "seed": seed, "model": str(folder / "release"), "levers": levers}
+        record = job_record(job, saved_scores(folder, "quick"), cpu, "quick")
+        record["teacher"] = "/work/quality/teacher-minilm-l6 (rebuilt on the ninth session's machine)"
         out = target / f"{SHIPPED}-s{seed}"
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "DONE-quick.json", json.dumps(record, indent=2) + "\n")
