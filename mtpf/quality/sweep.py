@@ -185,14 +185,22 @@ def quick(model: str, folder: Path, label: str) -> dict[str, Any]:
 def saved_probes(folder: Path, protocol: str) -> dict[str, Any]:
     """The NER probes a job folder holds for one protocol (the screen's; none for the quick protocol)."""
     path = folder / protocol / "probe.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return _read_json(path) if path.is_file() else {}
 
 
 def saved_scores(folder: Path, protocol: str, probes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The scores of what a job folder holds for one protocol (its suite results and probes): what a finished
     evaluation returns and what a later rescore recomputes, from the same files."""
-    results = json.loads((folder / protocol / "results.json").read_text(encoding="utf-8"))
+    results = _read_json(folder / protocol / "results.json")
     return scores_of(results, saved_probes(folder, protocol) if probes is None else probes)
+
+
+def _read_json(path: Path) -> Any:
+    """A file the sweep wrote; a damaged one (e.g. edited by hand) is named, not a bare decoder traceback."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); rerun its job or restore the file.") from error
 
 
 def evaluate(protocol: str, model: str, folder: Path, label: str) -> dict[str, Any]:

@@ -238,3 +238,12 @@ def test_rescoring_adds_dev_to_records_from_their_folders_results(tmp_path):
     record = json.loads((root / "a-s0" / "DONE-quick.json").read_text())
     assert record["ner_full"] == 70.0 and record["ner_full_dev"] == 71.0 and record["cpu_seconds"]["train"] == 9.0
     assert "ner_full_dev" not in json.loads((root / "rebuilt-s0" / "DONE-quick.json").read_text())
+
+
+def test_rescoring_names_a_damaged_results_file(tmp_path):
+    job = tmp_path / "jobs" / "a-s0"
+    (job / "quick").mkdir(parents=True)
+    (job / "DONE-quick.json").write_text(json.dumps({"recipe": "a", "seed": 0}))
+    (job / "quick" / "results.json").write_text('{"results": [')
+    with pytest.raises(ValueError, match=r"a-s0/quick/results.json: not valid JSON"):
+        sweep.rescore_jobs(tmp_path / "jobs", "quick")
