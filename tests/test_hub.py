@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from modeling_mtpf import MtpfForTokenClassification
 from mtpf.hub import HubTarget, PublishError, publish, stage_release
+from mtpf.quality.card import quality_section, recipe_quality
 from mtpf.release import BASE_MARKER, ReleaseError, init_release, load_release, release_hash
 from mtpf.results import SCHEMA, ResultRecord, ResultsSchemaError, averaged, load_results, save_results
 from mtpf.weights import tiny_encoder_dir as packaged_tiny_encoder
@@ -276,7 +277,17 @@ def test_the_card_reports_the_recipes_quality_against_the_base(trained_release, 
     text = ModelCard.load(tmp_path / REPO_ID / "README.md").text
     assert "## Quality against the base" in text and "pre-finetuning seeds 0, 1, 2" in text
     assert "| NER with 10 % of the training data (entity F1) | 57.75 | +5.45 ± 0.45 |" in text
-    assert "cover the pre-finetuning seeds only: not the teacher's build" in text  # what the SE leaves out
+    assert "cover the pre-finetuning seeds only (the base is scored once" in text  # what the SE leaves out
+    assert "not the teacher's build" in text
+
+
+def test_the_card_counts_the_bases_noise_where_the_base_was_scored_at_several_downstream_seeds(tmp_path):
+    path = quality_summary(tmp_path, {})
+    summary = json.loads(path.read_text())
+    summary["quick"]["base"]["ner_full_downstream_se"] = 0.18
+    path.write_text(json.dumps(summary))
+    text = quality_section(recipe_quality(path))
+    assert "seeds and, for NER, the base's own run-to-run noise (its mean over downstream seeds)" in text
 
 
 @pytest.mark.parametrize(

@@ -125,8 +125,15 @@ def quality_section(quality: RecipeQuality) -> str:
             "",
             f"≈: under two standard errors (no measurable difference). Protocol: {quality.protocol}",
             "",
-            "The standard errors cover the pre-finetuning seeds only: not the teacher's build (a teacher rebuilt on "
-            "another machine is another teacher, and NER moves with it) nor the base's own run-to-run noise (the "
-            "base is scored once); mtpf's `docs/quality.md` measures both.",
+            f"The standard errors cover the pre-finetuning seeds{_base_noise(quality.base)}, not the teacher's "
+            "build (a teacher rebuilt on another machine is another teacher, and NER moves with it); mtpf's "
+            "`docs/quality.md` measures it.",
         ]
     )
+
+
+def _base_noise(base: dict[str, Any]) -> str:
+    """What the SEs say about the base's own noise: covered where the base was scored at several downstream seeds."""
+    if any(key.endswith("_downstream_se") for key in base):
+        return " and, for NER, the base's own run-to-run noise (its mean over downstream seeds)"
+    return " only (the base is scored once: its own run-to-run noise is not in them)"

@@ -22,6 +22,13 @@ class PairedDelta:
         """Beyond two standard errors (never with fewer than two seeds)."""
         return self.se is not None and abs(self.mean_delta) > 2 * self.se
 
+    def with_reference_se(self, se: float | None) -> PairedDelta:
+        """The difference to a reference that is itself a mean with an error (the base over downstream seeds): that
+        error is shared by every seed's difference, so the paired SE cannot see it; it is added in quadrature."""
+        if not se or self.se is None:
+            return self
+        return PairedDelta(self.mean_delta, math.hypot(self.se, se), self.n)
+
     def as_dict(self) -> dict:
         return {
             "mean_delta": round(self.mean_delta, 3),

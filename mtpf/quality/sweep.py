@@ -67,10 +67,16 @@ SCREEN_DESCRIPTION = (
 # The confirmation: the quick suite's TC as is; its NER LoRA protocol on the two datasets below at full and 10 % data
 # (the quick suite runs five datasets at full data only: about 1 CPU-hour; this cut keeps it near 25 CPU-minutes).
 QUICK_NER_DATASETS, QUICK_FRACTIONS = ("conll2003", "mit_restaurant"), (1.0, 0.1)
+# A recipe's NER runs at downstream seed 0 (the LoRA's and head's initialisation and data order); its pre-finetuning
+# seeds already vary what that run sees. The base has no pre-finetuning seed, and moving the downstream seed moves the
+# base and a release apart (results/quality/downstream-seeds/), so one base run is an error every difference shares
+# and the paired SE cannot see: the base runs at these seeds and its mean's SE is added to each difference's.
+BASE_DOWNSTREAM_SEEDS = (0, 1, 2)
 QUICK_DESCRIPTION = (
     "quick: TC = the quick suite's 10 local MTEB tasks as the suite runs them (eval splits capped at 2,048 rows, 10 "
     f"probe experiments); NER full and NER 10 % = the quick suite's LoRA protocol on {', '.join(QUICK_NER_DATASETS)} "
-    "with all and 10 % of its 1,000-sentence training subset (mean test F1)."
+    "with all and 10 % of its 1,000-sentence training subset (mean test F1); the base's NER at downstream seeds "
+    f"{' '.join(map(str, BASE_DOWNSTREAM_SEEDS))} (a recipe's at 0), its mean's SE added to every difference's."
 )
 DESCRIPTIONS = {"screen": SCREEN_DESCRIPTION, "quick": QUICK_DESCRIPTION}
 
@@ -173,11 +179,14 @@ def screen(model: str, folder: Path, label: str) -> dict[str, Any]:
     return saved_scores(folder, "screen", probes)
 
 
-def quick(model: str, folder: Path, label: str) -> dict[str, Any]:
-    """The confirming protocol on one model; it resumes per (dataset, fraction) from what `folder` already holds."""
+def quick(model: str, folder: Path, label: str, seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    """The confirming protocol on one model, its NER at the given downstream seeds; it resumes per (dataset,
+    fraction, seed) from what `folder` already holds."""
     from mtpf.evaluation.suite import SuiteRun
 
-    settings = suite_settings("quick", ner_datasets=list(QUICK_NER_DATASETS), fractions=list(QUICK_FRACTIONS))
+    settings = suite_settings(
+        "quick", ner_datasets=list(QUICK_NER_DATASETS), fractions=list(QUICK_FRACTIONS), seeds=list(seeds)
+    )
     SuiteRun(settings, folder / "quick", command=f"quality quick {label}={model}").run([f"{label}={model}"])
     return saved_scores(folder, "quick")
 
@@ -203,11 +212,14 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({error}); rerun its job or restore the file.") from error
 
 
-def evaluate(protocol: str, model: str, folder: Path, label: str) -> dict[str, Any]:
-    """The named protocol on one model (looked up when called, so that a test can stand in for one)."""
+def evaluate(protocol: str, model: str, folder: Path, label: str, *, base: bool = False) -> dict[str, Any]:
+    """The named protocol on one model (looked up when called, so that a test can stand in for one); the base's
+    quick protocol runs its NER at `BASE_DOWNSTREAM_SEEDS`."""
     if protocol not in MARKERS:
         raise ValueError(f"Unknown protocol {protocol!r}; use one of {sorted(MARKERS)}.")
-    return {"screen": screen, "quick": quick}[protocol](model, folder, label)
+    if protocol == "quick":
+        return quick(model, folder, label, seeds=BASE_DOWNSTREAM_SEEDS if base else (0,))
+    return screen(model, folder, label)
 
 
 def _ner_root() -> str:
@@ -226,33 +238,57 @@ def scores_of(results: dict[str, Any], probes: dict[str, Any]) -> dict[str, Any]
         for r in rows
         if r["family"] == "tc" and r.get("experiments")
     }
-    ner = {f"{r['dataset']}@{r['fraction']:g}": r["value"] for r in rows if r["family"] == "ner"}
-    ner_10 = [r["value"] for r in rows if r["family"] == "ner" and r["fraction"] == 0.1]
-    full = [run["test_f1"] for run in probes.values()] or [
-        r["value"] for r in rows if r["family"] == "ner" and r["fraction"] == 1.0
-    ]
+    ner_rows = [{**r, "score": r["value"]} for r in rows if r["family"] == "ner"]
+    full = (
+        {"ner_full": statistics.fmean(run["test_f1"] for run in probes.values())}
+        if probes
+        else over_downstream_seeds(ner_rows, "ner_full", 1.0)
+    )
     return {
         "tc": statistics.fmean(tc.values()),
-        "ner_full": statistics.fmean(full),
-        "ner_10": statistics.fmean(ner_10),
+        **full,
+        **over_downstream_seeds(ner_rows, "ner_10", 0.1),
         "tc_tasks": tc,
         "tc_probe_std": tc_std,
-        "ner_tasks": ner,
+        "ner_tasks": per_task(ner_rows),
         "ner_probe": {name: run["test_f1"] for name, run in probes.items()},
         **dev_scores(results.get("runs", []), probes),
     }
+
+
+def per_task(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """`dataset@fraction` -> its score (`score` of each run), the mean over downstream seeds where there are several."""
+    scores: dict[str, list[float]] = {}
+    for run in runs:
+        scores.setdefault(f"{run['dataset']}@{run['fraction']:g}", []).append(run["score"])
+    return {task: statistics.fmean(values) for task, values in scores.items()}
+
+
+def over_downstream_seeds(runs: list[dict[str, Any]], family: str, fraction: float) -> dict[str, float]:
+    """A NER family's score (the mean over datasets of the runs at `fraction`) and, where the runs cover more than one
+    downstream seed, `<family>_downstream_se`: the SE of its mean over those seeds (the base's own noise)."""
+    by_seed: dict[int, list[float]] = {}
+    for run in runs:
+        if run["fraction"] == fraction:
+            by_seed.setdefault(run.get("seed", 0), []).append(run["score"])
+    if not by_seed:
+        return {}
+    means = [statistics.fmean(values) for values in by_seed.values()]
+    scores = {family: statistics.fmean(means)}
+    if len(means) > 1:
+        scores[f"{family}_downstream_se"] = statistics.stdev(means) / len(means) ** 0.5
+    return scores
 
 
 def dev_scores(runs: list[dict[str, Any]], probes: dict[str, Any]) -> dict[str, Any]:
     """The dev F1 of the LoRA NER runs (each run's best epoch, chosen on dev), per task and as the NER families'
     means: the numbers a choice between recipes rests on, the test F1 being what is reported. NER full has none on
     the screen (its probe has no dev split)."""
-    dev = {f"{run['dataset']}@{run['fraction']:g}": run["dev_f1"] for run in runs if "dev_f1" in run}
-    means: dict[str, Any] = {"ner_tasks_dev": dev}
+    dev_runs = [{**run, "score": run["dev_f1"]} for run in runs if "dev_f1" in run]
+    means: dict[str, Any] = {"ner_tasks_dev": per_task(dev_runs)}
     for family, fraction in (("ner_full_dev", 1.0), ("ner_10_dev", 0.1)):
-        values = [run["dev_f1"] for run in runs if "dev_f1" in run and run["fraction"] == fraction]
-        if values and not (probes and fraction == 1.0):
-            means[family] = statistics.fmean(values)
+        if not (probes and fraction == 1.0):
+            means |= over_downstream_seeds(dev_runs, family, fraction)
     return means
 
 
@@ -292,7 +328,8 @@ def _run_job(sweep: Sweep, recipe: Recipe, seed: int | None, folder: Path) -> di
             model_path = interpolated(recipe, model_path, folder)
         model = str(model_path)
     start = time.process_time()
-    scores = evaluate(protocol, model, folder, recipe.name if seed is None else f"{recipe.name}-s{seed}")
+    label = recipe.name if seed is None else f"{recipe.name}-s{seed}"
+    scores = evaluate(protocol, model, folder, label, base=seed is None)
     cpu[protocol] = time.process_time() - start
     job = {"recipe": recipe.name, "seed": seed, "model": model, "levers": recipe.levers()}
     record = job_record(job, scores, cpu, protocol)
@@ -393,6 +430,7 @@ def summarize(
         entry: dict[str, Any] = {"name": name, "levers": {**inherited, **recipe.levers()}, "seeds": sorted(runs)}
         for family in FAMILIES + shared_dev_families([base, *runs.values()]):
             delta = paired_delta({s: job[family] for s, job in runs.items()}, base[family])
+            delta = delta.with_reference_se(base.get(f"{family}_downstream_se"))
             entry[family] = delta.as_dict() | {"text": delta.describe()}
         entry |= cpu_per_seed(list(runs.values()), protocol)
         entry["shipped"] = name == shipped
@@ -406,6 +444,7 @@ def summarize(
         "base": {
             "model": base["model"],
             **{family: round(base[family], 3) for family in FAMILIES + shared_dev_families([base])},
+            **{key: round(value, 3) for key, value in base.items() if key.endswith("_downstream_se")},
         },
         "recipes": recipes,
     }
@@ -421,7 +460,8 @@ def write_summary(summary: dict[str, Any], output: Path, command: str) -> None:
         "",
         f"Command: `{command}`",
         "",
-        "Differences to the base: mean over pre-finetuning seeds ± one standard error of the paired differences; "
+        "Differences to the base: mean over pre-finetuning seeds ± one standard error of the paired differences "
+        "(where the base's score is a mean over downstream seeds, its SE added in quadrature); "
         "`≈` = under two standard errors (no measurable change).",
         "",
         "## Screen",
@@ -498,8 +538,8 @@ def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str
     lines = [
         f"Protocol: {section['protocol']}",
         "",
-        f"Base `{base['model']}`: TC {base['tc']:.2f}, {full_label} {base['ner_full']:.2f}, "
-        f"NER 10 % {base['ner_10']:.2f}.",
+        f"Base `{base['model']}`: TC {base['tc']:.2f}, {full_label} {_base_text(base, 'ner_full')}, "
+        f"NER 10 % {_base_text(base, 'ner_10')}.",
         "",
         f"| recipe | levers | seeds | TC | {full_label} | NER 10 % | {cpu_label} |",
         "|---|---|---|---|---|---|---|",
@@ -514,6 +554,12 @@ def _table(section: dict[str, Any], full_label: str, cpu_label: str) -> list[str
     return lines + _versus_shipped_table(section, full_label)
 
 
+def _base_text(base: dict[str, Any], family: str) -> str:
+    """The base's score, with its SE over downstream seeds where it was run at several."""
+    se = base.get(f"{family}_downstream_se")
+    return f"{base[family]:.2f}" + (f" ± {se:.2f} (mean over downstream seeds)" if se else "")
+
+
 def _dev_table(section: dict[str, Any]) -> list[str]:
     """The NER dev F1 (each LoRA run's best epoch) against the base and the shipped recipe, for the recipes whose
     records carry it: a choice rests on these; the tables above report test."""
@@ -524,7 +570,7 @@ def _dev_table(section: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "NER dev F1 (the best epoch of each LoRA run), where the records carry it: what a choice rests on. Base: "
-        + ", ".join(f"{family} {base[family]:.2f}" for family in DEV_FAMILIES if family in base)
+        + ", ".join(f"{family} {_base_text(base, family)}" for family in DEV_FAMILIES if family in base)
         + ".",
         "",
         "| recipe | seeds | NER full dev vs base | NER 10 % dev vs base | NER full dev vs shipped "

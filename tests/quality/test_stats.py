@@ -32,3 +32,11 @@ def test_paired_delta_one_seed_has_no_spread():
     assert delta.se is None and not delta.significant and delta.describe() == "+3.00 (1 seed)"
     with pytest.raises(ValueError, match="No seed"):
         paired_delta({0: 1.0}, {1: 1.0})
+
+
+def test_a_reference_with_its_own_error_widens_the_se_in_quadrature():
+    delta = paired_delta({0: 68.0, 1: 69.0, 2: 70.0}, 67.0).with_reference_se(1.0)  # paired se 1/sqrt(3)
+    assert delta.mean_delta == pytest.approx(2.0) and delta.se == pytest.approx(math.sqrt(1 / 3 + 1))
+    assert not delta.significant  # 2 < 2 * 1.155: the base's own noise makes the gain unresolved
+    one_seed = paired_delta({0: 70.0}, 67.0).with_reference_se(1.0)
+    assert one_seed.se is None  # no spread of its own: still a single seed, not a measured SE

@@ -120,8 +120,9 @@ def test_the_quick_protocol_has_its_own_jobs_and_is_ranked_against_the_screen(tm
         (root / job / sweep.DONE).write_text(json.dumps(record))
     evaluated = []
 
-    def fake_quick(model, folder, label):
+    def fake_quick(model, folder, label, seeds=(0,)):
         evaluated.append(label)
+        assert seeds == (sweep.BASE_DOWNSTREAM_SEEDS if label == "base" else (0,))
         score = quick_scores[folder.name]
         return {"tc": score, "ner_full": score, "ner_10": score}
 
@@ -183,12 +184,14 @@ def test_candidates_are_paired_against_the_shipped_recipe_on_the_seeds_both_have
 
 
 def suite_results(test: dict[str, float], dev: dict[str, float]) -> dict:
-    """A quick-protocol results.json in the suite's shape: one NER row and one run per `dataset@fraction`."""
+    """A quick-protocol results.json in the suite's shape: one NER row and one run per `dataset@fraction[@seed]`
+    (downstream seed 0 where not given)."""
     rows, runs = [{"family": "tc", "dataset": "T", "value": 60.0, "experiments": [59.0, 61.0]}], []
     for task, value in test.items():
-        dataset, fraction = task.split("@")
-        rows.append({"family": "ner", "dataset": dataset, "fraction": float(fraction), "value": value})
-        runs.append({"dataset": dataset, "fraction": float(fraction), "test_f1": value, "dev_f1": dev[task]})
+        dataset, fraction, seed = [*task.split("@"), "0"][:3]
+        key = {"dataset": dataset, "fraction": float(fraction), "seed": int(seed)}
+        rows.append({"family": "ner", **key, "value": value})
+        runs.append({**key, "test_f1": value, "dev_f1": dev[task]})
     return {"results": rows, "runs": runs}
 
 
@@ -199,6 +202,28 @@ def test_records_carry_the_dev_f1_a_choice_rests_on():
     assert scores["ner_tasks_dev"] == {"a@1": 72.0, "b@1": 84.0, "a@0.1": 55.0}
     screen = sweep.scores_of(results, probes={"p": {"test_f1": 40.0}})  # NER full is the probe's: it has no dev
     assert screen["ner_full"] == 40.0 and "ner_full_dev" not in screen and screen["ner_10_dev"] == 55.0
+
+
+def test_the_base_at_several_downstream_seeds_is_their_mean_and_carries_its_se(tmp_path):
+    test = {"a@1@0": 70.0, "b@1@0": 80.0, "a@1@1": 72.0, "b@1@1": 80.0, "a@1@2": 74.0, "b@1@2": 80.0, "a@0.1@0": 50.0}
+    scores = sweep.scores_of(suite_results(test, dev={task: value + 1 for task, value in test.items()}), probes={})
+    assert scores["ner_full"] == pytest.approx(76.0)  # seed means 75, 76, 77
+    assert scores["ner_full_downstream_se"] == pytest.approx(1 / 3**0.5)  # sd 1 over 3 seeds
+    assert scores["ner_full_dev_downstream_se"] == pytest.approx(1 / 3**0.5) and scores["ner_full_dev"] == 77.0
+    assert scores["ner_tasks"]["a@1"] == 72.0 and "ner_10_downstream_se" not in scores  # one seed: no spread
+    book = load_recipes(recipe_file(tmp_path, "  - name: r\n"))
+    cpu = {"train": 60.0, "quick": 60.0}
+    base = {"recipe": "base", "seed": None, "model": "base", "cpu_seconds": cpu, "tc": 60.0, "ner_10": 50.0}
+    runs = [
+        {"recipe": "r", "seed": s, "model": "r", "cpu_seconds": cpu, "tc": 61.0, "ner_full": f, "ner_10": 51.0}
+        for s, f in ((0, 77.0), (1, 78.0), (2, 79.0))
+    ]
+    summary = sweep.summarize(book, [base | scores, *runs], protocol="quick")
+    full = summary["recipes"][0]["ner_full"]
+    assert full["mean_delta"] == pytest.approx(2.0) and full["se"] == pytest.approx((1 / 3 + 1 / 3) ** 0.5, abs=1e-3)
+    assert summary["base"]["ner_full_downstream_se"] == pytest.approx(0.577)
+    sweep.write_summary(summary | {"quick": summary}, tmp_path / "out", "the command")
+    assert "NER full (probe) 76.00 ± 0.58 (mean over downstream seeds)" in (tmp_path / "out" / "RESULTS.md").read_text()
 
 
 def test_dev_differences_are_summarised_where_every_record_has_them(tmp_path):

@@ -167,3 +167,13 @@ def test_release_interpolation_averages_the_backbone_and_keeps_the_slots(tmp_pat
         assert (release / adapter).read_bytes() == (trained / adapter).read_bytes()
     recorded = json.loads((release / "backbone/config.json").read_text())["pretraining"]
     assert recorded["interpolation"] == {"base": "offline:tiny-bert", "alpha": 0.25} and recorded["steps"] == 3
+
+
+def test_pair_sampling_temperature_is_recorded_only_when_it_flattens_the_draw(tmp_path, pseudo_label_cache):
+    """The release records the dataset draw it was trained with (the card's recipe check reads it), but runs at the
+    size-proportional default keep their identity, so earlier checkpoints still resume."""
+    flat = build_smoke_trainer(tmp_path / "a", pseudo_label_cache, "--pair_sampling_temperature", "2", *NO_SAVE)
+    assert flat.run_info["pair_sampling_temperature"] == 2.0
+    assert flat.train_dataset.batches["tc"].sampler.temperature == 2.0  # and the draw uses it
+    default = build_smoke_trainer(tmp_path / "b", pseudo_label_cache, *NO_SAVE)
+    assert "pair_sampling_temperature" not in default.run_info

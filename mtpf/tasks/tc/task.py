@@ -93,4 +93,6 @@ class TcTask(Task):
         chunking = {"tc_length_chunk": self.length_chunk} if self.length_chunk else {}
         anchor = {"tc_anchor_weight": self.anchor_weight} if self.anchor_weight else {}
         cached = {"tc_mini_batch_size": self.grad_cache.mini_batch_size} if self.grad_cache else {}
-        return {"tc_batch_size": self.batch_size, "pairs": data_args.pairs, **chunking, **anchor, **cached}
+        flatter = self.pair_sampling_temperature != 1.0  # which datasets the batches come from: a quality lever
+        sampling = {"pair_sampling_temperature": self.pair_sampling_temperature} if flatter else {}
+        return {"tc_batch_size": self.batch_size, "pairs": data_args.pairs, **chunking, **anchor, **cached, **sampling}

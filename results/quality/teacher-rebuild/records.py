@@ -4,7 +4,7 @@
 `/work/quality/measure-s1`, `-s2` (`/work/quality/rebuilt-seed.sh SEED`, the same call at seeds 1 and 2) each hold a
 release and its quick-protocol results (`quick/results.json`, made by `mtpf.quality.sweep.quick`). This writes
 one `DONE-quick.json` per seed in the sweep's record format under ROOT/nergrad0-nerall-nerlr1e-3-ner2x-cobase-s<seed>,
-beside copies of the base's and the candidate's records, so that `scripts/quality_sweep.py --summarize` pairs them:
+beside copies of the base's and the candidates' records, so that `scripts/quality_sweep.py --summarize` pairs them:
 
     python results/quality/teacher-rebuild/records.py /work/quality/jobs /work/quality/jobs-rebuilt
     python scripts/quality_sweep.py --root /work/quality/jobs-rebuilt --summarize results/quality/teacher-rebuild \
@@ -26,7 +26,8 @@ from mtpf.quality.recipes import load_recipes
 from mtpf.quality.sweep import job_record, saved_scores
 
 SHIPPED = "nergrad0-nerall-nerlr1e-3-ner2x-cobase"
-CANDIDATE = "nergrad0-nerall-nerlr2e-3-ner2x-cobase"
+# recipes trained with the rebuilt teacher by the sweep itself (ninth and tenth sessions), copied beside them
+CANDIDATES = ("nergrad0-nerall-nerlr2e-3-ner2x-cobase", "nergrad0-nerall-nerlr1e-3-ner2x-cobase-pairtemp2")
 FOLDERS = {0: Path("/work/quality/measure"), 1: Path("/work/quality/measure-s1"), 2: Path("/work/quality/measure-s2")}
 
 
@@ -35,10 +36,11 @@ def main(jobs: Path, target: Path) -> None:
     (target / "base").mkdir(parents=True, exist_ok=True)
     for marker in ("DONE.json", "DONE-quick.json"):
         shutil.copy(jobs / "base" / marker, target / "base" / marker)
-    for seed in range(3):
-        source = jobs / f"{CANDIDATE}-s{seed}" / "DONE-quick.json"
-        (target / source.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target / source.parent.name / source.name)
+    for candidate in CANDIDATES:
+        for seed in range(3):
+            source = jobs / f"{candidate}-s{seed}" / "DONE-quick.json"
+            (target / source.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target / source.parent.name / source.name)
     for seed, folder in FOLDERS.items():
         cpu = {"train": 0.0, "quick": 0.0}  # not timed by the sweep: unknown, not free
         job = {"recipe": SHIPPED, "seed": seed, "model": str(folder / "release"), "levers": levers}
