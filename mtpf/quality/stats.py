@@ -55,7 +55,11 @@ def paired_delta(scores: dict[int, float], reference: dict[int, float] | float) 
         raise ValueError("No seed scored on both sides: nothing to compare.")
     n = len(deltas)
     mean = sum(deltas) / n
-    if n == 1:
-        return PairedDelta(mean, None, 1)
-    variance = sum((d - mean) ** 2 for d in deltas) / (n - 1)
-    return PairedDelta(mean, math.sqrt(variance / n), n)
+    return PairedDelta(mean, standard_error(deltas) if n > 1 else None, n)
+
+
+def standard_error(values: list[float]) -> float:
+    """The standard error of the mean of `values`: std(values, ddof=1) / sqrt(n), n >= 2."""
+    n = len(values)
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)

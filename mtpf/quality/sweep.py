@@ -45,7 +45,7 @@ from mtpf.evaluation.ner_probe import ProbeProtocol, probe_ner
 from mtpf.evaluation.suites import suite_settings
 from mtpf.io import atomic_write_text
 from mtpf.quality.recipes import Recipe, RecipeBook
-from mtpf.quality.stats import paired_delta
+from mtpf.quality.stats import paired_delta, standard_error
 
 logger = logging.getLogger(__name__)
 DONE = "DONE.json"
@@ -276,7 +276,7 @@ def over_downstream_seeds(runs: list[dict[str, Any]], family: str, fraction: flo
     means = [statistics.fmean(values) for values in by_seed.values()]
     scores = {family: statistics.fmean(means)}
     if len(means) > 1:
-        scores[f"{family}_downstream_se"] = statistics.stdev(means) / len(means) ** 0.5
+        scores[f"{family}_downstream_se"] = standard_error(means)
     return scores
 
 
@@ -507,7 +507,7 @@ def rescore_jobs(root: Path, protocol: str) -> list[str]:
     for marker in sorted(root.glob(f"*/{MARKERS[protocol]}")):
         if not (marker.parent / protocol / "results.json").is_file():
             continue
-        record = json.loads(marker.read_text(encoding="utf-8")) | saved_scores(marker.parent, protocol)
+        record = _read_json(marker) | saved_scores(marker.parent, protocol)
         atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
         rescored.append(marker.parent.name)
     return rescored

@@ -26,7 +26,7 @@ import json
 import statistics
 from pathlib import Path
 
-from mtpf.quality.stats import paired_delta
+from mtpf.quality.stats import paired_delta, standard_error
 
 Q = Path("/work/quality")
 FAMILIES = {"ner_full": 1.0, "ner_10": 0.1}
@@ -66,7 +66,7 @@ def main() -> None:
             rs = {s: family(releases[s], fraction, s, key) for s in (0, 1, 2)}
             design_a = paired_delta(r0, b[0])
             design_b = paired_delta(rs, b)
-            base_se = statistics.stdev(b.values()) / 3**0.5
+            base_se = standard_error(list(b.values()))
             design_a2 = paired_delta(r0, statistics.fmean(b.values())).with_reference_se(base_se)
             moves = [f"{rs[s] - r0[s]:+.2f} / {b[s] - b[0]:+.2f}" for s in (1, 2)]
             spread = f"{b[0]:.2f} / {b[1]:.2f} / {b[2]:.2f} ({statistics.stdev(b.values()):.2f})"
